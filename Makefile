@@ -1,0 +1,48 @@
+# make test: set up .venv from nothing (if needed), build the extension, run every test.
+# make demo: the same setup, then the main job.
+# torch: the one already installed for $(PYTHON) if any (e.g. a CUDA build on a GPU
+# machine, reached through --system-site-packages), else the CPU wheel torch==$(TORCH_VERSION).
+
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export MAX_JOBS ?= 2
+
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu)
+
+.PHONY: test pytest ctest demo bench clean
+
+test: pytest ctest
+
+pytest: $(VENV)/.installed
+	GER_KERNELS_REQUIRE_EXTENSION=1 $(PY) -m pytest tests
+	$(PY) benchmarks/bench_expand_filter.py --quick
+
+ctest: $(VENV)/.installed
+	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build/cmake -j $(MAX_JOBS)
+	ctest --test-dir build/cmake --output-on-failure
+
+demo: $(VENV)/.installed
+	$(PY) -m ger_kernels demo
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_expand_filter.py
+
+$(VENV)/.torch:
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		echo "using the torch installed for $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV) && $(PIP) install torch==$(TORCH_VERSION); \
+	fi
+	$(PIP) install setuptools wheel ninja numpy
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch $(SOURCES)
+	$(PIP) install --no-build-isolation -e ".[test]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) build ger_kernels/_C*.so *.egg-info

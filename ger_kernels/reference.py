@@ -1,0 +1,71 @@
+"""Pure-PyTorch reference of the group convolution (SPEC section 3).
+
+It materializes the expanded filter ``W~`` and calls ``F.conv2d``. Every other
+backend is checked against it; it is differentiable through plain autograd.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from ger_kernels._validation import check_conv_args, square_param
+from ger_kernels.groups import Group, get_group
+
+__all__ = ["expand_filter", "group_conv2d"]
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_indices(group: Group, in_orientations: int, kernel_size: int, device: torch.device):
+    """Index tensors ``(S, S_in, 1)`` and ``(S, 1, k*k)`` so that
+    ``w[:, :, orient, taps]`` is ``W~`` viewed ``(C_out, C_in, S, S_in, k*k)``."""
+    if in_orientations == 1:
+        orient = torch.zeros(group.order, 1, dtype=torch.long)
+    else:
+        orient = group.T
+    taps = group.tap_permutation(kernel_size)
+    return orient[:, :, None].to(device), taps[:, None, :].to(device)
+
+
+def expand_filter(weight: torch.Tensor, group: str | Group = "p4m") -> torch.Tensor:
+    """``W~`` of shape ``(C_out*S, C_in*S_in, k, k)`` from ``weight`` ``(C_out, C_in, S_in, k, k)``:
+
+    lifting (``S_in = 1``): ``W~[o, t, i, 0] = A_t(w[o, i, 0])``;
+    group (``S_in = S``):   ``W~[o, t, i, s] = A_t(w[o, i, T[t, s]])``.
+    """
+    group = get_group(group)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a 5-D tensor (C_out, C_in, S_in, k, k), got {shape}")
+    c_out, c_in, s_in, k, k_w = weight.shape
+    if s_in not in (1, group.order) or k != k_w:
+        raise ValueError(
+            f"weight must be (C_out, C_in, S_in, k, k) with S_in in (1, {group.order}) and square taps, "
+            f"got shape {tuple(weight.shape)}"
+        )
+    orient, taps = _gather_indices(group, s_in, k, weight.device)
+    expanded = weight.flatten(-2)[:, :, orient, taps]  # (C_out, C_in, S, S_in, k*k)
+    return expanded.transpose(1, 2).reshape(c_out * group.order, c_in * s_in, k, k)
+
+
+def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 stride=1, padding=0, dilation=1, group: str | Group = "p4m") -> torch.Tensor:
+    """Group correlation: ``conv2d(input, W~, bias.repeat_interleave(S), ...)``.
+
+    input ``(B, C_in*S_in, H, W)``, weight ``(C_out, C_in, S_in, k, k)``, bias ``(C_out,)``;
+    returns ``(B, C_out*S, H', W')`` with ``H'`` as in ``F.conv2d``.
+    """
+    group = get_group(group)
+    check_conv_args(input, weight, bias, group)
+    stride = square_param(stride, "stride", 1)
+    padding = square_param(padding, "padding", 0)
+    dilation = square_param(dilation, "dilation", 1)
+    return conv_expanded(input, weight, bias, stride, padding, dilation, group)
+
+
+def conv_expanded(input, weight, bias, stride: int, padding: int, dilation: int, group: Group) -> torch.Tensor:
+    """``group_conv2d`` on arguments already checked."""
+    expanded_bias = bias.repeat_interleave(group.order) if bias is not None else None
+    return F.conv2d(input, expand_filter(weight, group), expanded_bias, stride, padding, dilation)

@@ -1,0 +1,69 @@
+import pytest
+import torch
+from torch import nn
+
+from ger_kernels.nn import GroupBatchNorm2d
+from ger_kernels.testing import check_equivariance
+from helpers import max_rel_err
+
+
+def randomize_affine(bn):
+    with torch.no_grad():
+        bn.weight.normal_()
+        bn.bias.normal_()
+    return bn
+
+
+@pytest.mark.parametrize("group,order", [("p4m", 8), ("p4", 4)])
+def test_statistics_shared_over_orientations(group, order):
+    bn = randomize_affine(GroupBatchNorm2d(3, group).double())
+    x = torch.randn(4, 3 * order, 5, 6, dtype=torch.float64) * 3 + 1
+    out = bn(x)
+    fields = x.view(4, 3, order, 5, 6)
+    mean = fields.mean(dim=(0, 2, 3, 4))
+    var = fields.var(dim=(0, 2, 3, 4), unbiased=False)
+    expected = (fields - mean[:, None, None, None]) / torch.sqrt(var[:, None, None, None] + bn.eps)
+    expected = expected * bn.weight[:, None, None, None] + bn.bias[:, None, None, None]
+    assert max_rel_err(out, expected.view_as(x)) < 1e-13
+    n = x.numel() / 3
+    assert max_rel_err(bn.running_mean, 0.1 * mean) < 1e-13
+    assert max_rel_err(bn.running_var, 0.9 + 0.1 * var * n / (n - 1)) < 1e-13
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_exactly_equivariant(train):
+    bn = randomize_affine(GroupBatchNorm2d(3).double())
+    bn(torch.randn(2, 24, 4, 4, dtype=torch.float64) + 2)  # non-trivial running statistics
+    bn.train(train)
+    assert check_equivariance(bn, torch.randn(2, 24, 5, 7, dtype=torch.float64), "p4m", "group", "group") < 1e-13
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_per_orientation_batchnorm_is_not_equivariant(train):
+    bn = randomize_affine(nn.BatchNorm2d(24).double())  # per-orientation scale, shift and statistics
+    x = torch.randn(2, 24, 5, 5, dtype=torch.float64) * torch.arange(1, 25, dtype=torch.float64)[:, None, None]
+    bn(x)
+    bn.train(train)
+    assert check_equivariance(bn, x, "p4m", "group", "group") > 1e-2
+
+
+def test_layouts_empty_batch_and_state_dict():
+    bn = randomize_affine(GroupBatchNorm2d(2).double()).eval()
+    x = torch.randn(3, 16, 5, 5, dtype=torch.float64)
+    assert max_rel_err(bn(x.to(memory_format=torch.channels_last)), bn(x)) < 1e-15
+    bn.train()
+    assert bn(x[:0]).shape == (0, 16, 5, 5)
+    assert set(bn.state_dict()) == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+    assert repr(bn).startswith("GroupBatchNorm2d(p4m, 2, eps=1e-05")
+
+
+def test_bad_input():
+    bn = GroupBatchNorm2d(2)
+    with pytest.raises(ValueError, match=r"input must have num_fields\*8 = 16 channels, got 24"):
+        bn(torch.randn(2, 24, 3, 3))
+    with pytest.raises(ValueError, match=r"channels a multiple of 8, got 12"):
+        bn(torch.randn(2, 12, 3, 3))
+    with pytest.raises(ValueError, match=r"input must be 4-D"):
+        bn(torch.randn(2, 2, 8, 3, 3))
+    with pytest.raises(ValueError, match="num_fields must be an int >= 1"):
+        GroupBatchNorm2d(0)
