@@ -14,11 +14,11 @@ SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csr
 
 .PHONY: test pytest ctest demo bench clean
 
-test: pytest ctest
+test: ctest pytest
 
 pytest: $(VENV)/.installed
-	GER_KERNELS_REQUIRE_EXTENSION=1 $(PY) -m pytest tests
 	$(PY) benchmarks/bench_expand_filter.py --quick
+	GER_KERNELS_REQUIRE_EXTENSION=1 $(PY) -m pytest tests
 
 ctest: $(VENV)/.installed
 	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"

@@ -10,8 +10,6 @@ fastest (channel ``c*S + s``); ``transform`` is the action ``L_g`` on it.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 __all__ = ["Group", "P4M", "P4", "GROUPS", "get_group"]
@@ -24,6 +22,8 @@ class Group:
         self.name = name
         self.mirrors = mirrors
         self.order = 8 if mirrors else 4
+        # T[t, s] = index of g_t^-1 * g_s, an (S, S) int64 tensor
+        self.T = torch.tensor([[self.mul(self.inv(t), s) for s in self.elements()] for t in self.elements()])
 
     def __repr__(self) -> str:
         return f"Group({self.name!r}, order={self.order})"
@@ -48,11 +48,6 @@ class Group:
         m, r = self._check_element(a)
         return a if m else (-r) % 4
 
-    @functools.cached_property
-    def T(self) -> torch.Tensor:
-        """``T[t, s]`` = index of ``g_t^-1 * g_s``, an ``(S, S)`` int64 tensor."""
-        return torch.tensor([[self.mul(self.inv(t), s) for s in self.elements()] for t in self.elements()])
-
     def transform_planar(self, x: torch.Tensor, g: int) -> torch.Tensor:
         """``A_g(x)`` on the last two axes of ``x``."""
         m, r = self._check_element(g)
@@ -73,13 +68,8 @@ class Group:
 
     def tap_permutation(self, kernel_size: int) -> torch.Tensor:
         """``(S, k*k)`` int64: ``A_t(w).flatten()[j] == w.flatten()[perm[t, j]]``."""
-        return _tap_permutation(self, kernel_size)
-
-
-@functools.lru_cache(maxsize=None)
-def _tap_permutation(group: Group, kernel_size: int) -> torch.Tensor:
-    taps = torch.arange(kernel_size * kernel_size).view(kernel_size, kernel_size)
-    return torch.stack([group.transform_planar(taps, t).flatten() for t in group.elements()])
+        taps = torch.arange(kernel_size * kernel_size).view(kernel_size, kernel_size)
+        return torch.stack([self.transform_planar(taps, t).flatten() for t in self.elements()])
 
 
 P4M = Group("p4m", mirrors=True)

@@ -6,8 +6,6 @@ backend is checked against it; it is differentiable through plain autograd.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -17,16 +15,19 @@ from ger_kernels.groups import Group, get_group
 __all__ = ["expand_filter", "group_conv2d"]
 
 
-@functools.lru_cache(maxsize=None)
+# (group name, S_in, k, device) -> gather indices; a plain dict, which torch.compile traces.
+_GATHER_INDICES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _gather_indices(group: Group, in_orientations: int, kernel_size: int, device: torch.device):
     """Index tensors ``(S, S_in, 1)`` and ``(S, 1, k*k)`` so that
-    ``w[:, :, orient, taps]`` is ``W~`` viewed ``(C_out, C_in, S, S_in, k*k)``."""
-    if in_orientations == 1:
-        orient = torch.zeros(group.order, 1, dtype=torch.long)
-    else:
-        orient = group.T
-    taps = group.tap_permutation(kernel_size)
-    return orient[:, :, None].to(device), taps[:, None, :].to(device)
+    ``w[:, :, orient, taps]`` is ``W~`` viewed ``(C_out, C_in, S, S_in, k*k)``; built once per key."""
+    key = (group.name, in_orientations, kernel_size, device)
+    if key not in _GATHER_INDICES:
+        orient = torch.zeros(group.order, 1, dtype=torch.long) if in_orientations == 1 else group.T
+        taps = group.tap_permutation(kernel_size)
+        _GATHER_INDICES[key] = orient[:, :, None].to(device), taps[:, None, :].to(device)
+    return _GATHER_INDICES[key]
 
 
 def expand_filter(weight: torch.Tensor, group: str | Group = "p4m") -> torch.Tensor:

@@ -78,3 +78,14 @@ def test_sizes_that_break_exactness_are_rejected():
         SmallNet()(torch.randn(1, 3, 9, 8))
     with pytest.raises(ValueError, match="P4MConvP4M: input H=5 breaks exact equivariance"):
         SmallNet()(torch.randn(1, 3, 10, 8))
+
+
+def test_torch_compile_fullgraph():
+    net = randomized(SmallNet()).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    assert max_rel_err(out, net(x)) < 1e-13
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (expected,) = torch.autograd.grad(net(x).square().sum(), x)
+    assert max_rel_err(grad, expected) < 1e-12

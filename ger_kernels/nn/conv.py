@@ -35,6 +35,8 @@ class GroupConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  bias: bool = True, backend: str = "auto", *, strict_equivariance: bool = True):
         super().__init__()
+        if not hasattr(self, "group_name"):
+            raise TypeError("GroupConv2d is a base class: use P4MConvZ2, P4MConvP4M, P4ConvZ2 or P4ConvP4")
         self.group = get_group(self.group_name)
         self.in_channels = check_int(in_channels, "in_channels")
         self.out_channels = check_int(out_channels, "out_channels")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ger_kernels import reference
-from ger_kernels.nn import P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2
+from ger_kernels.nn import GroupConv2d, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2
 from ger_kernels.testing import check_equivariance
 from helpers import max_rel_err
 
@@ -124,6 +124,7 @@ def test_gradients_flow_to_weight_and_bias():
     (lambda: P4MConvP4M(0, 2, 3), ValueError, r"in_channels must be an int >= 1, got 0"),
     (lambda: P4MConvP4M(2, 2.0, 3), ValueError, r"out_channels must be an int >= 1, got 2.0"),
     (lambda: P4MConvP4M(2, 2, 3, backend="nope"), ValueError, r"backend must be 'auto' or one of"),
+    (lambda: GroupConv2d(2, 2, 3), TypeError, r"GroupConv2d is a base class: use P4MConvZ2"),
 ])
 def test_bad_construction(make, error, message):
     with pytest.raises(error, match=message):
