@@ -39,24 +39,27 @@ def _triton_status() -> BackendStatus:
     return BackendStatus(False, "this version of ger_kernels has no Triton kernels")
 
 
+# Decided once per process (the extension loads at import), not on every forward.
+_STATUSES = {
+    "reference": BackendStatus(True, "pure PyTorch: F.conv2d on the materialized expanded filter"),
+    "cpp": _cpp_status(),
+    "triton": _triton_status(),
+}
+
+
 def backends() -> dict[str, BackendStatus]:
     """Every backend with whether it is available here, and why (not)."""
-    return {
-        "reference": BackendStatus(True, "pure PyTorch: F.conv2d on the materialized expanded filter"),
-        "cpp": _cpp_status(),
-        "triton": _triton_status(),
-    }
+    return dict(_STATUSES)
 
 
 def check_backend_name(backend: str) -> str:
     """``backend`` if it names a backend available here (or ``auto``), else a clear error."""
     if backend == "auto":
         return backend
-    statuses = backends()
-    if backend not in statuses:
+    if backend not in _STATUSES:
         raise ValueError(f"backend must be 'auto' or one of {list(BACKENDS)}, got {backend!r}")
-    if not statuses[backend].available:
-        raise ValueError(f"backend {backend!r} is not available: {statuses[backend].reason}")
+    if not _STATUSES[backend].available:
+        raise ValueError(f"backend {backend!r} is not available: {_STATUSES[backend].reason}")
     return backend
 
 
