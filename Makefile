@@ -26,7 +26,7 @@ ctest: $(VENV)/.installed
 	ctest --test-dir build/cmake --output-on-failure
 
 demo: $(VENV)/.installed
-	$(PY) -m ger_kernels demo
+	$(PY) -m ger_kernels demo --out demo_output
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_expand_filter.py

@@ -1,14 +1,16 @@
-"""Command line: ``ger-unet`` or ``python -m ger_kernels``.
+"""Command line: ``ger-unet COMMAND`` or ``python -m ger_kernels COMMAND``.
 
-- ``info``: versions and which backends are available here, and why not the others.
-- ``demo``: builds a small p4m network from the layers, prints its equivariance error
-  for every group element and the parity of every available backend with the
-  float64 reference.
+- ``demo``: the main job: train GER-UNet and R-UNet on phantom data, evaluate, Figure 1, report.
+- ``train`` / ``evaluate`` / ``equivariance`` / ``predict``: the segmentation workflow.
+- ``info``: versions, backends (and why not the others), parameter counts at paper widths.
+- ``check``: equivariance per group element and backend parity of a small p4m network.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import platform
 import sys
 
@@ -27,14 +29,20 @@ def _print_backends() -> None:
 
 
 def info(_args: argparse.Namespace) -> int:
+    from ger_kernels.models import GERUNet, RUNet, count_parameters
+
     print(f"ger_kernels {ger_kernels.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
           f"{platform.machine()}")
     print("backends:")
     _print_backends()
+    print("parameters at the paper's widths (paper: 12.78M GER-UNet add, 12.75M R-UNet):")
+    for name, model in (("GER-UNet add", GERUNet()), ("GER-UNet concat", GERUNet(skip="concat")),
+                        ("R-UNet add", RUNet())):
+        print(f"  {name:<16} {count_parameters(model) / 1e6:.2f}M  widths {model.widths}")
     return 0
 
 
-def demo_network() -> nn.Sequential:
+def check_network() -> nn.Sequential:
     """3 planar channels -> p4m (8 fields) -> BN -> ReLU -> pool -> p4m -> upsample -> mean over orientations."""
     return nn.Sequential(
         P4MConvZ2(3, 8, 3, padding=1), GroupBatchNorm2d(8), nn.ReLU(), GroupMaxPool2d(),
@@ -42,22 +50,21 @@ def demo_network() -> nn.Sequential:
         GroupUpsample(2, "bilinear"), P4MConvP4M(8, 2, 3, padding=1), GroupOrientationPool("p4m", "mean"))
 
 
-def demo(args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
-    net = demo_network().double()
+    net = check_network().double()
     x = torch.randn(args.batch, 3, args.size, args.size, dtype=torch.float64)
     net.train()
     net(x)  # move the running statistics away from their initial values
     print(f"p4m network: {sum(p.numel() for p in net.parameters())} parameters, input {tuple(x.shape)}")
     print("equivariance error max|f(A_g x) - A_g f(x)| / max|A_g f(x)|, float64:")
     print("  g   train      eval")
-    worst = 0.0
     train_errors = equivariance_errors(net, x, "p4m", "planar", "planar")
     net.eval()
     eval_errors = equivariance_errors(net, x, "p4m", "planar", "planar")
     for g, (e_train, e_eval) in enumerate(zip(train_errors, eval_errors)):
         print(f"  {g}   {e_train:.2e}   {e_eval:.2e}")
-        worst = max(worst, e_train, e_eval)
+    worst = max(train_errors + eval_errors)
     with torch.no_grad():
         expected = net(x)
         print("backend parity, float32 output vs the float64 reference (max|out - ref| / max|ref|):")
@@ -65,10 +72,10 @@ def demo(args: argparse.Namespace) -> int:
             if not status.available:
                 print(f"  {name:<10} unavailable: {status.reason}")
                 continue
-            net32 = demo_network()
+            net32 = check_network()
             net32.load_state_dict(net.state_dict())
             for m in net32.modules():
-                if hasattr(m, "backend"):
+                if isinstance(m, ger_kernels.nn.GroupConv2d):
                     m.backend = name
             out = net32.eval()(x.float()).double()
             print(f"  {name:<10} {((out - expected).abs().max() / expected.abs().max()).item():.2e}")
@@ -76,16 +83,159 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if worst <= 1e-10 else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def demo(args: argparse.Namespace) -> int:
+    from ger_kernels.demo import run_demo
+
+    run_demo(args.out, args.data, args.size, args.epochs, args.batch_size, args.seed, progress=not args.quiet)
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from ger_kernels import data
+    from ger_kernels.training import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    train_set, _ = data.open_dataset(config.data, config.size, tumor_only=config.tumor_only, seed=config.seed,
+                                     cache_dir=args.cache_dir)
+    print(f"train: {train_set.describe()}")
+    summary = train(config, train_set, resume=not args.no_resume, progress=not args.quiet)
+    print(f"best validation Dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}; "
+          f"checkpoints in {config.out}")
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from ger_kernels import data
+    from ger_kernels.evaluation import evaluate_model, write_metrics
+    from ger_kernels.training import model_from_checkpoint, resolve_device
+
+    device = resolve_device(args.device)
+    rows = {}
+    for path in args.checkpoint:
+        model, config = model_from_checkpoint(path, device)
+        _, test_set = data.open_dataset(args.data or config.data, config.size, tumor_only=config.tumor_only,
+                                        seed=config.seed, cache_dir=args.cache_dir)
+        rows[f"{config.model} ({os.path.basename(os.path.dirname(os.path.abspath(path)))})"], _ = evaluate_model(
+            model, test_set, device, args.batch_size)
+    md_path, json_path = write_metrics(args.out, rows)
+    print(open(md_path).read())
+    print(f"written: {md_path}, {json_path}")
+    return 0
+
+
+def equivariance_command(args: argparse.Namespace) -> int:
+    from ger_kernels import data
+    from ger_kernels.figures import equivariance_figure
+    from ger_kernels.training import model_from_checkpoint
+
+    models, configs = {}, []
+    for path in args.checkpoint:
+        model, config = model_from_checkpoint(path)
+        models[f"{config.model} ({os.path.basename(os.path.dirname(os.path.abspath(path)))})"] = model
+        configs.append(config)
+    _, test_set = data.open_dataset(args.data or configs[0].data, configs[0].size, seed=configs[0].seed)
+    image, mask = test_set[args.slice]
+    counts = equivariance_figure(models, image, mask, args.out, args.element)
+    for name, count in counts.items():
+        print(f"{name}: {count} pixels disagree after transforming back (g={args.element})")
+    print(f"written: {args.out}")
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from ger_kernels.prediction import predict_volume
+    from ger_kernels.training import model_from_checkpoint, resolve_device
+
+    device = resolve_device(args.device)
+    model, config = model_from_checkpoint(args.checkpoint, device)
+    mask = predict_volume(model, args.input, args.output, config.size, args.batch_size, device)
+    print(f"{args.output}: {int(mask.sum())} tumor voxels in {tuple(mask.shape)}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ger_kernels.training import TrainConfig
+
+    defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="ger-unet", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="versions and available backends").set_defaults(run=info)
-    demo_parser = commands.add_parser("demo", help="equivariance and backend parity of a small p4m network")
-    demo_parser.add_argument("--size", type=int, default=32, help="input height and width (even)")
-    demo_parser.add_argument("--batch", type=int, default=2)
-    demo_parser.add_argument("--seed", type=int, default=0)
-    demo_parser.set_defaults(run=demo)
-    args = parser.parse_args(argv)
+    commands.add_parser("info", help="versions, backends, parameter counts").set_defaults(run=info)
+
+    p = commands.add_parser("check", help="equivariance and backend parity of a small p4m network")
+    p.add_argument("--size", type=int, default=32, help="input height and width (even)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=check)
+
+    p = commands.add_parser("demo", help="the main job on phantom data (a few minutes on 2 CPU cores)")
+    p.add_argument("--out", default="demo_output")
+    p.add_argument("--data", default="phantom")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=demo)
+
+    p = commands.add_parser("train", help="train GER-UNet or R-UNet")
+    p.add_argument("--model", choices=["ger-unet", "r-unet"], default=defaults.model)
+    p.add_argument("--data", default=defaults.data, help="phantom | phantom:N | lits:PATH | folder:PATH")
+    p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
+    p.add_argument("--size", type=int, default=defaults.size)
+    p.add_argument("--widths", type=int, nargs=4, default=None, help="default: the paper's")
+    p.add_argument("--skip", choices=["add", "concat"], default=defaults.skip)
+    p.add_argument("--group", choices=["p4m", "p4"], default=defaults.group)
+    p.add_argument("--backend", default=defaults.backend)
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--lr-decay", type=float, default=defaults.lr_decay, help="per-epoch factor")
+    p.add_argument("--dice-weight", type=float, default=defaults.dice_weight)
+    p.add_argument("--patience", type=int, default=defaults.patience, help="early stopping, in epochs")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random rotations/flips (default: on for r-unet, off for ger-unet)")
+    p.add_argument("--all-slices", dest="tumor_only", action="store_false", help="also slices without tumor")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--max-batches", type=int, default=None, help="per epoch (smoke runs)")
+    p.add_argument("--cache-dir", default=None, help="disk cache of preprocessed slices")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=train_command)
+
+    p = commands.add_parser("evaluate", help="the seven metrics on the test split, beside the paper's Table 1")
+    p.add_argument("checkpoint", nargs="+")
+    p.add_argument("--data", default=None, help="default: the data the checkpoint was trained on")
+    p.add_argument("--out", default=".")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(run=evaluate_command)
+
+    p = commands.add_parser("equivariance", help="the paper's Figure 1 as a PNG")
+    p.add_argument("checkpoint", nargs="+")
+    p.add_argument("--data", default=None)
+    p.add_argument("--slice", type=int, default=0, help="index in the test split")
+    p.add_argument("--element", type=int, default=1, help="p4m element g (1 = quarter turn)")
+    p.add_argument("--out", default="equivariance.png")
+    p.set_defaults(run=equivariance_command)
+
+    p = commands.add_parser("predict", help="NIfTI volume in, NIfTI tumor mask out (same affine)")
+    p.add_argument("checkpoint")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=predict_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "train" and args.out is None:
+        args.out = os.path.join("runs", args.model)
     return args.run(args)
 
 

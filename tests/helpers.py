@@ -25,3 +25,24 @@ def requires_extension():
     if EXTENSION_REQUIRED and not ops.extension_loaded():
         raise RuntimeError(f"GER_KERNELS_REQUIRE_EXTENSION=1 but {ops.EXTENSION_ERROR}")
     return pytest.mark.skipif(not ops.extension_loaded(), reason=str(ops.EXTENSION_ERROR))
+
+
+class TinySlices(torch.utils.data.Dataset):
+    """A stand-in SliceDataset: bright squares are tumor, 4 volumes of 4 slices."""
+
+    def __init__(self, n=16, size=16):
+        g = torch.Generator().manual_seed(1)
+        self.images = torch.rand(n, 3, size, size, generator=g) * 0.2
+        self.masks = torch.zeros(n, size, size, dtype=torch.long)
+        for i in range(n):
+            r, c = torch.randint(0, size - 6, (2,), generator=g).tolist()
+            self.images[i, :, r:r + 5, c:c + 5] += 0.8
+            self.masks[i, r:r + 5, c:c + 5] = 1
+        self.volume_ids = [f"v{i // 4}" for i in range(n)]
+        self.spacing = [(1.0, 1.0)] * n
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.masks[i]

@@ -1,0 +1,41 @@
+"""Atomic file writes: a temporary file in the target's folder, then ``os.replace``,
+so a crash never leaves a half-written checkpoint, log or report behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Callable, Iterator
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def _temporary_beside(path: str) -> Iterator[str]:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Calls ``write(tmp_path)``, then moves the result to ``path`` in one step."""
+    with _temporary_beside(path) as tmp:
+        write(tmp)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    write_atomically(path, write)

@@ -1,0 +1,60 @@
+"""The LiTS data set: ``volume-N.nii[.gz]`` CT volumes with ``segmentation-N.nii[.gz]`` labels
+(0 background, 1 liver, 2 tumor), found anywhere under a folder and paired by N (the official release keeps
+each pair in one folder, some copies keep volumes and segmentations in separate folders). The volume id is
+``volume-N``. Errors name the file: a volume without segmentation or the reverse, two files with one N,
+a segmentation whose shape differs from its volume's, plus :mod:`ger_kernels.data.nifti`'s read errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+from ger_kernels.data.cache import file_identity
+from ger_kernels.data.nifti import read_labels, read_volume
+from ger_kernels.data.preprocess import Case, PreparedSlices, Preprocessing, prepare_volume
+
+__all__ = ["find_lits_pairs", "lits_cases"]
+
+_LITS_FILE = re.compile(r"^(volume|segmentation)-(\d+)\.nii(\.gz)?$")
+
+
+def find_lits_pairs(root: str) -> dict[int, tuple[str, str]]:
+    """``{N: (volume path, segmentation path)}`` for every pair under ``root`` (searched recursively)."""
+    if not os.path.isdir(root):
+        raise ValueError(f"LiTS folder {root} does not exist or is not a folder")
+    found: dict[str, dict[int, str]] = {"volume": {}, "segmentation": {}}
+    for folder, _, names in os.walk(root):
+        for name in sorted(names):
+            match = _LITS_FILE.match(name)
+            if match is None:
+                continue
+            kind, number, path = match.group(1), int(match.group(2)), os.path.join(folder, name)
+            if number in found[kind]:
+                raise ValueError(f"two LiTS {kind} files for N={number}: {found[kind][number]} and {path}")
+            found[kind][number] = path
+    volumes, segmentations = found["volume"], found["segmentation"]
+    if not volumes and not segmentations:
+        raise ValueError(f"no LiTS files (volume-N.nii[.gz] with segmentation-N.nii[.gz]) found under {root}")
+    for number in sorted(volumes.keys() ^ segmentations.keys()):
+        if number in volumes:
+            raise ValueError(f"{volumes[number]}: no segmentation-{number}.nii[.gz] found under {root}")
+        raise ValueError(f"{segmentations[number]}: no volume-{number}.nii[.gz] found under {root}")
+    return {number: (volumes[number], segmentations[number]) for number in sorted(volumes)}
+
+
+def _prepare_pair(volume_path: str, segmentation_path: str, options: Preprocessing) -> PreparedSlices:
+    volume = read_volume(volume_path)
+    labels = read_labels(segmentation_path)
+    if labels.shape != volume.array.shape:
+        raise ValueError(f"{segmentation_path}: segmentation shape {labels.shape} (D, H, W) differs from the "
+                         f"volume's {volume.array.shape} ({volume_path})")
+    return prepare_volume(volume.array, labels, volume.spacing[:2], options, segmentation_path)
+
+
+def lits_cases(root: str) -> list[Case]:
+    """One :class:`Case` per LiTS pair under ``root``."""
+    return [Case(f"volume-{number}", {"volume": file_identity(volume), "segmentation": file_identity(labels)},
+                 functools.partial(_prepare_pair, volume, labels))
+            for number, (volume, labels) in find_lits_pairs(root).items()]

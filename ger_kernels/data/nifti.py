@@ -1,0 +1,99 @@
+"""NIfTI volumes as ``(D, H, W)`` arrays, and masks written back in the same space.
+
+Axis convention: ``array[d, h, w] = nifti_data[h, w, d]``. The last NIfTI axis (k) is the slice axis D,
+the first (i) gives the rows H and the second (j) the columns W; nothing is reoriented by the affine
+(GER-UNet is equivariant to quarter turns and mirrors, so the in-plane orientation does not matter), and
+the affine is kept to write results in the input's space. ``spacing = (row_mm, col_mm, slice_mm)`` are the
+header's voxel sizes along i, j, k. CT values are HU after the header's ``scl_slope``/``scl_inter``.
+Files are ``.nii`` or ``.nii.gz``; a trailing axis of length 1 (``(H, W, D, 1)``) is dropped.
+Every error names the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+from ger_kernels._io import write_atomically
+
+__all__ = ["Volume", "read_volume", "read_labels", "write_nifti", "write_mask"]
+
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A CT volume: ``array`` float32 ``(D, H, W)`` in HU, ``affine`` (4, 4) voxel (i, j, k) -> mm,
+    ``spacing`` (row_mm, col_mm, slice_mm)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+def _read(path: str, as_hu: bool) -> tuple[np.ndarray, nib.spatialimages.SpatialImage]:
+    """``(array (D, H, W), image)``: float32 HU when ``as_hu``, else the stored values (scaled if the header
+    says so)."""
+    try:
+        image = nib.load(path, mmap=False)
+        data = image.get_fdata(dtype=np.float32) if as_hu else np.asanyarray(image.dataobj)
+    except _READ_ERRORS as error:
+        raise ValueError(f"{path}: cannot read as NIfTI ({type(error).__name__}: {error})") from error
+    shape = data.shape
+    if data.ndim == 4 and shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3-D volume (H, W, D), got shape {shape}")
+    return np.moveaxis(data, -1, 0), image
+
+
+def read_volume(path: str) -> Volume:
+    """The CT volume at ``path``, ``array`` (D, H, W) float32 in HU."""
+    array, image = _read(path, as_hu=True)
+    zooms = image.header.get_zooms()
+    return Volume(array, np.asarray(image.affine, dtype=np.float64), tuple(float(z) for z in zooms[:3]))
+
+
+def read_labels(path: str) -> np.ndarray:
+    """The label volume at ``path``, ``(D, H, W)`` with the stored dtype (raw label values)."""
+    return _read(path, as_hu=False)[0]
+
+
+def write_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> None:
+    """Writes ``array (D, H, W)`` with its dtype and ``affine`` to ``.nii`` or ``.nii.gz``, atomically
+    (a temporary file in the same folder, then ``os.replace``)."""
+    if not path.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ValueError(f"{path}: affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    if np.ndim(array) != 3:
+        raise ValueError(f"{path}: array must be 3-D (D, H, W), got shape {np.shape(array)}")
+    image = nib.Nifti1Image(np.moveaxis(np.asarray(array), 0, -1), affine)
+    image.header.set_xyzt_units("mm")
+    payload = image.to_bytes()
+    if path.endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=1, mtime=0)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+
+    write_atomically(path, write)
+
+
+def write_mask(path: str, mask: np.ndarray, affine: np.ndarray) -> None:
+    """Writes a label mask ``(D, H, W)`` (integers 0..255, e.g. 1 = tumor) as uint8 with ``affine``, so that
+    ``read_volume(path).array`` gives it back."""
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"{path}: mask must hold integer labels, got dtype {mask.dtype}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"{path}: mask labels must lie in 0..255, got {mask.min()}..{mask.max()}")
+    write_nifti(path, mask.astype(np.uint8), affine)

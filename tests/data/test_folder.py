@@ -1,0 +1,177 @@
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ger_kernels.data import open_dataset
+from ger_kernels.data.folder import find_folder_pairs, read_image, read_mask
+
+H, W = 16, 24
+TUMOR = np.zeros((H, W), bool)
+TUMOR[0:8, 8:16] = True  # on JPEG's 8x8 block grid, so compression keeps it clean
+
+
+def gray_image():
+    return np.add.outer(np.arange(H) * 10, np.arange(W) * 3).astype(np.uint8)
+
+
+def rgb_image():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+
+
+def save(path, image: Image.Image):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if path.endswith(".jpg"):
+        image.save(path, quality=95)
+    else:
+        image.save(path)
+    return str(path)
+
+
+def mask_images():
+    """One mask of TUMOR per format and colour model."""
+    gray = Image.fromarray(TUMOR.astype(np.uint8) * 255)
+    red = np.zeros((H, W, 3), np.uint8)
+    red[TUMOR] = (200, 0, 0)
+    return {"gray.png": gray, "rgb.tif": Image.fromarray(red), "gray.jpg": gray,
+            "red.gif": Image.fromarray(red), "ones.png": Image.fromarray(TUMOR.astype(np.uint8)),
+            "rgba.png": Image.fromarray(np.dstack([red, np.full((H, W), 255, np.uint8)]))}
+
+
+@pytest.mark.parametrize("name", list(mask_images()))
+def test_masks_of_every_format_follow_the_mask_rule(tmp_path, name):
+    path = save(str(tmp_path / name), mask_images()[name])
+    mask = read_mask(path)
+    assert mask.dtype == np.uint8 and mask.shape == (H, W)
+    np.testing.assert_array_equal(mask, TUMOR)
+
+
+def test_palette_masks_are_judged_by_colour_not_by_index(tmp_path):
+    path = save(str(tmp_path / "red.gif"), mask_images()["red.gif"])
+    with Image.open(path) as image:
+        assert image.mode == "P" and np.asarray(image)[TUMOR].max() == 0  # red got palette index 0
+    np.testing.assert_array_equal(read_mask(path), TUMOR)
+
+
+def test_jpeg_masks_ignore_compression_noise_near_black(tmp_path):
+    noisy = np.where(TUMOR, 250, 0).astype(np.uint8)
+    noisy[12:, :4] = 20  # dark but not black: noise, not tumor
+    path = save(str(tmp_path / "noisy.jpg"), Image.fromarray(noisy))
+    np.testing.assert_array_equal(read_mask(path), TUMOR)
+    png = save(str(tmp_path / "noisy.png"), Image.fromarray(noisy))
+    assert read_mask(png)[12:, :4].all()  # lossless: any nonzero value is tumor
+
+
+def test_a_label_map_maps_single_channel_mask_values(tmp_path):
+    labels = TUMOR.astype(np.uint8) * 2
+    labels[12:, :] = 1
+    path = save(str(tmp_path / "labels.png"), Image.fromarray(labels))
+    np.testing.assert_array_equal(read_mask(path, {0: 0, 1: 0, 2: 1}), TUMOR)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: label values [2] are not in the label map")):
+        read_mask(path, {0: 0, 1: 1})
+    rgb = save(str(tmp_path / "rgb.png"), mask_images()["rgb.tif"])
+    with pytest.raises(ValueError, match=re.escape(f"{rgb}: a label map needs single-channel masks")):
+        read_mask(rgb, {0: 0, 1: 1})
+
+
+def test_grayscale_images_are_replicated_and_colour_images_kept(tmp_path):
+    gray = read_image(save(str(tmp_path / "gray.png"), Image.fromarray(gray_image())))
+    assert gray.shape == (3, H, W) and gray.dtype == np.float32
+    for channel in gray:
+        np.testing.assert_allclose(channel, gray_image() / 255, atol=1e-6)
+    colour = read_image(save(str(tmp_path / "rgb.tif"), Image.fromarray(rgb_image())))
+    np.testing.assert_allclose(colour, rgb_image().transpose(2, 0, 1) / 255, atol=1e-6)
+    deep = read_image(save(str(tmp_path / "deep.png"), Image.fromarray(gray_image().astype(np.uint16) * 257)))
+    np.testing.assert_allclose(deep[0], gray_image() / 255, atol=1e-6)
+
+
+def make_folder(root, n=4):
+    """n image/mask pairs in png, tif, jpg and gif; image k has a tumor except the last when n > 4."""
+    formats = [("png", "png"), ("tif", "tif"), ("jpg", "jpg"), ("gif", "gif")]
+    for k in range(n):
+        image_ext, mask_ext = formats[k % 4]
+        image = Image.fromarray(rgb_image() if k % 2 else gray_image())
+        save(os.path.join(root, "images", f"case{k}.{image_ext}"), image)
+        tumor = TUMOR if k < 4 else np.zeros_like(TUMOR)
+        save(os.path.join(root, "masks", f"case{k}.{mask_ext}"), Image.fromarray(tumor.astype(np.uint8) * 255))
+
+
+def test_folder_source_gives_one_volume_per_image(tmp_path):
+    make_folder(str(tmp_path), 5)
+    train, test = open_dataset(f"folder:{tmp_path}", 32, test_fraction=0.25, seed=1)
+    ids = train.volume_ids + test.volume_ids
+    assert sorted(ids) == ["case0", "case1", "case2", "case3"]  # case4 has no tumor
+    assert len(test) == 1 and not set(train.volume_ids) & set(test.volume_ids)
+    image, mask = train[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert mask.shape == (32, 32) and mask.dtype == torch.int64
+    assert mask[:16].any() and not mask[16:].any()  # the tumor fills the upper half of the rows
+    assert train.spacing == [None] * len(train)
+    everything, _ = open_dataset(f"folder:{tmp_path}", 32, tumor_only=False, test_fraction=0.2)
+    assert len(everything) == 4
+
+
+def test_folder_masks_are_resized_to_binary(tmp_path):
+    make_folder(str(tmp_path), 4)
+    train, test = open_dataset(f"folder:{tmp_path}", 20)
+    for dataset in (train, test):
+        for image, mask in dataset:
+            assert set(mask.unique().tolist()) == {0, 1}
+            assert 0 <= image.min() and image.max() <= 1
+
+
+def test_an_empty_folder_is_an_error(tmp_path):
+    os.makedirs(tmp_path / "images")
+    os.makedirs(tmp_path / "masks")
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=re.escape(f"no images (.png, .tif, .tiff, .jpg, .jpeg, .gif) in "
+                                                   f"{tmp_path / 'images'}")):
+        find_folder_pairs(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'nothing' / 'images'} is missing")):
+        find_folder_pairs(str(tmp_path / "nothing"))
+
+
+def test_an_image_without_mask_is_an_error_naming_it(tmp_path):
+    make_folder(str(tmp_path), 3)
+    os.remove(tmp_path / "masks" / "case1.tif")
+    with pytest.raises(ValueError, match=re.escape(f"images without mask in {tmp_path / 'masks'}: "
+                                                   f"{tmp_path / 'images' / 'case1.tif'}")):
+        find_folder_pairs(str(tmp_path))
+
+
+def test_a_mask_without_image_is_an_error_naming_it(tmp_path):
+    make_folder(str(tmp_path), 3)
+    os.remove(tmp_path / "images" / "case2.jpg")
+    with pytest.raises(ValueError, match=re.escape(f"masks without image in {tmp_path / 'images'}: "
+                                                   f"{tmp_path / 'masks' / 'case2.jpg'}")):
+        find_folder_pairs(str(tmp_path))
+
+
+def test_two_images_with_one_name_are_an_error(tmp_path):
+    make_folder(str(tmp_path), 2)
+    save(str(tmp_path / "images" / "case0.tif"), Image.fromarray(gray_image()))
+    with pytest.raises(ValueError, match="two files named 'case0'"):
+        find_folder_pairs(str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_an_unreadable_file_is_an_error_naming_it(tmp_path, damage):
+    make_folder(str(tmp_path), 2)
+    path = tmp_path / "images" / "case0.png"
+    data = path.read_bytes()
+    path.write_bytes(b"garbage" * 10 if damage == "garbage" else data[:len(data) // 2])
+    with pytest.raises(ValueError, match=re.escape(f"{path}: cannot read as an image")):
+        open_dataset(f"folder:{tmp_path}", 16)
+
+
+def test_an_image_and_mask_of_different_sizes_are_an_error_naming_both_shapes(tmp_path):
+    make_folder(str(tmp_path), 2)
+    save(str(tmp_path / "masks" / "case1.tif"), Image.fromarray(np.zeros((H, W + 1), np.uint8)))
+    image = tmp_path / "images" / "case1.tif"
+    with pytest.raises(ValueError, match=re.escape(f"{image}: image size (16, 24) (H, W) differs from its mask's "
+                                                   f"(16, 25) ({tmp_path / 'masks' / 'case1.tif'})")):
+        open_dataset(f"folder:{tmp_path}", 16)

@@ -1,0 +1,104 @@
+import os
+import re
+
+import numpy as np
+import pytest
+from lits_files import tiny_case, write_lits_case, write_lits_set, write_nifti_file
+
+from ger_kernels.data.lits import find_lits_pairs, lits_cases
+from ger_kernels.data.preprocess import DEFAULT_LABEL_MAP, DEFAULT_WINDOW, Preprocessing
+
+OPTIONS = Preprocessing(16, DEFAULT_WINDOW, DEFAULT_LABEL_MAP, True)
+
+
+def test_pairs_are_found_recursively_across_folders_and_extensions(tmp_path):
+    write_lits_case(tmp_path / "batch1", 3, *tiny_case(), extension=".nii")
+    write_lits_case(tmp_path / "volumes", 12, *tiny_case(), extension=".nii.gz",
+                    segmentation_folder=tmp_path / "segmentations")
+    (tmp_path / "batch1" / "test-volume-5.nii").write_bytes(b"ignored")
+    (tmp_path / "notes.txt").write_text("ignored")
+    pairs = find_lits_pairs(str(tmp_path))
+    assert list(pairs) == [3, 12]
+    assert pairs[3] == (str(tmp_path / "batch1" / "volume-3.nii"), str(tmp_path / "batch1" / "segmentation-3.nii"))
+    assert pairs[12] == (str(tmp_path / "volumes" / "volume-12.nii.gz"),
+                         str(tmp_path / "segmentations" / "segmentation-12.nii.gz"))
+
+
+def test_cases_are_named_by_volume_and_prepare_their_slices(tmp_path):
+    write_lits_set(tmp_path, 2)
+    cases = lits_cases(str(tmp_path))
+    assert [case.volume_id for case in cases] == ["volume-0", "volume-1"]
+    assert cases[0].identity["volume"][0] == str(tmp_path / "volume-0.nii.gz")
+    prepared = cases[0].prepare(OPTIONS)
+    np.testing.assert_array_equal(prepared.slice_indices, [1, 2])
+    assert prepared.images.shape == (2, 3, 16, 16)
+    assert prepared.spacing == pytest.approx((0.8, 0.7))
+
+
+def test_a_volume_without_segmentation_is_an_error_naming_it(tmp_path):
+    write_lits_set(tmp_path, 2)
+    os.remove(tmp_path / "segmentation-1.nii.gz")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'volume-1.nii.gz'}: no segmentation-1")):
+        find_lits_pairs(str(tmp_path))
+
+
+def test_a_segmentation_without_volume_is_an_error_naming_it(tmp_path):
+    write_lits_set(tmp_path, 2)
+    os.remove(tmp_path / "volume-0.nii.gz")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'segmentation-0.nii.gz'}: no volume-0")):
+        find_lits_pairs(str(tmp_path))
+
+
+def test_two_files_with_one_number_are_an_error_naming_both(tmp_path):
+    write_lits_set(tmp_path, 1)
+    os.makedirs(tmp_path / "copy")
+    write_nifti_file(tmp_path / "copy" / "volume-0.nii", tiny_case()[0])
+    with pytest.raises(ValueError, match="two LiTS volume files for N=0") as error:
+        find_lits_pairs(str(tmp_path))
+    assert str(tmp_path / "volume-0.nii.gz") in str(error.value)
+    assert str(tmp_path / "copy" / "volume-0.nii") in str(error.value)
+
+
+def test_a_folder_without_lits_files_is_an_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("nothing here")
+    with pytest.raises(ValueError, match=re.escape(f"no LiTS files (volume-N.nii[.gz] with segmentation-N.nii[.gz]) "
+                                                   f"found under {tmp_path}")):
+        find_lits_pairs(str(tmp_path))
+    with pytest.raises(ValueError, match="does not exist"):
+        find_lits_pairs(str(tmp_path / "missing"))
+
+
+def test_a_shape_mismatch_is_an_error_naming_the_segmentation(tmp_path):
+    hu, labels = tiny_case()
+    _, segmentation = write_lits_case(tmp_path, 0, hu, labels[:, :, :12])
+    case, = lits_cases(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(f"{segmentation}: segmentation shape (5, 16, 12) (D, H, W) "
+                                                   f"differs from the volume's (5, 16, 16)")):
+        case.prepare(OPTIONS)
+
+
+def test_unexpected_label_values_are_an_error_naming_the_file(tmp_path):
+    hu, labels = tiny_case()
+    labels[0, 0, :2] = [3, 7]
+    _, segmentation = write_lits_case(tmp_path, 0, hu, labels)
+    case, = lits_cases(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(f"{segmentation}: label values [3, 7] are not in the label map")):
+        case.prepare(OPTIONS)
+
+
+def test_a_non_3d_volume_is_an_error_naming_it(tmp_path):
+    hu, labels = tiny_case()
+    write_lits_case(tmp_path, 0, hu, labels)
+    volume = write_nifti_file(tmp_path / "volume-0.nii.gz", hu[0])
+    case, = lits_cases(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(f"{volume}: expected a 3-D volume")):
+        case.prepare(OPTIONS)
+
+
+def test_a_corrupt_volume_is_an_error_naming_it(tmp_path):
+    volume, _ = write_lits_set(tmp_path, 1)[0]
+    data = open(volume, "rb").read()
+    open(volume, "wb").write(data[:len(data) // 3])
+    case, = lits_cases(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(f"{volume}: cannot read as NIfTI")):
+        case.prepare(OPTIONS)
