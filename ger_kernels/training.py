@@ -16,6 +16,7 @@ import io
 import json
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -221,7 +222,7 @@ def train(config: TrainConfig, train_set, *, resume: bool = True, progress: bool
         model.train()
         total, seen = 0.0, 0
         batches = tqdm(train_loader, desc=f"{config.model} epoch {state['epoch'] + 1}/{config.epochs}",
-                       disable=not progress, leave=False)
+                       disable=not (progress and sys.stderr.isatty()), leave=False)
         for step, (images, masks) in enumerate(batches):
             if config.max_batches is not None and step >= config.max_batches:
                 break
