@@ -12,9 +12,9 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu)
 
-.PHONY: test pytest ctest demo bench clean
+.PHONY: test pytest ctest test-e2cnn demo bench clean
 
-test: ctest pytest
+test: ctest test-e2cnn pytest
 
 pytest: $(VENV)/.installed
 	$(PY) benchmarks/bench_expand_filter.py --quick
@@ -24,6 +24,18 @@ ctest: $(VENV)/.installed
 	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build build/cmake -j $(MAX_JOBS)
 	ctest --test-dir build/cmake --output-on-failure
+
+# e2cnn needs numpy<2: its import test runs in a venv of its own, on this source tree and the
+# extension built into it by the main venv.
+E2CNN_VENV ?= .venv-e2cnn
+test-e2cnn: $(VENV)/.installed $(E2CNN_VENV)/.ready
+	GER_KERNELS_REQUIRE_E2CNN=1 PYTHONPATH=$(CURDIR) $(E2CNN_VENV)/bin/python -m pytest -p no:cacheprovider \
+		-W ignore::DeprecationWarning -W ignore::UserWarning tests/convert/test_e2cnn.py
+
+$(E2CNN_VENV)/.ready:
+	$(PYTHON) -m venv $(E2CNN_VENV)
+	$(E2CNN_VENV)/bin/python -m pip install torch==$(TORCH_VERSION) "numpy<2" e2cnn pytest
+	touch $@
 
 demo: $(VENV)/.installed
 	$(PY) -m ger_kernels demo --out demo_output
@@ -45,4 +57,4 @@ $(VENV)/.installed: $(VENV)/.torch $(SOURCES)
 	touch $@
 
 clean:
-	rm -rf $(VENV) build ger_kernels/_C*.so *.egg-info
+	rm -rf $(VENV) $(E2CNN_VENV) build ger_kernels/_C*.so *.egg-info
