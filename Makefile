@@ -18,6 +18,7 @@ test: ctest test-e2cnn pytest
 
 pytest: $(VENV)/.installed
 	$(PY) benchmarks/bench_expand_filter.py --quick
+	GER_KERNELS_BENCH_SHAPES=quick $(PY) -m pytest -q benchmarks/test_microbench.py --benchmark-disable
 	GER_KERNELS_REQUIRE_EXTENSION=1 $(PY) -m pytest tests
 
 ctest: $(VENV)/.installed
@@ -40,7 +41,10 @@ $(E2CNN_VENV)/.ready:
 demo: $(VENV)/.installed
 	$(PY) -m ger_kernels demo --out demo_output
 
-bench: $(VENV)/.installed
+# CPU comparison table (a minute or two) and microbenchmarks, results under benchmarks/results/
+bench: $(VENV)/.installed $(E2CNN_VENV)/.ready
+	$(PY) benchmarks/run.py --out benchmarks/results/cpu-float32
+	$(PY) -m pytest benchmarks/test_microbench.py --benchmark-json benchmarks/results/micro-cpu.json
 	$(PY) benchmarks/bench_expand_filter.py
 
 $(VENV)/.torch:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine (torch 2.11+cu130, triton 3.6, Python 3.12, 16 cores, no
+# network): build the extension with CUDA, run the GPU parity tests, run the comparison runner
+# at GER-UNet shapes in bf16 and fp32, write everything to OUT (copy it back), print a short table.
+#   bash benchmarks/gpu_suite.sh OUT
+set -euo pipefail
+OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 PYTHONPATH=$PWD
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  python -c "import triton; print('triton', triton.__version__)" || true
+  date -u
+} > "$OUT/machine.txt" 2>&1
+# no network: build against the installed torch and install no dependency
+pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+python -c "import ger_kernels; print(ger_kernels.backends())" | tee -a "$OUT/machine.txt"
+# parity of every backend and op with the reference (the fused backends' tests add CUDA cases)
+GER_KERNELS_REQUIRE_EXTENSION=1 timeout 240 python -m pytest -q -x tests/test_ops.py tests/test_functional.py \
+  tests/convert/test_backend.py > "$OUT/parity.log" 2>&1 || echo "parity tests FAILED: see $OUT/parity.log"
+for dtype in bfloat16 float32; do
+  timeout 200 python benchmarks/run.py --device cuda --dtype "$dtype" --shapes ger-unet --repeats 10 --no-e2cnn \
+    --out "$OUT/$dtype" > "$OUT/$dtype.log" 2>&1 || echo "benchmark $dtype FAILED: see $OUT/$dtype.log"
+done
+tail -n 3 "$OUT/parity.log"
+for dtype in bfloat16 float32; do
+  echo "== $dtype, forward+backward =="
+  grep "forward+backward" "$OUT/$dtype/results.md" 2>/dev/null | cut -d'|' -f2-6 || true
+done

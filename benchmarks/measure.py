@@ -1,0 +1,108 @@
+"""Measurement helpers shared by the benchmarks: interleaved timing, peak memory of a step,
+the machine's measured peak throughput, and a one-line machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(steps: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                        warmup: int = 2) -> dict[str, float]:
+    """Median milliseconds of each step; rounds alternate between steps so that drift in the
+    machine's speed (clock, other load) hits every contender alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storages created by operators while it is active and still
+    alive, checked at every operator: the peak is the step's working set beyond its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and not tensor.is_meta:
+                storage = tensor.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+        self.peak = max(self.peak, sum(nbytes for _, nbytes in self.live.values()))
+        return out
+
+
+def peak_memory_bytes(step: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated by one call of ``step`` beyond what was allocated before it."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with _LiveTensorBytes() as tracker:
+        step()
+    return tracker.peak
+
+
+def machine_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """Measured, not nominal: TFLOP/s of a large matmul in ``dtype`` and GB/s of a large copy."""
+    n = 4096 if device.type == "cuda" else 1536
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    src = torch.empty(64 * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    times = interleaved_medians({"matmul": lambda: a @ b, "copy": lambda: dst.copy_(src)}, device, repeats=5)
+    return {"matmul_tflops": 2 * n ** 3 / times["matmul"] / 1e9,
+            "copy_gbs": 2 * src.numel() * src.element_size() / times["copy"] / 1e6}
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                what = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    versions = f"torch {torch.__version__}"
+    try:
+        import triton
+
+        versions += f", triton {triton.__version__}"
+    except ImportError:
+        pass
+    return f"{what}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads, {versions}, " \
+           f"Python {platform.python_version()}"

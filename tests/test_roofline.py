@@ -1,0 +1,29 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ger_kernels import reference
+from ger_kernels.roofline import ConvShape, conv_flops, conv_min_bytes
+
+
+@pytest.mark.parametrize("shape", [ConvShape(2, 3, 1, 4, 8, 9, 7), ConvShape(1, 2, 8, 3, 8, 10, 10, 3, 2, 1),
+                                   ConvShape(3, 2, 4, 2, 4, 8, 8, 5, 1, 4, 2)])
+def test_flops_match_torch_flop_counter(shape):
+    x = torch.randn(shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width,
+                    requires_grad=True)
+    w = torch.randn(shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size, shape.kernel_size)
+    expanded = reference.expand_filter(w, "p4m" if shape.group_order == 8 else "p4").requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        out = torch.nn.functional.conv2d(x, expanded, None, shape.stride, shape.padding, shape.dilation)
+    assert out.shape[-2:] == shape.out_size
+    assert counter.get_total_flops() == conv_flops(shape, "forward")
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == conv_flops(shape, "backward")
+    assert conv_flops(shape, "forward+backward") == 3 * conv_flops(shape, "forward")
+
+
+def test_min_bytes():
+    shape = ConvShape(1, 1, 1, 1, 8, 4, 4, kernel_size=1, padding=0)
+    assert conv_min_bytes(shape) == 4 * (16 + 1 + 8 * 16)
+    assert conv_min_bytes(shape, "forward+backward", 2) == 2 * (16 + 1 + 128 + 2 * 128 + 2 * 16 + 2)
