@@ -50,9 +50,10 @@ SHAPES = {
     "small": [_shape(2, 3, 1, 23, 8, 64), _shape(2, 23, 8, 23, 8, 64), _shape(2, 45, 8, 45, 8, 32),
               _shape(2, 91, 8, 91, 8, 16), _shape(2, 181, 8, 181, 8, 8), _shape(2, 3, 1, 32, 4, 64),
               _shape(2, 32, 4, 32, 4, 64)],
-    # GER-UNet at the paper's input (448x448, batch 4)
+    # GER-UNet at the paper's input (448x448, batch 4), and p4 at equal parameters
     "ger-unet": [_shape(4, 3, 1, 23, 8, 448), _shape(4, 23, 8, 23, 8, 448), _shape(4, 45, 8, 45, 8, 224),
-                 _shape(4, 91, 8, 91, 8, 112), _shape(4, 181, 8, 181, 8, 56)],
+                 _shape(4, 91, 8, 91, 8, 112), _shape(4, 181, 8, 181, 8, 56), _shape(4, 3, 1, 32, 4, 448),
+                 _shape(4, 32, 4, 32, 4, 448)],
 }
 LAYERS = {(1, 8): P4MConvZ2, (8, 8): P4MConvP4M, (1, 4): P4ConvZ2, (4, 4): P4ConvP4}
 

@@ -22,12 +22,10 @@ import ger_kernels  # noqa: E402
 DEVICE = torch.device(os.environ.get("GER_KERNELS_BENCH_DEVICE", "cpu"))
 SHAPE_SET = os.environ.get("GER_KERNELS_BENCH_SHAPES", "small")
 DTYPES = [torch.float32, torch.bfloat16] + ([torch.float16] if DEVICE.type == "cuda" else [])
-# the first shape of each layer kind in the chosen set
-KINDS = {(s.in_orientations, s.group_order): s for s in reversed(SHAPES[SHAPE_SET])}
 BACKENDS = list(ger_kernels.backends())
 
 
-@pytest.mark.parametrize("shape", list(KINDS.values()), ids=label)
+@pytest.mark.parametrize("shape", SHAPES[SHAPE_SET], ids=label)
 @pytest.mark.parametrize("mode", ["forward", "backward", "forward+backward"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
