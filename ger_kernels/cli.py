@@ -199,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device)
     p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--nondeterministic", dest="deterministic", action="store_false",
+                   help="allow nondeterministic (maybe faster) kernels")
     p.add_argument("--max-batches", type=int, default=None, help="per epoch (smoke runs)")
     p.add_argument("--cache-dir", default=None, help="disk cache of preprocessed slices")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")

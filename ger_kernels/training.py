@@ -37,7 +37,7 @@ __all__ = ["TrainConfig", "build_model", "train", "save_checkpoint", "load_check
 
 MODELS = ("ger-unet", "r-unet")
 # Fields a resumed run may change: they set how long and where it runs, not what it learns.
-RESUMABLE_CHANGES = {"epochs", "patience", "device", "backend"}
+RESUMABLE_CHANGES = {"epochs", "patience", "device", "backend", "deterministic"}
 
 
 @dataclasses.dataclass
@@ -63,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    deterministic: bool = True
     max_batches: int | None = None
 
     def __post_init__(self):
@@ -187,9 +188,20 @@ def _write_logs(out: str, history: list[dict]) -> None:
 
 def train(config: TrainConfig, train_set, *, resume: bool = True, progress: bool = True) -> dict:
     """Trains on ``train_set`` (a ``SliceDataset``), resuming from ``out/last.pt`` when it exists.
+    With ``config.deterministic``, torch's deterministic algorithms are on while it runs (ops
+    without one warn), so a run repeats bit for bit on the same machine.
 
     Returns ``{"best_epoch", "best_val_dice", "epochs_run", "seconds", "history"}``.
     """
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+    try:
+        return _train(config, train_set, resume, progress)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict:
     device = resolve_device(config.device)
     _seed_everything(config.seed)
     os.makedirs(config.out, exist_ok=True)

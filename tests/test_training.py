@@ -54,6 +54,14 @@ def test_resume_continues_where_it_stopped(tmp_path):
         train(config(tmp_path / "b", epochs=4, lr=1e-3), TinySlices(), progress=False)
 
 
+def test_repeats_bit_for_bit_and_restores_the_global_flag(tmp_path):
+    torch.use_deterministic_algorithms(False)
+    first = train(config(tmp_path / "a"), TinySlices(), progress=False)
+    second = train(config(tmp_path / "b"), TinySlices(), progress=False)
+    assert [r["train_loss"] for r in first["history"]] == [r["train_loss"] for r in second["history"]]
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_early_stopping(tmp_path):
     c = config(tmp_path, epochs=20, patience=1, lr=0.0, lr_decay=1.0)
     summary = train(c, TinySlices(), progress=False)
