@@ -205,7 +205,6 @@ def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict
     device = resolve_device(config.device)
     _seed_everything(config.seed)
     os.makedirs(config.out, exist_ok=True)
-    write_text_atomically(os.path.join(config.out, "config.json"), json.dumps(dataclasses.asdict(config), indent=1))
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
@@ -229,6 +228,7 @@ def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict
         generator.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
         state = payload["state"]
+    write_text_atomically(os.path.join(config.out, "config.json"), json.dumps(dataclasses.asdict(config), indent=1))
     while state["epoch"] < config.epochs and state["stale"] < config.patience:
         start = time.perf_counter()
         model.train()

@@ -50,8 +50,9 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert resumed["epochs_run"] == 3
     # identical to an uninterrupted run, since the data order and RNG states are restored
     assert [r["train_loss"] for r in resumed["history"]] == pytest.approx([r["train_loss"] for r in full["history"]])
-    with pytest.raises(ValueError, match="was written with another configuration"):
+    with pytest.raises(ValueError, match=r"was written with another configuration \(epochs, lr differ"):
         train(config(tmp_path / "b", epochs=4, lr=1e-3), TinySlices(), progress=False)
+    assert json.load(open(tmp_path / "b" / "run" / "config.json"))["lr"] == config(tmp_path).lr
 
 
 def test_repeats_bit_for_bit_and_restores_the_global_flag(tmp_path):
