@@ -33,7 +33,7 @@ from measure import (interleaved_medians, machine_description, machine_peaks,  #
 from ger_kernels import backends  # noqa: E402
 from ger_kernels._io import write_atomically, write_text_atomically  # noqa: E402
 from ger_kernels.models import GERUNet, RUNet, count_parameters, group_widths  # noqa: E402
-from ger_kernels.nn import P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2  # noqa: E402
+from ger_kernels.nn import conv_class  # noqa: E402
 from ger_kernels.roofline import ConvShape, conv_flops, conv_min_bytes  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -55,7 +55,6 @@ SHAPES = {
                  _shape(4, 91, 8, 91, 8, 112), _shape(4, 181, 8, 181, 8, 56), _shape(4, 3, 1, 32, 4, 448),
                  _shape(4, 32, 4, 32, 4, 448)],
 }
-LAYERS = {(1, 8): P4MConvZ2, (8, 8): P4MConvP4M, (1, 4): P4ConvZ2, (4, 4): P4ConvP4}
 
 
 def label(shape: ConvShape) -> str:
@@ -83,7 +82,7 @@ def layer_rows(shapes, args, device, dtype) -> list[dict]:
     external = e2cnn_results(shapes, args) if not args.no_e2cnn else "skipped (--no-e2cnn)"
     for shape in shapes:
         torch.manual_seed(0)
-        layer = LAYERS[(shape.in_orientations, shape.group_order)](
+        layer = conv_class(shape.in_orientations, shape.group_order)(
             shape.in_fields, shape.out_fields, shape.kernel_size, shape.stride, shape.padding).to(device, dtype)
         x = torch.randn(shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width,
                         device=device, dtype=dtype, requires_grad=True)

@@ -15,9 +15,10 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import contenders  # noqa: E402
-from run import LAYERS, SHAPES, label  # noqa: E402
+from run import SHAPES, label  # noqa: E402
 
 import ger_kernels  # noqa: E402
+from ger_kernels.nn import conv_class  # noqa: E402
 
 DEVICE = torch.device(os.environ.get("GER_KERNELS_BENCH_DEVICE", "cpu"))
 SHAPE_SET = os.environ.get("GER_KERNELS_BENCH_SHAPES", "small")
@@ -34,7 +35,7 @@ def test_layer(benchmark, shape, mode, backend, dtype):
     if not status.available:
         pytest.skip(status.reason)
     torch.manual_seed(0)
-    layer = LAYERS[(shape.in_orientations, shape.group_order)](
+    layer = conv_class(shape.in_orientations, shape.group_order)(
         shape.in_fields, shape.out_fields, shape.kernel_size, shape.stride, shape.padding).to(DEVICE, dtype)
     x = torch.randn(shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width,
                     device=DEVICE, dtype=dtype, requires_grad=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ger_kernels.nn import GroupConv2d, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2
+from ger_kernels.nn import GroupConv2d, conv_class
 from ger_kernels.reference import expand_filter
 
 __all__ = ["E2CNN_P4M_PERMUTATION", "from_e2cnn", "e2cnn_to_ours"]
@@ -86,8 +86,7 @@ def from_e2cnn(conv: nn.Module, backend: str = "auto", atol: float = 1e-6) -> Gr
             per_field = bias.view(c_out, order)
             if (per_field - per_field[:, :1]).abs().max() > atol * per_field.abs().max().clamp_min(1e-30):
                 raise ValueError(f"the bias of {type(conv).__name__} differs between the orientations of a field")
-        cls = {("p4m", 1): P4MConvZ2, ("p4m", 8): P4MConvP4M, ("p4", 1): P4ConvZ2, ("p4", 4): P4ConvP4}[(group, s_in)]
-        layer = cls(c_in, c_out, k, conv.stride, conv.padding, conv.dilation, bias is not None, backend,
+        layer = conv_class(s_in, order)(c_in, c_out, k, conv.stride, conv.padding, conv.dilation, bias is not None, backend,
                     strict_equivariance=False).to(expanded.device, expanded.dtype)
         layer.weight.copy_(weight)
         if bias is not None:

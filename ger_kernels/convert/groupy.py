@@ -12,19 +12,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ger_kernels.nn import GroupConv2d, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2
+from ger_kernels.nn import GroupConv2d, conv_class
 
 __all__ = ["GroupyLayout", "from_groupy", "is_groupy_conv"]
 
-# (input_stabilizer_size, output_stabilizer_size) -> our layer
-_LAYERS = {(1, 4): P4ConvZ2, (4, 4): P4ConvP4, (1, 8): P4MConvZ2, (8, 8): P4MConvP4M}
+_STABILIZER_SIZES = {(1, 4), (4, 4), (1, 8), (8, 8)}  # (input, output) of GrouPy's four layers
 
 
 def is_groupy_conv(module: nn.Module) -> bool:
     """A GrouPy split group convolution: it has GrouPy's stabilizer sizes and 5-D weight."""
     sizes = (getattr(module, "input_stabilizer_size", None), getattr(module, "output_stabilizer_size", None))
     weight = getattr(module, "weight", None)
-    return sizes in _LAYERS and isinstance(weight, torch.Tensor) and weight.dim() == 5
+    return sizes in _STABILIZER_SIZES and isinstance(weight, torch.Tensor) and weight.dim() == 5
 
 
 class GroupyLayout(nn.Module):
@@ -41,7 +40,7 @@ class GroupyLayout(nn.Module):
 
 
 def _convert(module: nn.Module, backend: str) -> GroupyLayout:
-    cls = _LAYERS[(module.input_stabilizer_size, module.output_stabilizer_size)]
+    cls = conv_class(module.input_stabilizer_size, module.output_stabilizer_size)
     params = {}
     for name in ("kernel_size", "stride", "padding", "dilation"):
         value = getattr(module, name, 1)

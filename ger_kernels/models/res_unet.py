@@ -24,8 +24,8 @@ from torch import nn
 
 from ger_kernels._validation import check_feature_map
 from ger_kernels.groups import get_group
-from ger_kernels.nn import (GroupBatchNorm2d, GroupMaxPool2d, GroupOrientationPool, GroupUpsample, P4ConvP4,
-                            P4ConvZ2, P4MConvP4M, P4MConvZ2, group_cat)
+from ger_kernels.nn import (GroupBatchNorm2d, GroupMaxPool2d, GroupOrientationPool, GroupUpsample, conv_class,
+                            group_cat)
 
 __all__ = ["GERUNet", "RUNet", "PAPER_WIDTHS", "group_widths", "count_parameters"]
 
@@ -53,8 +53,8 @@ class _Family:
     def conv(self, c_in: int, c_out: int, k: int, lifting: bool = False, bias: bool = False) -> nn.Module:
         if self.group is None:
             return nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=bias)
-        lift, conv = (P4MConvZ2, P4MConvP4M) if self.group.name == "p4m" else (P4ConvZ2, P4ConvP4)
-        return (lift if lifting else conv)(c_in, c_out, k, padding=k // 2, bias=bias, backend=self.backend)
+        layer = conv_class(1 if lifting else self.group.order, self.group.order)
+        return layer(c_in, c_out, k, padding=k // 2, bias=bias, backend=self.backend)
 
     def norm(self, c: int) -> nn.Module:
         return nn.BatchNorm2d(c) if self.group is None else GroupBatchNorm2d(c, self.group)

@@ -17,7 +17,7 @@ from ger_kernels.backends import check_backend_name
 from ger_kernels.functional import group_conv2d
 from ger_kernels.groups import get_group
 
-__all__ = ["GroupConv2d", "P4MConvZ2", "P4MConvP4M", "P4ConvZ2", "P4ConvP4"]
+__all__ = ["GroupConv2d", "P4MConvZ2", "P4MConvP4M", "P4ConvZ2", "P4ConvP4", "conv_class"]
 
 
 class GroupConv2d(nn.Module):
@@ -108,3 +108,13 @@ class P4ConvZ2(GroupConv2d):
 class P4ConvP4(GroupConv2d):
     """p4 to p4 convolution: ``(B, C_in*4, H, W)`` -> ``(B, C_out*4, H', W')``."""
     group_name, lifting = "p4", False
+
+
+def conv_class(in_orientations: int, group_order: int) -> type[GroupConv2d]:
+    """The layer for ``S_in`` -> ``S`` orientations: (1, 8) P4MConvZ2, (8, 8) P4MConvP4M,
+    (1, 4) P4ConvZ2, (4, 4) P4ConvP4."""
+    layers = {(1, 8): P4MConvZ2, (8, 8): P4MConvP4M, (1, 4): P4ConvZ2, (4, 4): P4ConvP4}
+    if (in_orientations, group_order) not in layers:
+        raise ValueError(f"(in_orientations, group_order) must be one of {sorted(layers)}, "
+                         f"got {(in_orientations, group_order)}")
+    return layers[(in_orientations, group_order)]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ger_kernels import reference
-from ger_kernels.nn import GroupConv2d, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2
+from ger_kernels.nn import GroupConv2d, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2, conv_class
 from ger_kernels.testing import check_equivariance
 from helpers import max_rel_err
 
@@ -141,3 +141,9 @@ def test_bad_input():
         layer(torch.randn(1, 16, 5, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"input must have 3 channels \(planar \(B, C_in, H, W\)\), got 24"):
         P4MConvZ2(3, 2, 3)(torch.randn(1, 24, 5, 5))
+
+
+def test_conv_class_by_orientations():
+    assert [conv_class(s_in, s) for s_in, s in [(1, 8), (8, 8), (1, 4), (4, 4)]] == LAYERS
+    with pytest.raises(ValueError, match=r"\(in_orientations, group_order\) must be one of .* got \(4, 8\)"):
+        conv_class(4, 8)
