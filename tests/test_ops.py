@@ -98,3 +98,17 @@ def test_expand_filter_backward_errors():
         torch.ops.ger_kernels.expand_filter_backward(torch.zeros(16, 4, 3, 3), 8, 2)
     with pytest.raises(RuntimeError, match=r"grad must have shape \(C_out\*8, C_in\*8, k, k\)"):
         torch.ops.ger_kernels.expand_filter_backward(torch.zeros(12, 8, 3, 3), 8, 8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("group,lifting", list(itertools.product([P4M, P4], [True, False])), ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_kernels_match_cpu(group, lifting, dtype):
+    w = weight(group, lifting, 5, 3, 3, dtype=dtype)
+    out = torch.ops.ger_kernels.expand_filter(w.cuda(), group.order)
+    assert torch.equal(out.cpu(), torch.ops.ger_kernels.expand_filter(w, group.order))
+    grad = torch.randn_like(out, dtype=torch.float64).to(dtype)
+    dw = torch.ops.ger_kernels.expand_filter_backward(grad, group.order, w.shape[2])
+    expected = torch.ops.ger_kernels.expand_filter_backward(grad.cpu().double(), group.order, w.shape[2])
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 1e-2)
+    assert max_rel_err(dw.cpu(), expected) < tolerance
