@@ -14,9 +14,10 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from measure import interleaved_medians, machine_description  # noqa: E402
+from measure import interleaved_medians  # noqa: E402
 
 from ger_kernels import ops, reference  # noqa: E402
+from ger_kernels.machine import machine_description  # noqa: E402
 
 # (C_out, C_in, S_in) of GER-UNet's group layers at widths 23/45/91/181, k = 3
 GER_UNET_LAYERS = [(23, 3, 1), (23, 23, 8), (45, 45, 8), (91, 91, 8), (181, 181, 8)]

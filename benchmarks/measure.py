@@ -1,10 +1,8 @@
-"""Measurement helpers shared by the benchmarks: interleaved timing, peak memory of a step,
-the machine's measured peak throughput, and a one-line machine description."""
+"""Measurement helpers shared by the benchmarks: interleaved timing, peak memory of a step and
+the machine's measured peak throughput."""
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from typing import Callable
@@ -85,24 +83,3 @@ def machine_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     times = interleaved_medians({"matmul": lambda: a @ b, "copy": lambda: dst.copy_(src)}, device, repeats=5)
     return {"matmul_tflops": 2 * n ** 3 / times["matmul"] / 1e9,
             "copy_gbs": 2 * src.numel() * src.element_size() / times["copy"] / 1e6}
-
-
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        what = torch.cuda.get_device_name(device)
-    else:
-        what = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                what = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-    versions = f"torch {torch.__version__}"
-    try:
-        import triton
-
-        versions += f", triton {triton.__version__}"
-    except ImportError:
-        pass
-    return f"{what}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads, {versions}, " \
-           f"Python {platform.python_version()}"

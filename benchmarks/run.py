@@ -27,10 +27,10 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import contenders  # noqa: E402
-from measure import (interleaved_medians, machine_description, machine_peaks,  # noqa: E402
-                     peak_memory_bytes)
+from measure import interleaved_medians, machine_peaks, peak_memory_bytes  # noqa: E402
 
 from ger_kernels import backends  # noqa: E402
+from ger_kernels.machine import machine_description  # noqa: E402
 from ger_kernels._io import write_atomically, write_text_atomically  # noqa: E402
 from ger_kernels.models import GERUNet, RUNet, count_parameters, group_widths  # noqa: E402
 from ger_kernels.nn import conv_class  # noqa: E402

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import ger_kernels
+from ger_kernels.convert import set_backend
 from ger_kernels.nn import (GroupBatchNorm2d, GroupMaxPool2d, GroupOrientationPool, GroupUpsample, P4MConvP4M,
                             P4MConvZ2)
 from ger_kernels.testing import equivariance_errors
@@ -74,10 +75,7 @@ def check(args: argparse.Namespace) -> int:
                 continue
             net32 = check_network()
             net32.load_state_dict(net.state_dict())
-            for m in net32.modules():
-                if isinstance(m, ger_kernels.nn.GroupConv2d):
-                    m.backend = name
-            out = net32.eval()(x.float()).double()
+            out = set_backend(net32, name).eval()(x.float()).double()
             print(f"  {name:<10} {((out - expected).abs().max() / expected.abs().max()).item():.2e}")
     print(f"worst equivariance error {worst:.2e} (SPEC bound 1e-10): {'OK' if worst <= 1e-10 else 'FAILED'}")
     return 0 if worst <= 1e-10 else 1

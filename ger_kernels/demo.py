@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 
 import torch
@@ -19,7 +18,8 @@ from ger_kernels.evaluation import evaluate_model, write_metrics
 from ger_kernels.figures import equivariance_figure, training_curves
 from ger_kernels.models import count_parameters, group_widths
 from ger_kernels.testing import equivariance_errors
-from ger_kernels.training import TrainConfig, model_from_checkpoint, train
+from ger_kernels.machine import machine_description
+from ger_kernels.training import TrainConfig, model_from_checkpoint, resolve_device, train
 
 __all__ = ["DEMO_WIDTHS", "run_demo"]
 
@@ -60,7 +60,7 @@ def run_demo(out: str = "demo_output", source: str = "phantom", size: int = 64, 
     training_curves({name: s["history"] for name, s in summaries.items()}, os.path.join(out, "training.png"))
     errors = {name: equivariance_errors(model, test_set[index][0][None], "p4m", "planar", "planar")
               for name, model in models.items()}
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(), "data": source, "size": size,
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{machine_description(resolve_device('auto'))}, ger_kernels {ger_kernels.__version__}", "data": source, "size": size,
               "epochs": epochs, "parameters": params, "training": {n: {k: v for k, v in s.items() if k != "history"}
                                                                    for n, s in summaries.items()},
               "metrics": rows, "figure1_disagreement_pixels": counts, "equivariance_errors": errors,
@@ -70,12 +70,6 @@ def run_demo(out: str = "demo_output", source: str = "phantom", size: int = 64, 
     write_text_atomically(path, _markdown(report, open(os.path.join(out, "metrics.md")).read()))
     print(f"report: {path} ({report['seconds']:.0f} s in all)")
     return path
-
-
-def _machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
-    return (f"{device}, {os.cpu_count()} cores, torch {torch.__version__}, ger_kernels {ger_kernels.__version__}, "
-            f"Python {platform.python_version()}")
 
 
 def _markdown(report: dict, metrics_table: str) -> str:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import ger_kernels
+from ger_kernels.convert import set_backend
 from ger_kernels.nn import GroupBatchNorm2d, GroupMaxPool2d, GroupOrientationPool, GroupUpsample, P4MConvP4M, P4MConvZ2
 from ger_kernels.testing import equivariance_errors
 
@@ -36,9 +37,7 @@ def main() -> None:
         if not status.available:
             print(f"backend {name}: unavailable ({status.reason})")
             continue
-        for layer in model.modules():
-            if isinstance(layer, ger_kernels.nn.GroupConv2d):
-                layer.backend = name
+        set_backend(model, name)
         diff = (model(image) - scores).abs().max().item()
         print(f"backend {name}: max |difference| to the first run {diff:.1e}")
 

@@ -35,4 +35,3 @@ def test_interleaved_medians_and_peaks():
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
     peaks = measure.machine_peaks(CPU, torch.float32)
     assert peaks["matmul_tflops"] > 0 and peaks["copy_gbs"] > 0
-    assert "torch" in measure.machine_description(CPU)
