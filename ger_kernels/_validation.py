@@ -67,12 +67,11 @@ def check_exact_grid(layer: str, height: int, width: int, kernel_size: int, stri
             )
 
 
-def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    group: Group) -> tuple[int, int, int, int]:
-    """Checks a group convolution's tensors; returns ``(C_out, C_in, S_in, k)``."""
-    for name, t in (("input", input), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+def check_weight(weight: torch.Tensor, group: Group) -> tuple[int, int, int, int]:
+    """``weight`` is a ``(C_out, C_in, S_in, k, k)`` tensor with ``S_in`` 1 or S and square taps;
+    returns ``(C_out, C_in, S_in, k)``."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 5:
         raise ValueError(
             f"weight must be 5-D (C_out, C_in, S_in, k, k) with S_in in (1, {group.order}), "
@@ -85,6 +84,15 @@ def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         )
     if k != k_w:
         raise ValueError(f"weight must have square k x k taps (a quarter turn swaps them), got {k} x {k_w}")
+    return c_out, c_in, s_in, k
+
+
+def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    group: Group) -> tuple[int, int, int, int]:
+    """Checks a group convolution's tensors; returns ``(C_out, C_in, S_in, k)``."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    c_out, c_in, s_in, k = check_weight(weight, group)
     layout = "planar (B, C_in, H, W)" if s_in == 1 else f"(B, C_in*{group.order}, H, W)"
     check_feature_map(input, c_in * s_in, "input", layout)
     if not weight.is_floating_point():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ger_kernels._validation import check_conv_args, square_param
+from ger_kernels._validation import check_conv_args, check_weight, square_param
 from ger_kernels.groups import Group, get_group
 
 __all__ = ["expand_filter", "group_conv2d"]
@@ -37,15 +37,7 @@ def expand_filter(weight: torch.Tensor, group: str | Group = "p4m") -> torch.Ten
     group (``S_in = S``):   ``W~[o, t, i, s] = A_t(w[o, i, T[t, s]])``.
     """
     group = get_group(group)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"weight must be a 5-D tensor (C_out, C_in, S_in, k, k), got {shape}")
-    c_out, c_in, s_in, k, k_w = weight.shape
-    if s_in not in (1, group.order) or k != k_w:
-        raise ValueError(
-            f"weight must be (C_out, C_in, S_in, k, k) with S_in in (1, {group.order}) and square taps, "
-            f"got shape {tuple(weight.shape)}"
-        )
+    c_out, c_in, s_in, k = check_weight(weight, group)
     orient, taps = _gather_indices(group, s_in, k, weight.device)
     expanded = weight.flatten(-2)[:, :, orient, taps]  # (C_out, C_in, S, S_in, k*k)
     return expanded.transpose(1, 2).reshape(c_out * group.order, c_in * s_in, k, k)

@@ -101,5 +101,7 @@ def test_bad_group_and_filter():
     x, w, b = random_conv_args(P4M, False, 3)
     with pytest.raises(ValueError, match="group must be one of"):
         reference.group_conv2d(x, w, b, group="p6")
-    with pytest.raises(ValueError, match=r"S_in in \(1, 4\)"):
+    with pytest.raises(ValueError, match=r"S_in\) must be 1 \(lifting\) or 4 \(p4 to p4\), got 8"):
         reference.expand_filter(w, "p4")
+    with pytest.raises(ValueError, match=r"weight must be 5-D"):
+        reference.expand_filter(w[0], "p4m")

@@ -31,8 +31,6 @@ class GroupBatchNorm2d(nn.BatchNorm3d):
                 f"input must have num_fields*{self.group.order} = {self.num_features * self.group.order} "
                 f"channels, got {input.shape[1]}"
             )
-        if input.numel() == 0:
-            return input.clone()
         return super().forward(input.unflatten(1, (fields, self.group.order))).flatten(1, 2)
 
     def extra_repr(self) -> str:

@@ -52,7 +52,9 @@ def test_layouts_empty_batch_and_state_dict():
     x = torch.randn(3, 16, 5, 5, dtype=torch.float64)
     assert max_rel_err(bn(x.to(memory_format=torch.channels_last)), bn(x)) < 1e-15
     bn.train()
+    running = bn.running_mean.clone(), bn.running_var.clone()
     assert bn(x[:0]).shape == (0, 16, 5, 5)
+    assert torch.equal(bn.running_mean, running[0]) and torch.equal(bn.running_var, running[1])
     assert set(bn.state_dict()) == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
     assert repr(bn).startswith("GroupBatchNorm2d(p4m, 2, eps=1e-05")
 
