@@ -10,6 +10,7 @@
 
 #include "../expand_filter.h"
 #include "../group_tables.h"
+#include "expand_filter_cpu.h"
 
 namespace ger_kernels {
 namespace {
@@ -81,6 +82,8 @@ void expand_filter_backward_kernel(const scalar_t* grad, scalar_t* dw, const Fil
   });
 }
 
+}  // namespace
+
 at::Tensor expand_filter_cpu(const at::Tensor& weight, int64_t group_order) {
   const FilterShape shape = check_expand_filter(weight, group_order);
   const at::Tensor w = weight.contiguous();
@@ -102,8 +105,6 @@ at::Tensor expand_filter_backward_cpu(const at::Tensor& grad, int64_t group_orde
   });
   return dw;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(ger_kernels, CPU, m) {
   m.impl("expand_filter", &expand_filter_cpu);
