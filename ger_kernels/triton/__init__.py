@@ -1,0 +1,40 @@
+"""Fused group convolution kernels in Triton (SPEC section 3), behind the backend switch.
+
+``status()`` says whether they can run here; ``group_conv2d`` has the contract of
+``ger_kernels.reference.conv_expanded``. Importing this package never needs triton: the
+kernels (``ger_kernels.triton.group_conv``) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from ger_kernels.groups import Group
+
+__all__ = ["status", "group_conv2d"]
+
+
+def status() -> tuple[bool, str]:
+    """(available, why): triton installed, and a CUDA device or ``TRITON_INTERPRET=1``."""
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install triton)"
+    import triton
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1): slow, for tests"
+    if not torch.cuda.is_available():
+        return False, (f"triton {triton.__version__} is installed but there is no CUDA device "
+                       "(TRITON_INTERPRET=1 runs the kernels on CPU tensors in the interpreter)")
+    return True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}"
+
+
+def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                 padding: int, dilation: int, group: Group) -> torch.Tensor:
+    """Fused ``conv2d(input, W~, bias.repeat_interleave(S), stride, padding, dilation)`` on
+    arguments already checked; differentiable w.r.t. input, weight and bias."""
+    from ger_kernels.triton import group_conv
+
+    return group_conv.group_conv2d(input, weight, bias, stride, padding, dilation, group)

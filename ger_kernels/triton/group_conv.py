@@ -1,0 +1,413 @@
+"""Fused group convolution in Triton: forward, input gradient and weight gradient as
+implicit GEMMs that read the base weight ``w`` through the small index tables of the group
+(SPEC section 3) and never materialize the expanded filter ``W~`` or its gradient.
+
+Shapes: input ``(B, C_in*S_in, H, W)`` (any strides: NCHW, channels_last, views), weight
+``(C_out, C_in, S_in, k, k)``, bias ``(C_out,)``, output ``(B, C_out*S, H_out, W_out)`` in the
+input's memory format. ``W~[o*S + t, i*S_in + s, tap] = w[o, i, T[t, s], taps[t, tap]]``
+(``T[t, s]`` replaced by 0 when ``S_in = 1``) with ``taps[t] = group.tap_permutation(k)[t]``,
+taps flattened row-major. float32 (IEEE unless ``GER_KERNELS_TRITON_TF32=1``), float16 and
+bfloat16 inputs, float32 accumulation.
+
+Ops (namespace ``ger_kernels_triton``, CPU and CUDA; CPU tensors need ``TRITON_INTERPRET=1``):
+``group_conv2d(input, weight, bias, stride, padding, dilation, order, relu)`` (differentiable;
+``relu`` fuses a ReLU into the epilogue), ``group_conv2d_input_grad`` and
+``group_conv2d_weight_grad`` (its backward).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ger_kernels.groups import Group, get_group
+from ger_kernels.triton.jit import Kernel, interpreting
+from ger_kernels.triton.tuning import Config, Tuner, size_bucket
+
+__all__ = ["group_conv2d", "tables", "precision", "TF32_ENV"]
+
+TF32_ENV = "GER_KERNELS_TRITON_TF32"
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@Kernel
+def forward_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
+    B, C, H, W, N, H_out, W_out,
+    sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+    stride, padding, dilation,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[b, n, oh, ow] = sum_{c, tap} x[b, c, oh*stride - padding + kh*dilation, ...] W~[n, c, tap]
+    (+ bias[n // S], ReLU). GEMM rows: output pixels (b, oh, ow); columns: output channels n
+    (C = C_in*S_in, N = C_out*S); reduction: taps, then input channels in blocks of BLOCK_K."""
+    TAPS: tl.constexpr = KSIZE * KSIZE
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < B * H_out * W_out
+    n_ok = rn < N
+    ow = rm % W_out
+    oh = (rm // W_out) % H_out
+    batch = (rm // (W_out * H_out)).to(tl.int64)
+    t = rn % S
+    # W~[n, c0 + k, tap] = w[n // S, (c0 + k) // S_IN, T[t, k % S_IN], taps[t, tap]] for c0 a multiple of S
+    w_off = (rn // S)[None, :] * (C * TAPS) + (rk // S_IN * S_IN)[:, None] * TAPS
+    if S_IN > 1:
+        w_off += tl.load(orient_ptr + t[None, :] * S + (rk % S)[:, None]) * TAPS
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tap in range(TAPS):
+        ih = oh * stride - padding + (tap // KSIZE) * dilation
+        iw = ow * stride - padding + (tap % KSIZE) * dilation
+        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a_ptrs = x_ptr + batch * sxb + ih * sxh + iw * sxw
+        b_ptrs = w_ptr + w_off + tl.load(taps_ptr + t * TAPS + tap)[None, :]
+        for c0 in range(0, C, BLOCK_K):
+            c_ok = c0 + rk < C
+            a = tl.load(a_ptrs[:, None] + (c0 + rk)[None, :] * sxc, mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs + c0 * TAPS, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn // S, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    out_ptrs = out_ptr + (batch * sob + oh * soh + ow * sow)[:, None] + rn[None, :] * soc
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@Kernel
+def input_grad_kernel(
+    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr,
+    B, C, H, W, N, H_out, W_out, H_phase, W_phase,
+    sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
+    stride, padding, dilation,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx[b, c, h, w] = sum_{n, tap} dy[b, n, oh, ow] W~[n, c, tap] over oh*stride - padding +
+    kh*dilation = h (and the same for w). Program axis 2 is the phase (h % stride, w % stride):
+    a tap meets output pixels for all or none of a phase's pixels, so no stride**2 waste.
+    GEMM rows: that phase's input pixels; columns: input channels c; reduction: taps, then
+    output channels in blocks of BLOCK_K."""
+    TAPS: tl.constexpr = KSIZE * KSIZE
+    ph = tl.program_id(2) // stride
+    pw = tl.program_id(2) % stride
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    h = ph + (rm // W_phase) % H_phase * stride
+    w = pw + rm % W_phase * stride
+    batch = (rm // (W_phase * H_phase)).to(tl.int64)
+    m_ok = (rm < B * H_phase * W_phase) & (h < H) & (w < W)
+    c_ok = rn < C
+    t = rk % S
+    # W~[n0 + k, c, tap] = w[n0 // S + k // S, c // S_IN, T[t, c % S_IN], taps[t, tap]] for n0 a multiple of S
+    w_off = (rk // S)[:, None] * (C * TAPS) + (rn // S_IN * S_IN)[None, :] * TAPS
+    if S_IN > 1:
+        w_off += tl.load(orient_ptr + t[:, None] * S + (rn % S)[None, :]) * TAPS
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tap in range(TAPS):
+        kh = tap // KSIZE
+        kw = tap % KSIZE
+        if ((ph + padding - kh * dilation) % stride == 0) & ((pw + padding - kw * dilation) % stride == 0):
+            oh = (h + padding - kh * dilation) // stride  # exact division: no rounding direction issue
+            ow = (w + padding - kw * dilation) // stride
+            pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
+            a_ptrs = dy_ptr + batch * sdb + oh * sdh + ow * sdw
+            b_ptrs = w_ptr + w_off + tl.load(taps_ptr + t * TAPS + tap)[:, None]
+            for n0 in range(0, N, BLOCK_K):
+                n_ok = n0 + rk < N
+                a = tl.load(a_ptrs[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
+                            other=0.0)
+                b = tl.load(b_ptrs + n0 // S * (C * TAPS), mask=n_ok[:, None] & c_ok[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rn[None, :] * sxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+
+@Kernel
+def weight_grad_kernel(
+    dy_ptr, x_ptr, dw_ptr, source_ptr, inverse_taps_ptr,
+    B, C, H, W, C_OUT, H_out, W_out, pixels_per_split,
+    sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
+    stride, padding, dilation,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One split of the pixels of dw[o, q // S_IN, q % S_IN, tap'] (q = i*S_IN + u), written
+    float32 to dw_ptr[split, o, q, tap']: the sum over the S elements t of
+    dW~[o*S + t, i*S_IN + source[t, u], inverse_taps[t, tap']], where source[t, u] is the s
+    with T[t, s] = u (0 when S_IN = 1) and inverse_taps[t] inverts taps[t]. The S transformed
+    contributions accumulate in one register tile. GEMM rows: output fields o; columns: q;
+    reduction: pixels (b, oh, ow) in blocks of BLOCK_K, and t."""
+    TAPS: tl.constexpr = KSIZE * KSIZE
+    tiles_n = tl.cdiv(C, BLOCK_N)
+    tap_out = tl.program_id(1)
+    split = tl.program_id(2)
+    ro = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
+    rq = tl.program_id(0) % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    o_ok = ro < C_OUT
+    q_ok = rq < C
+    pixels = B * H_out * W_out
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for p0 in range(split * pixels_per_split, (split + 1) * pixels_per_split, BLOCK_K):
+        p = p0 + rk
+        p_ok = p < pixels
+        ow = p % W_out
+        oh = (p // W_out) % H_out
+        batch = (p // (W_out * H_out)).to(tl.int64)
+        dy_cols = dy_ptr + batch * sdb + oh * sdh + ow * sdw
+        for t in range(S):
+            tap = tl.load(inverse_taps_ptr + t * TAPS + tap_out)
+            ih = oh * stride - padding + (tap // KSIZE) * dilation
+            iw = ow * stride - padding + (tap % KSIZE) * dilation
+            pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            if S_IN > 1:
+                c = rq // S_IN * S_IN + tl.load(source_ptr + t * S + rq % S_IN)
+            else:
+                c = rq
+            a = tl.load(dy_cols[None, :] + ((ro * S + t) * sdc)[:, None], mask=o_ok[:, None] & p_ok[None, :],
+                        other=0.0)
+            b = tl.load(x_ptr + (batch * sxb + ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :],
+                        mask=pix_ok[:, None] & q_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    dw_ptrs = dw_ptr + split * (C_OUT * C * TAPS) + (ro[:, None] * C + rq[None, :]) * TAPS + tap_out
+    tl.store(dw_ptrs, acc, mask=o_ok[:, None] & q_ok[None, :])
+
+
+# --------------------------------------------------------------------------- launchers
+
+# (order, S_in, k, device) -> index tables; a plain dict (SPEC: O(S^2 + S*k^2) entries).
+_TABLES: dict[tuple, dict[str, torch.Tensor]] = {}
+_TUNER = Tuner()
+
+
+def tables(group: Group, kernel_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """int32 tables, flattened row-major: ``orient`` (S, S) = T; ``taps`` (S, k*k) =
+    ``tap_permutation(k)``; ``source`` (S, S): ``source[t, u]`` = the s with ``T[t, s] = u``;
+    ``inverse_taps`` (S, k*k): ``inverse_taps[t, taps[t, j]] = j``."""
+    key = (group.order, kernel_size, device)
+    if key not in _TABLES:
+        taps = group.tap_permutation(kernel_size)
+        source = torch.tensor([[group.mul(t, u) for u in group.elements()] for t in group.elements()])
+        _TABLES[key] = {name: table.to(device=device, dtype=torch.int32).flatten() for name, table in
+                        {"orient": group.T, "taps": taps, "source": source, "inverse_taps": taps.argsort(1)}.items()}
+    return _TABLES[key]
+
+
+def precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input_precision: IEEE float32 unless ``GER_KERNELS_TRITON_TF32=1`` opts in."""
+    return "tf32" if dtype == torch.float32 and os.environ.get(TF32_ENV) == "1" else "ieee"
+
+
+def _check(x: torch.Tensor) -> None:
+    if x.dtype not in DTYPES:
+        raise TypeError(f"the Triton kernels take float32, float16 or bfloat16 tensors, got {x.dtype}; "
+                        "use the reference backend for other dtypes")
+    if x.device.type != "cuda" and not interpreting():
+        raise RuntimeError(f"the Triton kernels run {x.device.type} tensors only in the Triton interpreter "
+                           "(TRITON_INTERPRET=1); use CUDA tensors")
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a channels_last input (that is not also contiguous), else contiguous."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def _run(family: str, key: tuple, launch, device: torch.device):
+    """``launch(config)`` with the tuned (or forced) config of ``family`` for problem class ``key``."""
+    if device.type == "cuda":
+        key = (torch.cuda.get_device_name(device), triton.__version__) + key
+
+    def time_ms(config: Config) -> float:
+        try:
+            return triton.testing.do_bench(lambda: launch(config), warmup=5, rep=25)
+        except Exception:  # a config this GPU cannot run (resources) is never chosen
+            return float("inf")
+
+    return launch(_TUNER.choose(family, key, time_ms))
+
+
+def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: int, relu: bool) -> torch.Tensor:
+    """The group convolution (+ bias, + ReLU if ``relu``), in ``x``'s memory format."""
+    batch, channels, height, width = x.shape
+    c_out, _, s_in, k, _ = weight.shape
+    h_out, w_out = (_out_size(n, k, stride, padding, dilation) for n in (height, width))
+    out = torch.empty((batch, c_out * order, h_out, w_out), dtype=x.dtype, device=x.device,
+                      memory_format=_memory_format(x))
+    if out.numel() == 0:
+        return out
+    _check(x)
+    weight = weight.contiguous()
+    table = tables(get_group("p4m" if order == 8 else "p4"), k, x.device)
+    pixels, n = batch * h_out * w_out, c_out * order
+
+    def launch(config: Config) -> None:
+        grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(n, config.block_n))
+        forward_kernel[grid](
+            x, weight, bias if bias is not None else weight, out, table["orient"], table["taps"],
+            batch, channels, height, width, n, h_out, w_out, *x.stride(), *out.stride(),
+            stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu,
+            PRECISION=precision(x.dtype), **config.meta())
+
+    key = (x.dtype, order, s_in, k, stride, precision(x.dtype), size_bucket(pixels), size_bucket(n),
+           size_bucket(channels * k * k))
+    _run("forward", key, launch, x.device)
+    return out
+
+
+def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride: int, padding: int,
+               dilation: int, order: int) -> torch.Tensor:
+    """Gradient w.r.t. the input ``(B, C_in*S_in, H, W)`` of size ``input_size``."""
+    batch, channels, height, width = input_size
+    c_out, _, s_in, k, _ = weight.shape
+    dx = torch.empty(input_size, dtype=grad.dtype, device=grad.device,
+                     memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if dx.numel() == 0:
+        return dx
+    _check(grad)
+    weight = weight.contiguous()
+    table = tables(get_group("p4m" if order == 8 else "p4"), k, grad.device)
+    h_out, w_out = grad.shape[-2:]
+    h_phase, w_phase = triton.cdiv(height, stride), triton.cdiv(width, stride)
+    n = c_out * order
+
+    def launch(config: Config) -> None:
+        grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m), triton.cdiv(channels, config.block_n),
+                stride * stride)
+        input_grad_kernel[grid](
+            grad, weight, dx, table["orient"], table["taps"],
+            batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, *grad.stride(), *dx.stride(),
+            stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, PRECISION=precision(grad.dtype),
+            **config.meta())
+
+    key = (grad.dtype, order, s_in, k, stride, precision(grad.dtype), size_bucket(batch * height * width),
+           size_bucket(channels), size_bucket(n * k * k))
+    _run("input_grad", key, launch, grad.device)
+    return dx
+
+
+def _splits(device: torch.device, programs: int, pixels: int, block_k: int) -> int:
+    """How many pixel ranges the weight gradient's reduction is split into: enough programs for
+    four waves of the GPU's multiprocessors, and at least four BLOCK_K steps per range."""
+    processors = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(triton.cdiv(4 * processors, programs), pixels // (4 * block_k)))
+
+
+def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, padding: int, dilation: int,
+                order: int) -> torch.Tensor:
+    """Gradient w.r.t. the base weight ``(C_out, C_in, S_in, k, k)``; partial sums over pixel
+    ranges are float32, added in a fixed order (deterministic)."""
+    batch, channels, height, width = x.shape
+    c_out = grad.shape[1] // order
+    shape = (c_out, channels // in_orientations, in_orientations, kernel_size, kernel_size)
+    if grad.numel() == 0 or x.numel() == 0:
+        return torch.zeros(shape, dtype=x.dtype, device=x.device)
+    _check(x)
+    taps = kernel_size * kernel_size
+    table = tables(get_group("p4m" if order == 8 else "p4"), kernel_size, x.device)
+    h_out, w_out = grad.shape[-2:]
+    pixels = batch * h_out * w_out
+
+    def launch(config: Config) -> torch.Tensor:
+        tiles = triton.cdiv(c_out, config.block_m) * triton.cdiv(channels, config.block_n)
+        splits = _splits(x.device, tiles * taps, pixels, config.block_k)
+        per_split = triton.cdiv(triton.cdiv(pixels, splits), config.block_k) * config.block_k
+        partials = torch.empty((triton.cdiv(pixels, per_split), c_out, channels, taps), dtype=torch.float32,
+                               device=x.device)
+        weight_grad_kernel[(tiles, taps, partials.shape[0])](
+            grad, x, partials, table["source"], table["inverse_taps"],
+            batch, channels, height, width, c_out, h_out, w_out, per_split, *grad.stride(), *x.stride(),
+            stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
+            PRECISION=precision(x.dtype), **config.meta())
+        return partials
+
+    key = (x.dtype, order, in_orientations, kernel_size, stride, precision(x.dtype), size_bucket(c_out),
+           size_bucket(channels), size_bucket(pixels))
+    return _run("weight_grad", key, launch, x.device).sum(0).view(shape).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- torch.library ops
+
+@torch.library.custom_op("ger_kernels_triton::group_conv2d", mutates_args=(), device_types=("cuda", "cpu"))
+def group_conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
+                    padding: int, dilation: int, order: int, relu: bool) -> torch.Tensor:
+    return forward(input, weight, bias, stride, padding, dilation, order, relu)
+
+
+@group_conv2d_op.register_fake
+def _(input, weight, bias, stride, padding, dilation, order, relu):
+    k = weight.shape[-1]
+    size = [_out_size(n, k, stride, padding, dilation) for n in input.shape[-2:]]
+    return torch.empty([input.shape[0], weight.shape[0] * order, *size], dtype=input.dtype, device=input.device,
+                       memory_format=_memory_format(input))
+
+
+@torch.library.custom_op("ger_kernels_triton::group_conv2d_input_grad", mutates_args=(),
+                         device_types=("cuda", "cpu"))
+def input_grad_op(grad: torch.Tensor, weight: torch.Tensor, input_size: list[int], channels_last: bool,
+                  stride: int, padding: int, dilation: int, order: int) -> torch.Tensor:
+    return input_grad(grad, weight, input_size, channels_last, stride, padding, dilation, order)
+
+
+@input_grad_op.register_fake
+def _(grad, weight, input_size, channels_last, stride, padding, dilation, order):
+    return torch.empty(input_size, dtype=grad.dtype, device=grad.device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@torch.library.custom_op("ger_kernels_triton::group_conv2d_weight_grad", mutates_args=(),
+                         device_types=("cuda", "cpu"))
+def weight_grad_op(grad: torch.Tensor, input: torch.Tensor, kernel_size: int, in_orientations: int, stride: int,
+                   padding: int, dilation: int, order: int) -> torch.Tensor:
+    return weight_grad(grad, input, kernel_size, in_orientations, stride, padding, dilation, order)
+
+
+@weight_grad_op.register_fake
+def _(grad, input, kernel_size, in_orientations, stride, padding, dilation, order):
+    shape = (grad.shape[1] // order, input.shape[1] // in_orientations, in_orientations, kernel_size, kernel_size)
+    return input.new_empty(shape)
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, order, relu = inputs
+    ctx.save_for_backward(input, weight, output if relu else None)
+    ctx.conv = (stride, padding, dilation, order)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    input, weight, output = ctx.saved_tensors
+    stride, padding, dilation, order = ctx.conv
+    if output is not None:  # the fused ReLU: no gradient where it clipped
+        grad = torch.where(output > 0, grad, torch.zeros_like(grad))
+    dx = dw = db = None
+    if ctx.needs_input_grad[0]:
+        dx = input_grad_op(grad, weight, list(input.shape), _memory_format(input) == torch.channels_last,
+                           stride, padding, dilation, order)
+    if ctx.needs_input_grad[1]:
+        dw = weight_grad_op(grad, input, weight.shape[-1], weight.shape[2], stride, padding, dilation, order)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        db = grad.sum((0, 2, 3)).view(-1, order).sum(1)
+    return dx, dw, db, None, None, None, None, None
+
+
+group_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
+                 padding: int, dilation: int, group: Group, relu: bool = False) -> torch.Tensor:
+    """``reference.conv_expanded`` (arguments already checked), fused; ``relu`` applies a
+    ReLU in the kernel's epilogue."""
+    return group_conv2d_op(input, weight, bias, stride, padding, dilation, group.order, relu)
