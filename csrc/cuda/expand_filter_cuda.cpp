@@ -6,23 +6,10 @@
 
 #include "../expand_filter.h"
 #include "expand_filter_kernels.h"
+#include "torch_glue.h"
 
 namespace ger_kernels {
 namespace {
-
-FloatKind float_kind(at::ScalarType type) {
-  switch (type) {
-    case at::kHalf: return FloatKind::kHalf;
-    case at::kBFloat16: return FloatKind::kBFloat16;
-    case at::kFloat: return FloatKind::kFloat;
-    case at::kDouble: return FloatKind::kDouble;
-    default: TORCH_CHECK(false, "expected float16, bfloat16, float32 or float64, got ", type);
-  }
-}
-
-void check_launch(cudaError_t status, const char* op) {
-  TORCH_CHECK(status == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(status));
-}
 
 at::Tensor expand_filter_cuda(const at::Tensor& weight, int64_t group_order) {
   const FilterShape shape = check_expand_filter(weight, group_order);

@@ -1,11 +1,9 @@
 // CUDA kernels of expand_filter and its adjoint (same formulas as csrc/cpu).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <algorithm>
 #include <cstdint>
 
 #include "../group_tables.h"
+#include "accumulate.cuh"
 #include "expand_filter_kernels.h"
 
 namespace ger_kernels {
@@ -39,20 +37,6 @@ __global__ void expand_filter_kernel(const Bits* __restrict__ w, Bits* __restric
     source_tap(tables.taps[t], k, a, b, si, sj);
     out[idx] = w[((o * shape.in_fields + i) * s_in + u) * taps + si * k + sj];
   }
-}
-
-template <typename T> struct Accumulate { using type = float; };
-template <> struct Accumulate<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_acc(typename Accumulate<T>::type x) { return x; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
 }
 
 // One thread per base weight: dw[o][i][u][p][q] = sum_t grad[o*S + t][i*S_in + s][A_t^-1 source of (p, q)].

@@ -5,10 +5,9 @@
 #include <cuda_runtime_api.h>
 
 #include "../filter_shape.h"
+#include "float_kind.h"
 
 namespace ger_kernels {
-
-enum class FloatKind { kHalf, kBFloat16, kFloat, kDouble };
 
 // W~ from w (contiguous, same element type); element_bytes is 2, 4 or 8.
 cudaError_t launch_expand_filter(const void* weight, void* expanded, const FilterShape& shape, int element_bytes,

@@ -1,0 +1,455 @@
+// Fused group convolution kernels: implicit GEMMs whose operand tiles are gathered in place, with the index
+// math of csrc/implicit_gemm.h (W~ is read from w through the group tables, never written).
+//
+// A block computes a BM x BN tile of C = A * B, walking its part of the reduction in steps of BK: each step
+// stages A (BM x BK) and B (BK x BN) in shared memory, both reduction-major (a[kk * ldA + m], b[kk * ldB + n]),
+// and multiplies them with SIMT FMAs or with WMMA 16x16x16 tensor-core fragments (float accumulation).
+// A problem (Forward, InputGrad, WeightGrad) supplies the loads of one step and the epilogue.
+#include <mma.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+#include "accumulate.cuh"
+#include "group_conv_kernels.h"
+
+namespace ger_kernels {
+namespace {
+
+// Block tile: kThreads threads, smem rows padded by kPad elements (keeps 16-byte row alignment, breaks
+// bank conflicts, and satisfies WMMA's ldm rule of a multiple of 16 bytes).
+template <int kBM_, int kBN_, int kBK_, int kThreads_, int kPad>
+struct Tile {
+  static constexpr int kBM = kBM_, kBN = kBN_, kBK = kBK_, kThreads = kThreads_;
+  static constexpr int kLdA = kBM + kPad, kLdB = kBN + kPad;
+};
+// SIMT FMA: 16 x 16 threads, each a 4 x 4 block of outputs strided by 16.
+using SimtTile = Tile<64, 64, 16, 256, 4>;
+// WMMA: 4 warps in a 2 x 2 grid, each a 32 x 32 block of 2 x 2 fragments.
+using WmmaTile = Tile<64, 64, 32, 128, 8>;
+static_assert(SimtTile::kBM == WmmaTile::kBM && SimtTile::kBN == WmmaTile::kBN, "weight_grad_splits assumes one "
+              "block tile size");
+constexpr int kBlockM = SimtTile::kBM, kBlockN = SimtTile::kBN;
+
+template <typename T> struct Type { using type = T; };
+
+template <typename T> __device__ __forceinline__ T zero() { return from_acc<T>(typename Accumulate<T>::type(0)); }
+
+// Read-only load of an operand element through the non-coherent cache.
+template <typename T> __device__ __forceinline__ T read(const T* p) { return __ldg(p); }
+
+// Fills tile[kk * ld + r] (r < kRows, kk < kDepth) where each thread keeps one row r, consecutive threads
+// consecutive rows: context(r) is evaluated once, value(context, kk) for each of the thread's elements.
+template <int kRows, int kDepth, int kThreads, typename T, class Context, class Value>
+__device__ __forceinline__ void fill_by_row(T* tile, int ld, Context context, Value value) {
+  static_assert(kThreads % kRows == 0 && kRows * kDepth % kThreads == 0, "tile does not divide among threads");
+  const int r = threadIdx.x % kRows;
+  const auto ctx = context(r);
+#pragma unroll
+  for (int j = 0; j < kRows * kDepth / kThreads; ++j) {
+    const int kk = threadIdx.x / kRows + j * (kThreads / kRows);
+    tile[kk * ld + r] = value(ctx, kk);
+  }
+}
+
+// The same with one reduction step kk per thread, consecutive threads consecutive steps:
+// context(kk) once, value(context, r) per element.
+template <int kRows, int kDepth, int kThreads, typename T, class Context, class Value>
+__device__ __forceinline__ void fill_by_step(T* tile, int ld, Context context, Value value) {
+  static_assert(kThreads % kDepth == 0 && kRows * kDepth % kThreads == 0, "tile does not divide among threads");
+  const int kk = threadIdx.x % kDepth;
+  const auto ctx = context(kk);
+#pragma unroll
+  for (int j = 0; j < kRows * kDepth / kThreads; ++j) {
+    const int r = threadIdx.x / kDepth + j * (kThreads / kDepth);
+    tile[kk * ld + r] = value(ctx, r);
+  }
+}
+
+struct KRange {
+  int64_t begin, end;
+};
+
+// y[m][n] = sum_kk X[m][kk] W~[n][kk] + bias[n / S]; m: output pixel, n: output channel, kk: (c, a, b).
+template <typename T_>
+struct Forward {
+  using T = T_;
+  using Acc = typename Accumulate<T>::type;
+  const T* x;
+  const T* w;
+  const T* bias;  // nullptr without bias
+  T* y;
+  Strides4 xs, ys;
+  ConvShape shape;
+  int64_t m_size;
+  int n_size, k_size;
+
+  __device__ KRange k_range(int) const { return {0, k_size}; }
+
+  template <class Tl>
+  __device__ void load(T* a, T* b, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
+    const int k = static_cast<int>(shape.kernel_size);
+    fill_by_row<Tl::kBM, Tl::kBK, Tl::kThreads>(
+        a, Tl::kLdA,
+        [&](int r) { return m0 + r < m_size ? pixel_of(m0 + r, shape.out_h, shape.out_w) : Pixel{-1, 0, 0}; },
+        [&](const Pixel& px, int kk) {
+          const int c = static_cast<int>(k0) + kk;
+          if (px.n < 0 || c >= k_size) return zero<T>();
+          const int64_t off = forward_input_offset(shape, xs, px, channel_tap_of(c, k));
+          return off < 0 ? zero<T>() : read(x + off);
+        });
+    fill_by_row<Tl::kBN, Tl::kBK, Tl::kThreads>(
+        b, Tl::kLdB, [&](int r) { return n0 + r; },
+        [&](int n, int kk) {
+          const int c = static_cast<int>(k0) + kk;
+          if (n >= n_size || c >= k_size) return zero<T>();
+          return read(w + expanded_weight_offset(shape, g, n, channel_tap_of(c, k)));
+        });
+  }
+
+  __device__ void store(int64_t m, int n, Acc acc, int) const {
+    if (bias != nullptr) acc += to_acc(read(bias + n / shape.group_order));
+    y[tensor_offset(ys, pixel_of(m, shape.out_h, shape.out_w), n)] = from_acc<T>(acc);
+  }
+};
+
+// dx[m][n] = sum_kk dY[m][kk] W~[oc][(n, a, b)]; m: input pixel, n: input channel, kk: (oc, a, b).
+// Under a stride, the positions of dY that no output reaches read 0 (input_grad_output_offset).
+template <typename T_>
+struct InputGrad {
+  using T = T_;
+  using Acc = typename Accumulate<T>::type;
+  const T* dy;
+  const T* w;
+  T* dx;
+  Strides4 dys, dxs;
+  ConvShape shape;
+  int64_t m_size;
+  int n_size, k_size;
+
+  __device__ KRange k_range(int) const { return {0, k_size}; }
+
+  template <class Tl>
+  __device__ void load(T* a, T* b, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
+    const int k = static_cast<int>(shape.kernel_size);
+    fill_by_row<Tl::kBM, Tl::kBK, Tl::kThreads>(
+        a, Tl::kLdA,
+        [&](int r) { return m0 + r < m_size ? pixel_of(m0 + r, shape.in_h, shape.in_w) : Pixel{-1, 0, 0}; },
+        [&](const Pixel& px, int kk) {
+          const int c = static_cast<int>(k0) + kk;
+          if (px.n < 0 || c >= k_size) return zero<T>();
+          const int64_t off = input_grad_output_offset(shape, dys, px, channel_tap_of(c, k));
+          return off < 0 ? zero<T>() : read(dy + off);
+        });
+    fill_by_row<Tl::kBN, Tl::kBK, Tl::kThreads>(
+        b, Tl::kLdB, [&](int r) { return n0 + r; },
+        [&](int n, int kk) {
+          const int c = static_cast<int>(k0) + kk;
+          if (n >= n_size || c >= k_size) return zero<T>();
+          const ChannelTap ct = channel_tap_of(c, k);
+          return read(w + expanded_weight_offset(shape, g, ct.channel, {n, ct.a, ct.b}));
+        });
+  }
+
+  __device__ void store(int64_t m, int n, Acc acc, int) const {
+    dx[tensor_offset(dxs, pixel_of(m, shape.in_h, shape.in_w), n)] = from_acc<T>(acc);
+  }
+};
+
+// Partial dw[o][n] = sum_kk dY[o][kk] X~[kk][n] over split z's range of the reduction; o: output field,
+// n: (i*S_in + u, p, q), kk: (pixel, t) in chunks of BK (weight_grad_reduction), so one step has one t and
+// the S transformed copies are summed inside the reduction. Written to workspace[z][o][n].
+template <typename T_>
+struct WeightGrad {
+  using T = T_;
+  using Acc = typename Accumulate<T>::type;
+  const T* dy;
+  const T* x;
+  Acc* workspace;
+  Strides4 dys, xs;
+  ConvShape shape;
+  int m_size, n_size;
+  int64_t k_size, k_per_split, pixels;
+
+  __device__ KRange k_range(int z) const {
+    const int64_t end = (z + 1) * k_per_split;
+    return {z * k_per_split, end < k_size ? end : k_size};
+  }
+
+  template <class Tl>
+  __device__ void load(T* a, T* b, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
+    const int k = static_cast<int>(shape.kernel_size);
+    const int order = static_cast<int>(shape.group_order);
+    struct Step {
+      Pixel px;  // n < 0 past the last pixel
+      int t;
+    };
+    const auto step = [&](int kk) {
+      const PixelOrientation r = weight_grad_reduction(k0 + kk, order, Tl::kBK);
+      return Step{r.pixel < pixels ? pixel_of(r.pixel, shape.out_h, shape.out_w) : Pixel{-1, 0, 0}, r.t};
+    };
+    fill_by_step<Tl::kBM, Tl::kBK, Tl::kThreads>(a, Tl::kLdA, step, [&](const Step& s, int r) {
+      const int64_t o = m0 + r;
+      if (s.px.n < 0 || o >= m_size) return zero<T>();
+      return read(dy + tensor_offset(dys, s.px, o * order + s.t));
+    });
+    fill_by_step<Tl::kBN, Tl::kBK, Tl::kThreads>(b, Tl::kLdB, step, [&](const Step& s, int r) {
+      const int n = n0 + r;
+      if (s.px.n < 0 || n >= n_size) return zero<T>();
+      const int64_t off = weight_grad_input_offset(shape, g, xs, s.px, s.t, channel_tap_of(n, k));
+      return off < 0 ? zero<T>() : read(x + off);
+    });
+  }
+
+  __device__ void store(int64_t m, int n, Acc acc, int z) const {
+    workspace[(int64_t(z) * m_size + m) * n_size + n] = acc;
+  }
+};
+
+// The group tables in shared memory (dynamic indexing into a kernel parameter could go through local memory).
+__device__ __forceinline__ void stage_tables(GroupTables& shared, const GroupTables& param) {
+  if (threadIdx.x == 0) shared = param;
+  __syncthreads();
+}
+
+template <class P>
+__global__ void __launch_bounds__(SimtTile::kThreads) simt_gemm(P p, GroupTables tables) {
+  using T = typename P::T;
+  using Acc = typename P::Acc;
+  using Tl = SimtTile;
+  __shared__ GroupTables g;
+  __shared__ alignas(16) unsigned char smem[(Tl::kBK * Tl::kLdA + Tl::kBK * Tl::kLdB) * sizeof(T)];
+  T* a = reinterpret_cast<T*>(smem);
+  T* b = a + Tl::kBK * Tl::kLdA;
+  stage_tables(g, tables);
+
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t m0 = int64_t(blockIdx.x) * Tl::kBM;
+  const int n0 = blockIdx.y * Tl::kBN;
+  const KRange range = p.k_range(blockIdx.z);
+  Acc acc[4][4] = {};
+  for (int64_t k0 = range.begin; k0 < range.end; k0 += Tl::kBK) {
+    p.template load<Tl>(a, b, m0, n0, k0, g);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < Tl::kBK; ++kk) {
+      Acc av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        av[i] = to_acc(a[kk * Tl::kLdA + tx + 16 * i]);
+        bv[i] = to_acc(b[kk * Tl::kLdB + ty + 16 * i]);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t m = m0 + tx + 16 * i;
+      const int n = n0 + ty + 16 * j;
+      if (m < p.m_size && n < p.n_size) p.store(m, n, acc[i][j], blockIdx.z);
+    }
+}
+
+// Whether this compilation pass has WMMA for T (float16 from sm_70, bfloat16 from sm_80); the host pass
+// says yes, and the launchers never pick the tensor-core kernel on devices without them.
+template <typename T> __device__ constexpr bool has_wmma() {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  return true;
+#elif __CUDA_ARCH__ >= 700
+  return std::is_same_v<T, __half>;
+#else
+  return false;
+#endif
+}
+
+template <class P>
+__global__ void __launch_bounds__(WmmaTile::kThreads) wmma_gemm(P p, GroupTables tables) {
+  using T = typename P::T;
+  if constexpr (!has_wmma<T>()) {
+    __trap();
+  } else {
+    namespace wmma = nvcuda::wmma;
+    using Tl = WmmaTile;
+    constexpr int kLdC = Tl::kBM + 4;  // epilogue tile, column-major c[n * kLdC + m]
+    constexpr int kOperandBytes = (Tl::kBK * Tl::kLdA + Tl::kBK * Tl::kLdB) * sizeof(T);
+    constexpr int kResultBytes = Tl::kBN * kLdC * sizeof(float);
+    __shared__ GroupTables g;
+    // The operand tiles of the main loop and the float result of the epilogue share this buffer.
+    __shared__ alignas(32) unsigned char smem[kOperandBytes > kResultBytes ? kOperandBytes : kResultBytes];
+    T* a = reinterpret_cast<T*>(smem);
+    T* b = a + Tl::kBK * Tl::kLdA;
+    float* c = reinterpret_cast<float*>(smem);
+    stage_tables(g, tables);
+
+    const int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2;
+    const int64_t m0 = int64_t(blockIdx.x) * Tl::kBM;
+    const int n0 = blockIdx.y * Tl::kBN;
+    const KRange range = p.k_range(blockIdx.z);
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int64_t k0 = range.begin; k0 < range.end; k0 += Tl::kBK) {
+      p.template load<Tl>(a, b, m0, n0, k0, g);
+      __syncthreads();
+#pragma unroll
+      for (int ks = 0; ks < Tl::kBK; ks += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          wmma::load_matrix_sync(fa[i], a + ks * Tl::kLdA + wm * 32 + 16 * i, Tl::kLdA);
+          wmma::load_matrix_sync(fb[i], b + ks * Tl::kLdB + wn * 32 + 16 * i, Tl::kLdB);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        wmma::store_matrix_sync(c + (wn * 32 + 16 * j) * kLdC + wm * 32 + 16 * i, acc[i][j], kLdC,
+                                wmma::mem_col_major);
+    __syncthreads();
+    for (int e = threadIdx.x; e < Tl::kBM * Tl::kBN; e += Tl::kThreads) {
+      const int64_t m = m0 + e % Tl::kBM;
+      const int n = n0 + e / Tl::kBM;
+      if (m < p.m_size && n < p.n_size) p.store(m, n, c[(e / Tl::kBM) * kLdC + e % Tl::kBM], blockIdx.z);
+    }
+  }
+}
+
+// dw[idx] = sum over z of workspace[z][idx], in order z = 0, 1, ...
+template <typename T>
+__global__ void sum_splits(const typename Accumulate<T>::type* __restrict__ workspace, T* __restrict__ dw,
+                           int64_t numel, int splits) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < numel;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    typename Accumulate<T>::type sum = 0;
+    for (int z = 0; z < splits; ++z) sum += workspace[z * numel + idx];
+    dw[idx] = from_acc<T>(sum);
+  }
+}
+
+bool fits_int(int64_t n) { return n <= INT_MAX; }
+
+template <class Tl, class P>
+cudaError_t launch_gemm(const P& p, int splits, cudaStream_t stream) {
+  const int64_t m_tiles = (p.m_size + Tl::kBM - 1) / Tl::kBM;
+  const int64_t n_tiles = (int64_t(p.n_size) + Tl::kBN - 1) / Tl::kBN;
+  if (m_tiles == 0 || n_tiles == 0) return cudaSuccess;
+  if (!fits_int(m_tiles) || n_tiles > 65535 || splits > 65535) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles), static_cast<unsigned>(splits));
+  const GroupTables tables = make_group_tables(static_cast<int>(p.shape.group_order));
+  if constexpr (std::is_same_v<Tl, WmmaTile>) {
+    wmma_gemm<P><<<grid, Tl::kThreads, 0, stream>>>(p, tables);
+  } else {
+    simt_gemm<P><<<grid, Tl::kThreads, 0, stream>>>(p, tables);
+  }
+  return cudaGetLastError();
+}
+
+// Calls body(Type<T>{}, tile) with the element type of `kind` and the block tile of the kernel that runs it on
+// `device`: WMMA for float16 (sm_70+) and bfloat16 (sm_80+), SIMT otherwise.
+template <class Body>
+cudaError_t with_kernel(FloatKind kind, const CudaDevice& device, Body body) {
+  switch (kind) {
+    case FloatKind::kHalf:
+      return device.arch >= 70 ? body(Type<__half>{}, WmmaTile{}) : body(Type<__half>{}, SimtTile{});
+    case FloatKind::kBFloat16:
+      return device.arch >= 80 ? body(Type<__nv_bfloat16>{}, WmmaTile{}) : body(Type<__nv_bfloat16>{}, SimtTile{});
+    case FloatKind::kFloat: return body(Type<float>{}, SimtTile{});
+    case FloatKind::kDouble: return body(Type<double>{}, SimtTile{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t launch_group_conv2d(const void* input, const Strides4& input_strides, const void* weight,
+                                const void* bias, void* output, const Strides4& output_strides,
+                                const ConvShape& shape, FloatKind kind, const CudaDevice& device,
+                                cudaStream_t stream) {
+  const int64_t k_size = shape.in_channels() * shape.kernel_size * shape.kernel_size;
+  if (!fits_int(k_size) || !fits_int(shape.out_channels())) return cudaErrorInvalidValue;
+  return with_kernel(kind, device, [&](auto type, auto tile) {
+    using T = typename decltype(type)::type;
+    const Forward<T> p{static_cast<const T*>(input), static_cast<const T*>(weight), static_cast<const T*>(bias),
+                       static_cast<T*>(output), input_strides, output_strides, shape,
+                       shape.batch * shape.out_h * shape.out_w, static_cast<int>(shape.out_channels()),
+                       static_cast<int>(k_size)};
+    return launch_gemm<decltype(tile)>(p, 1, stream);
+  });
+}
+
+cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Strides4& grad_output_strides,
+                                           const void* weight, void* grad_input, const Strides4& grad_input_strides,
+                                           const ConvShape& shape, FloatKind kind, const CudaDevice& device,
+                                           cudaStream_t stream) {
+  const int64_t k_size = shape.out_channels() * shape.kernel_size * shape.kernel_size;
+  if (!fits_int(k_size) || !fits_int(shape.in_channels())) return cudaErrorInvalidValue;
+  return with_kernel(kind, device, [&](auto type, auto tile) {
+    using T = typename decltype(type)::type;
+    const InputGrad<T> p{static_cast<const T*>(grad_output), static_cast<const T*>(weight),
+                         static_cast<T*>(grad_input), grad_output_strides, grad_input_strides, shape,
+                         shape.batch * shape.in_h * shape.in_w, static_cast<int>(shape.in_channels()),
+                         static_cast<int>(k_size)};
+    return launch_gemm<decltype(tile)>(p, 1, stream);
+  });
+}
+
+// About two blocks per SM, each part of the reduction at least kMinSteps long, at most kMaxWorkspace
+// accumulators in the workspace.
+int weight_grad_splits(const ConvShape& shape, int sm_count) {
+  constexpr int64_t kMinSteps = 4096, kMaxWorkspace = int64_t(1) << 24, kMaxSplits = 64;
+  const int64_t tiles = (shape.out_fields + kBlockM - 1) / kBlockM *
+                        ((shape.in_channels() * shape.kernel_size * shape.kernel_size + kBlockN - 1) / kBlockN);
+  const int64_t steps = shape.batch * shape.out_h * shape.out_w * shape.group_order;
+  const int64_t numel = shape.filter().weight_numel();
+  if (tiles == 0 || steps == 0) return 1;
+  const int64_t splits = std::min({(2 * int64_t(sm_count) + tiles - 1) / tiles, (steps + kMinSteps - 1) / kMinSteps,
+                                   kMaxWorkspace / numel, kMaxSplits});
+  return static_cast<int>(std::max<int64_t>(splits, 1));
+}
+
+cudaError_t launch_group_conv2d_weight_grad(const void* grad_output, const Strides4& grad_output_strides,
+                                            const void* input, const Strides4& input_strides, void* grad_weight,
+                                            void* workspace, int splits, const ConvShape& shape, FloatKind kind,
+                                            const CudaDevice& device, cudaStream_t stream) {
+  const int64_t n_size = shape.in_channels() * shape.kernel_size * shape.kernel_size;
+  if (!fits_int(n_size) || !fits_int(shape.out_fields) || splits < 1) return cudaErrorInvalidValue;
+  return with_kernel(kind, device, [&](auto type, auto tile) {
+    using T = typename decltype(type)::type;
+    using Tl = decltype(tile);
+    using Acc = typename Accumulate<T>::type;
+    const int64_t k_size = weight_grad_reduction_size(shape, Tl::kBK);
+    const int64_t steps_per_split = (k_size / Tl::kBK + splits - 1) / splits;
+    const WeightGrad<T> p{static_cast<const T*>(grad_output), static_cast<const T*>(input),
+                          static_cast<Acc*>(workspace), grad_output_strides, input_strides, shape,
+                          static_cast<int>(shape.out_fields), static_cast<int>(n_size), k_size,
+                          steps_per_split * Tl::kBK, shape.batch * shape.out_h * shape.out_w};
+    const cudaError_t status = launch_gemm<Tl>(p, splits, stream);
+    const int64_t numel = shape.filter().weight_numel();
+    if (status != cudaSuccess || numel == 0) return status;
+    constexpr int kThreads = 256;
+    const int blocks = static_cast<int>(std::min<int64_t>((numel + kThreads - 1) / kThreads, 65535));
+    sum_splits<T><<<blocks, kThreads, 0, stream>>>(static_cast<const Acc*>(workspace), static_cast<T*>(grad_weight),
+                                                   numel, splits);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace ger_kernels

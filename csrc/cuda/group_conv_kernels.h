@@ -1,0 +1,45 @@
+// Launchers of the fused CUDA group convolution kernels (implicit GEMM, index math in csrc/implicit_gemm.h).
+// Torch-free: raw pointers, element strides and a stream; the torch glue is group_conv_cuda.cpp.
+//
+// Tensors: input/grad_input (B, C_in*S_in, H, W), output/grad_output (B, C_out*S, H', W'), any strides;
+// weight/grad_weight (C_out, C_in, S_in, k, k) and bias (C_out,) contiguous. All have the element type `kind`.
+// float16/bfloat16 run on tensor cores (WMMA, float accumulation) where the device has them (sm_70 for
+// float16, sm_80 for bfloat16), float32 and float64 on a SIMT FMA kernel. Each launcher returns
+// cudaGetLastError(), or cudaErrorInvalidValue for sizes beyond the index types (see group_conv_kernels.cu).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "../conv_shape.h"
+#include "../implicit_gemm.h"
+#include "float_kind.h"
+
+namespace ger_kernels {
+
+struct CudaDevice {
+  int sm_count;
+  int arch;  // compute capability, 10*major + minor
+};
+
+cudaError_t launch_group_conv2d(const void* input, const Strides4& input_strides, const void* weight,
+                                const void* bias, void* output, const Strides4& output_strides,
+                                const ConvShape& shape, FloatKind kind, const CudaDevice& device,
+                                cudaStream_t stream);
+
+cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Strides4& grad_output_strides,
+                                           const void* weight, void* grad_input, const Strides4& grad_input_strides,
+                                           const ConvShape& shape, FloatKind kind, const CudaDevice& device,
+                                           cudaStream_t stream);
+
+// The weight gradient splits its reduction over output pixels into `splits` parts (split-K): part z writes
+// its partial sums of dw to workspace[z] (no atomics), a second kernel adds the parts in a fixed order and
+// writes each dw element once, so results are deterministic. The workspace holds splits * weight_numel
+// accumulators: float, or double for float64. weight_grad_splits picks the split count for a device.
+int weight_grad_splits(const ConvShape& shape, int sm_count);
+
+cudaError_t launch_group_conv2d_weight_grad(const void* grad_output, const Strides4& grad_output_strides,
+                                            const void* input, const Strides4& input_strides, void* grad_weight,
+                                            void* workspace, int splits, const ConvShape& shape, FloatKind kind,
+                                            const CudaDevice& device, cudaStream_t stream);
+
+}  // namespace ger_kernels

@@ -1,0 +1,119 @@
+// Index math of the implicit-GEMM group convolution (SPEC section 3), shared by the CUDA kernels
+// (csrc/cuda/group_conv_kernels.cu) and the CPU test that runs it naively (tests/csrc/test_implicit_gemm.cpp).
+//
+// Each op is a GEMM whose operands are read in place, never materialized:
+//   forward      y[m][n]  = sum_kk X[m][kk] * W~[n][kk]
+//                m: output pixel (b, oh, ow); n: output channel o*S + t; kk = (c*k + a)*k + b, c = i*S_in + s
+//   input grad   dx[m][n] = sum_kk dY[m][kk] * W~[oc][(n*k + a)*k + b]
+//                m: input pixel (b, ih, iw); n: input channel; kk = (oc*k + a)*k + b
+//   weight grad  dw[o][n] = sum_kk dY[o][kk] * X~[kk][n]
+//                n = ((i*S_in + u)*k + p)*k + q: element of the base weight w; kk: (pixel, t), see weight_grad_reduction
+// W~ is read from w through the group tables (expanded_weight_offset); the weight gradient sums the S
+// transformed copies inside the reduction (weight_grad_input_offset). Offsets are int64 element offsets;
+// -1 marks a zero (padding, or an input pixel that no output position reaches under the stride).
+#pragma once
+
+#include <cstdint>
+
+#include "conv_shape.h"
+#include "group_tables.h"
+#include "host_device.h"
+
+namespace ger_kernels {
+
+// Element strides of a 4-D tensor (B, C, H, W): any memory format, e.g. NCHW or channels_last.
+struct Strides4 {
+  int64_t n, c, h, w;
+};
+
+struct Pixel {
+  int64_t n, h, w;
+};
+
+// A reduction (or weight) index (channel*k + a)*k + b: a channel and a tap (a, b) of the k x k window.
+struct ChannelTap {
+  int channel, a, b;
+};
+
+// One step of the weight gradient's reduction: an output pixel index (b*out_h + oh)*out_w + ow and an element t.
+struct PixelOrientation {
+  int64_t pixel;
+  int t;
+};
+
+GER_HOST_DEVICE Pixel pixel_of(int64_t m, int64_t height, int64_t width) {
+  return {m / (height * width), (m / width) % height, m % width};
+}
+
+GER_HOST_DEVICE ChannelTap channel_tap_of(int kk, int k) {
+  return {kk / (k * k), (kk / k) % k, kk % k};
+}
+
+GER_HOST_DEVICE int64_t tensor_offset(const Strides4& s, const Pixel& p, int64_t channel) {
+  return p.n * s.n + channel * s.c + p.h * s.h + p.w * s.w;
+}
+
+// Offset of W~[row][col] in the contiguous base weight w (C_out, C_in, S_in, k, k): row = o*S + t,
+// col = (i*S_in + s, a, b); W~[o*S + t][i*S_in + s][a][b] = A_t(w[o][i][S_in == 1 ? 0 : T[t][s]])[a][b].
+GER_HOST_DEVICE int64_t expanded_weight_offset(const ConvShape& shape, const GroupTables& tables, int64_t row,
+                                               const ChannelTap& col) {
+  const int k = static_cast<int>(shape.kernel_size);
+  const int s_in = static_cast<int>(shape.in_orientations);
+  const int64_t o = row / shape.group_order;
+  const int t = static_cast<int>(row % shape.group_order);
+  const int64_t i = col.channel / s_in;
+  const int u = s_in == 1 ? 0 : tables.inv_mul[t][col.channel % s_in];
+  int src_i, src_j;
+  source_tap(tables.taps[t], k, col.a, col.b, src_i, src_j);
+  return (((o * shape.in_fields + i) * s_in + u) * k + src_i) * k + src_j;
+}
+
+// Forward im2col: offset of the input element read by output pixel `out` at (channel, a, b); -1 in the padding.
+GER_HOST_DEVICE int64_t forward_input_offset(const ConvShape& shape, const Strides4& x, const Pixel& out,
+                                             const ChannelTap& ct) {
+  const int64_t ih = out.h * shape.stride - shape.padding + ct.a * shape.dilation;
+  const int64_t iw = out.w * shape.stride - shape.padding + ct.b * shape.dilation;
+  if (ih < 0 || ih >= shape.in_h || iw < 0 || iw >= shape.in_w) return -1;
+  return tensor_offset(x, {out.n, ih, iw}, ct.channel);
+}
+
+// Transposed im2col: offset of grad_output[b][oc][oh][ow] with oh*stride = ih + padding - a*dilation (and the
+// same for w) for input pixel `in` and ct = (oc, a, b); -1 where that position is not divisible by the stride
+// or lies outside the output.
+GER_HOST_DEVICE int64_t input_grad_output_offset(const ConvShape& shape, const Strides4& dy, const Pixel& in,
+                                                 const ChannelTap& ct) {
+  const int64_t th = in.h + shape.padding - ct.a * shape.dilation;
+  const int64_t tw = in.w + shape.padding - ct.b * shape.dilation;
+  if (th < 0 || tw < 0 || th % shape.stride != 0 || tw % shape.stride != 0) return -1;
+  const int64_t oh = th / shape.stride, ow = tw / shape.stride;
+  if (oh >= shape.out_h || ow >= shape.out_w) return -1;
+  return tensor_offset(dy, {in.n, oh, ow}, ct.channel);
+}
+
+// The weight gradient's reduction runs over output pixels in chunks of `chunk`, each chunk once per t:
+// kk = ((pixel / chunk) * S + t) * chunk + pixel % chunk, so a tile of `chunk` consecutive kk has a single t.
+GER_HOST_DEVICE PixelOrientation weight_grad_reduction(int64_t kk, int group_order, int chunk) {
+  const int64_t step = kk / chunk;
+  return {(step / group_order) * chunk + kk % chunk, static_cast<int>(step % group_order)};
+}
+
+// Length of that reduction: the output pixels rounded up to whole chunks, times S (pixels past the end read 0).
+GER_HOST_DEVICE int64_t weight_grad_reduction_size(const ConvShape& shape, int chunk) {
+  const int64_t pixels = shape.batch * shape.out_h * shape.out_w;
+  return (pixels + chunk - 1) / chunk * chunk * shape.group_order;
+}
+
+// Weight gradient, X~[kk][n]: the input element that meets grad_output[b][o*S + t][oh][ow] through the base
+// weight element base = (i*S_in + u, p, q) in copy t: s = S_in == 1 ? 0 : t*u, (a, b) = A_t^-1's source of
+// (p, q); -1 in the padding. dw[o][i][u][p][q] = sum over t and output pixels of grad_output times this.
+GER_HOST_DEVICE int64_t weight_grad_input_offset(const ConvShape& shape, const GroupTables& tables, const Strides4& x,
+                                                 const Pixel& out, int t, const ChannelTap& base) {
+  const int s_in = static_cast<int>(shape.in_orientations);
+  const int i = base.channel / s_in;
+  const int s = s_in == 1 ? 0 : tables.mul[t][base.channel % s_in];
+  int a, b;
+  source_tap(tables.taps[tables.inv[t]], static_cast<int>(shape.kernel_size), base.a, base.b, a, b);
+  return forward_input_offset(shape, x, out, {i * s_in + s, a, b});
+}
+
+}  // namespace ger_kernels
