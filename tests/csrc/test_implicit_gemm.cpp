@@ -1,0 +1,198 @@
+// The index math of the CUDA implicit-GEMM kernels (csrc/implicit_gemm.h), run naively on the CPU: forward,
+// input gradient and weight gradient summed over exactly the (m, n, kk) the kernels visit, through the same
+// offset functions, compared in float64 with ATen's conv2d and convolution_backward on expand_filter(w)
+// (weight gradient: expand_filter_backward of the dW~ that convolution_backward returns).
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+
+#include "implicit_gemm.h"
+
+namespace {
+
+using namespace ger_kernels;
+
+int passed = 0, failed = 0;
+
+enum class Layout { kContiguous, kChannelsLast, kStrided };
+
+struct Case {
+  int64_t order, in_orientations, kernel_size, stride, padding, dilation, in_h, in_w;
+  Layout layout;
+  int chunk;  // pixels per step of the weight gradient's reduction (the kernels use their BK: 16 or 32)
+};
+
+std::string describe(const Case& c) {
+  const char* layouts[] = {"contiguous", "channels_last", "strided"};
+  return "order " + std::to_string(c.order) + " S_in " + std::to_string(c.in_orientations) + " k " +
+         std::to_string(c.kernel_size) + " stride " + std::to_string(c.stride) + " padding " +
+         std::to_string(c.padding) + " dilation " + std::to_string(c.dilation) + " " + std::to_string(c.in_h) +
+         "x" + std::to_string(c.in_w) + " " + layouts[static_cast<int>(c.layout)] + " chunk " +
+         std::to_string(c.chunk);
+}
+
+void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, const char* what, const Case& c) {
+  const double err = (actual - expected).abs().max().item<double>() / expected.abs().max().item<double>();
+  const bool ok = torch::equal(torch::tensor(actual.sizes()), torch::tensor(expected.sizes())) && err <= 1e-12;
+  ok ? ++passed : ++failed;
+  if (!ok) std::printf("FAILED: %s (%s): max rel err %g\n", what, describe(c).c_str(), err);
+}
+
+// A (B, C, H, W) float64 tensor of random values in the case's layout; kStrided: a slice of a larger tensor
+// (row step 2, storage offset 1).
+torch::Tensor random_in(at::IntArrayRef size, Layout layout) {
+  const auto options = torch::dtype(torch::kFloat64);
+  switch (layout) {
+    case Layout::kContiguous: return torch::randn(size, options);
+    case Layout::kChannelsLast: return torch::randn(size, options).contiguous(at::MemoryFormat::ChannelsLast);
+    case Layout::kStrided:
+      return torch::randn({size[0], size[1], 2 * size[2], size[3] + 1}, options)
+          .slice(2, 0, 2 * size[2], 2)
+          .slice(3, 1, size[3] + 1);
+  }
+  return {};
+}
+
+// An uninitialized (B, C, H, W) float64 tensor in the case's layout; kStrided: memory order (B, H, C, W).
+torch::Tensor empty_in(at::IntArrayRef size, Layout layout) {
+  const auto options = torch::dtype(torch::kFloat64);
+  switch (layout) {
+    case Layout::kContiguous: return torch::empty(size, options);
+    case Layout::kChannelsLast: return torch::empty(size, options.memory_format(at::MemoryFormat::ChannelsLast));
+    case Layout::kStrided: return torch::empty({size[0], size[2], size[1], size[3]}, options).permute({0, 2, 1, 3});
+  }
+  return {};
+}
+
+Strides4 strides_of(const torch::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+void check(const Case& c) {
+  static const auto expand = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("ger_kernels::expand_filter", "").typed<at::Tensor(const at::Tensor&, int64_t)>();
+  static const auto expand_backward = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("ger_kernels::expand_filter_backward", "")
+      .typed<at::Tensor(const at::Tensor&, int64_t, int64_t)>();
+  const int64_t batch = 2, in_fields = 2, out_fields = 3, k = c.kernel_size, order = c.order;
+  const int64_t in_channels = in_fields * c.in_orientations, out_channels = out_fields * order;
+  const ConvShape shape{batch, in_fields, c.in_orientations, out_fields, order, k, c.stride, c.padding,
+                        c.dilation, c.in_h, c.in_w,
+                        conv_output_size(c.in_h, k, c.stride, c.padding, c.dilation),
+                        conv_output_size(c.in_w, k, c.stride, c.padding, c.dilation)};
+  const GroupTables tables = make_group_tables(static_cast<int>(order));
+
+  const torch::Tensor x = random_in({batch, in_channels, c.in_h, c.in_w}, c.layout);
+  const torch::Tensor w = torch::randn({out_fields, in_fields, c.in_orientations, k, k}, torch::kFloat64);
+  const torch::Tensor bias = torch::randn({out_fields}, torch::kFloat64);
+  const torch::Tensor dy = random_in({batch, out_channels, shape.out_h, shape.out_w}, c.layout);
+  const torch::Tensor expanded = expand.call(w, order);
+  const std::vector<int64_t> stride{c.stride, c.stride}, padding{c.padding, c.padding},
+      dilation{c.dilation, c.dilation};
+  const torch::Tensor ref = at::conv2d(x, expanded, bias.repeat_interleave(order), stride, padding, dilation);
+  const auto [ref_dx, ref_dexpanded, unused] = at::convolution_backward(
+      dy, x, expanded, std::nullopt, stride, padding, dilation, false, {0, 0}, 1, {true, true, false});
+  const torch::Tensor ref_dw = expand_backward.call(ref_dexpanded, order, c.in_orientations);
+
+  const double* xp = x.const_data_ptr<double>();
+  const double* wp = w.const_data_ptr<double>();
+  const double* dyp = dy.const_data_ptr<double>();
+  const Strides4 xs = strides_of(x), dys = strides_of(dy);
+  const int k_int = static_cast<int>(k);
+
+  // forward: m output pixel, n output channel, kk = (c, a, b)
+  torch::Tensor y = empty_in({batch, out_channels, shape.out_h, shape.out_w}, c.layout);
+  const Strides4 ys = strides_of(y);
+  for (int64_t m = 0; m < batch * shape.out_h * shape.out_w; ++m) {
+    const Pixel px = pixel_of(m, shape.out_h, shape.out_w);
+    for (int n = 0; n < out_channels; ++n) {
+      double sum = bias[n / order].item<double>();
+      for (int kk = 0; kk < in_channels * k * k; ++kk) {
+        const ChannelTap ct = channel_tap_of(kk, k_int);
+        const int64_t off = forward_input_offset(shape, xs, px, ct);
+        if (off >= 0) sum += xp[off] * wp[expanded_weight_offset(shape, tables, n, ct)];
+      }
+      y.mutable_data_ptr<double>()[tensor_offset(ys, px, n)] = sum;
+    }
+  }
+  expect_close(y, ref, "forward", c);
+
+  // input gradient: m input pixel, n input channel, kk = (oc, a, b)
+  torch::Tensor dx = empty_in({batch, in_channels, c.in_h, c.in_w}, c.layout);
+  const Strides4 dxs = strides_of(dx);
+  for (int64_t m = 0; m < batch * c.in_h * c.in_w; ++m) {
+    const Pixel px = pixel_of(m, c.in_h, c.in_w);
+    for (int n = 0; n < in_channels; ++n) {
+      double sum = 0;
+      for (int kk = 0; kk < out_channels * k * k; ++kk) {
+        const ChannelTap ct = channel_tap_of(kk, k_int);
+        const int64_t off = input_grad_output_offset(shape, dys, px, ct);
+        if (off >= 0) sum += dyp[off] * wp[expanded_weight_offset(shape, tables, ct.channel, {n, ct.a, ct.b})];
+      }
+      dx.mutable_data_ptr<double>()[tensor_offset(dxs, px, n)] = sum;
+    }
+  }
+  expect_close(dx, ref_dx, "input grad", c);
+
+  // weight gradient: m output field, n = (i*S_in + u, p, q), kk = (pixel, t) in chunks
+  torch::Tensor dw = torch::empty_like(w);
+  const int64_t pixels = batch * shape.out_h * shape.out_w;
+  const int64_t k_size = weight_grad_reduction_size(shape, c.chunk);
+  for (int64_t o = 0; o < out_fields; ++o) {
+    for (int n = 0; n < in_channels * k * k; ++n) {
+      double sum = 0;
+      for (int64_t kk = 0; kk < k_size; ++kk) {
+        const PixelOrientation r = weight_grad_reduction(kk, static_cast<int>(order), c.chunk);
+        if (r.pixel >= pixels) continue;
+        const Pixel px = pixel_of(r.pixel, shape.out_h, shape.out_w);
+        const int64_t off = weight_grad_input_offset(shape, tables, xs, px, r.t, channel_tap_of(n, k_int));
+        if (off >= 0) sum += dyp[tensor_offset(dys, px, o * order + r.t)] * xp[off];
+      }
+      dw.mutable_data_ptr<double>()[o * in_channels * k * k + n] = sum;
+    }
+  }
+  expect_close(dw, ref_dw, "weight grad", c);
+}
+
+// Every (pixel, t) of the weight gradient's reduction is visited exactly once, whatever the chunk, and an
+// aligned chunk of kk is one t over consecutive pixels (what lets a kernel step of BK = chunk use one t).
+void check_reduction_covers_pixels_once() {
+  const ConvShape shape{3, 1, 1, 1, 8, 3, 1, 1, 1, 5, 7, 5, 7};  // 105 output pixels
+  for (int chunk : {1, 3, 16, 32}) {
+    std::vector<int> visits(105 * 8, 0);
+    bool chunks_ok = true;
+    for (int64_t kk = 0; kk < weight_grad_reduction_size(shape, chunk); ++kk) {
+      const PixelOrientation r = weight_grad_reduction(kk, 8, chunk);
+      const PixelOrientation first = weight_grad_reduction(kk - kk % chunk, 8, chunk);
+      chunks_ok &= r.t == first.t && r.pixel == first.pixel + kk % chunk;
+      if (r.pixel < 105) ++visits[r.pixel * 8 + r.t];
+    }
+    const bool ok = chunks_ok && std::all_of(visits.begin(), visits.end(), [](int v) { return v == 1; });
+    ok ? ++passed : ++failed;
+    if (!ok) std::printf("FAILED: weight_grad_reduction with chunk %d\n", chunk);
+  }
+}
+
+}  // namespace
+
+int main() {
+  torch::manual_seed(0);
+  check_reduction_covers_pixels_once();
+  const int chunks[] = {16, 32, 3};
+  int index = 0;
+  for (int64_t order : {4, 8}) {
+    for (int64_t s_in : {int64_t(1), order}) {
+      // k, stride, padding, dilation, H, W, layout
+      const struct { int64_t k, stride, padding, dilation, h, w; Layout layout; } convs[] = {
+          {1, 1, 0, 1, 5, 6, Layout::kContiguous},   {3, 1, 1, 1, 7, 5, Layout::kChannelsLast},
+          {2, 2, 0, 1, 8, 6, Layout::kStrided},      {5, 2, 2, 1, 9, 7, Layout::kContiguous},
+          {3, 2, 1, 2, 9, 8, Layout::kChannelsLast}, {3, 1, 2, 2, 6, 7, Layout::kStrided},
+          {5, 1, 0, 1, 7, 6, Layout::kChannelsLast},
+      };
+      for (const auto& v : convs)
+        check({order, s_in, v.k, v.stride, v.padding, v.dilation, v.h, v.w, v.layout, chunks[index++ % 3]});
+    }
+  }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
