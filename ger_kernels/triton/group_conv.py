@@ -41,11 +41,13 @@ def forward_kernel(
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ALIGN: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[b, n, oh, ow] = sum_{c, tap} x[b, c, oh*stride - padding + kh*dilation, ...] W~[n, c, tap]
     (+ bias[n // S], ReLU). GEMM rows: output pixels (b, oh, ow); columns: output channels n
-    (C = C_in*S_in, N = C_out*S); reduction: taps, then input channels in blocks of BLOCK_K."""
+    (C = C_in*S_in, N = C_out*S); reduction: taps, then input channels in blocks of BLOCK_K.
+    ALIGN divides sxb, sxh and sxw (vector loads along channels of channels_last inputs)."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -61,17 +63,20 @@ def forward_kernel(
     if S_IN > 1:
         w_off += tl.load(orient_ptr + t[None, :] * S + (rk % S)[:, None]) * TAPS
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in range(TAPS):
+    channel_blocks = tl.cdiv(C, BLOCK_K)
+    for step in range(TAPS * channel_blocks):  # one loop over (tap, channel block): one software pipeline
+        tap = step // channel_blocks
+        c0 = step % channel_blocks * BLOCK_K
         ih = oh * stride - padding + (tap // KSIZE) * dilation
         iw = ow * stride - padding + (tap % KSIZE) * dilation
         pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a_ptrs = x_ptr + batch * sxb + ih * sxh + iw * sxw
-        b_ptrs = w_ptr + w_off + tl.load(taps_ptr + t * TAPS + tap)[None, :]
-        for c0 in range(0, C, BLOCK_K):
-            c_ok = c0 + rk < C
-            a = tl.load(a_ptrs[:, None] + (c0 + rk)[None, :] * sxc, mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs + c0 * TAPS, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        c_ok = c0 + rk < C
+        rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
+        a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
+                    mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+        src = tl.load(taps_ptr + t * TAPS + tap)
+        b = tl.load(w_ptr + w_off + src[None, :] + c0 * TAPS, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn // S, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
@@ -86,14 +91,14 @@ def input_grad_kernel(
     B, C, H, W, N, H_out, W_out, H_phase, W_phase,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
-    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_{n, tap} dy[b, n, oh, ow] W~[n, c, tap] over oh*stride - padding +
     kh*dilation = h (and the same for w). Program axis 2 is the phase (h % stride, w % stride):
     a tap meets output pixels for all or none of a phase's pixels, so no stride**2 waste.
     GEMM rows: that phase's input pixels; columns: input channels c; reduction: taps, then
-    output channels in blocks of BLOCK_K."""
+    output channels in blocks of BLOCK_K. ALIGN divides sdb, sdh and sdw."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     ph = tl.program_id(2) // stride
     pw = tl.program_id(2) % stride
@@ -111,21 +116,24 @@ def input_grad_kernel(
     if S_IN > 1:
         w_off += tl.load(orient_ptr + t[:, None] * S + (rn % S)[None, :]) * TAPS
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in range(TAPS):
+    channel_blocks = tl.cdiv(N, BLOCK_K)
+    for step in range(TAPS * channel_blocks):  # one loop over (tap, channel block)
+        tap = step // channel_blocks
+        n0 = step % channel_blocks * BLOCK_K
         kh = tap // KSIZE
         kw = tap % KSIZE
         if ((ph + padding - kh * dilation) % stride == 0) & ((pw + padding - kw * dilation) % stride == 0):
             oh = (h + padding - kh * dilation) // stride  # exact division: no rounding direction issue
             ow = (w + padding - kw * dilation) // stride
             pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
-            a_ptrs = dy_ptr + batch * sdb + oh * sdh + ow * sdw
-            b_ptrs = w_ptr + w_off + tl.load(taps_ptr + t * TAPS + tap)[:, None]
-            for n0 in range(0, N, BLOCK_K):
-                n_ok = n0 + rk < N
-                a = tl.load(a_ptrs[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
-                            other=0.0)
-                b = tl.load(b_ptrs + n0 // S * (C * TAPS), mask=n_ok[:, None] & c_ok[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            n_ok = n0 + rk < N
+            rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
+            a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
+                        other=0.0)
+            src = tl.load(taps_ptr + t * TAPS + tap)
+            b = tl.load(w_ptr + w_off + src[:, None] + n0 // S * (C * TAPS), mask=n_ok[:, None] & c_ok[None, :],
+                        other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
     dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rn[None, :] * sxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
@@ -156,27 +164,27 @@ def weight_grad_kernel(
     q_ok = rq < C
     pixels = B * H_out * W_out
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for p0 in range(split * pixels_per_split, (split + 1) * pixels_per_split, BLOCK_K):
-        p = p0 + rk
+    first = split * pixels_per_split
+    for step in range(pixels_per_split // BLOCK_K * S):  # one loop over (pixel block, t)
+        t = step % S
+        p = first + step // S * BLOCK_K + rk
         p_ok = p < pixels
         ow = p % W_out
         oh = (p // W_out) % H_out
         batch = (p // (W_out * H_out)).to(tl.int64)
-        dy_cols = dy_ptr + batch * sdb + oh * sdh + ow * sdw
-        for t in range(S):
-            tap = tl.load(inverse_taps_ptr + t * TAPS + tap_out)
-            ih = oh * stride - padding + (tap // KSIZE) * dilation
-            iw = ow * stride - padding + (tap % KSIZE) * dilation
-            pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            if S_IN > 1:
-                c = rq // S_IN * S_IN + tl.load(source_ptr + t * S + rq % S_IN)
-            else:
-                c = rq
-            a = tl.load(dy_cols[None, :] + ((ro * S + t) * sdc)[:, None], mask=o_ok[:, None] & p_ok[None, :],
-                        other=0.0)
-            b = tl.load(x_ptr + (batch * sxb + ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :],
-                        mask=pix_ok[:, None] & q_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        tap = tl.load(inverse_taps_ptr + t * TAPS + tap_out)
+        ih = oh * stride - padding + (tap // KSIZE) * dilation
+        iw = ow * stride - padding + (tap % KSIZE) * dilation
+        pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        if S_IN > 1:
+            c = rq // S_IN * S_IN + tl.load(source_ptr + t * S + rq % S_IN)
+        else:
+            c = rq
+        a = tl.load(dy_ptr + (batch * sdb + oh * sdh + ow * sdw)[None, :] + ((ro * S + t) * sdc)[:, None],
+                    mask=o_ok[:, None] & p_ok[None, :], other=0.0)
+        b = tl.load(x_ptr + (batch * sxb + ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :],
+                    mask=pix_ok[:, None] & q_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     dw_ptrs = dw_ptr + split * (C_OUT * C * TAPS) + (ro[:, None] * C + rq[None, :]) * TAPS + tap_out
     tl.store(dw_ptrs, acc, mask=o_ok[:, None] & q_ok[None, :])
 
@@ -221,6 +229,12 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def _alignment(x: torch.Tensor) -> int:
+    """The largest power of two up to 16 that divides every stride of ``x`` but the channels'."""
+    strides = [s for d, s in enumerate(x.stride()) if d != 1]
+    return next(a for a in (16, 8, 4, 2, 1) if all(s % a == 0 for s in strides))
+
+
 def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
@@ -259,7 +273,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
             x, weight, bias if bias is not None else weight, out, table["orient"], table["taps"],
             batch, channels, height, width, n, h_out, w_out, *x.stride(), *out.stride(),
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu,
-            PRECISION=precision(x.dtype), **config.meta())
+            ALIGN=_alignment(x), PRECISION=precision(x.dtype), **config.meta())
 
     key = (x.dtype, order, s_in, k, stride, precision(x.dtype), size_bucket(pixels), size_bucket(n),
            size_bucket(channels * k * k))
@@ -289,8 +303,8 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
         input_grad_kernel[grid](
             grad, weight, dx, table["orient"], table["taps"],
             batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, *grad.stride(), *dx.stride(),
-            stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, PRECISION=precision(grad.dtype),
-            **config.meta())
+            stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),
+            PRECISION=precision(grad.dtype), **config.meta())
 
     key = (grad.dtype, order, s_in, k, stride, precision(grad.dtype), size_bucket(batch * height * width),
            size_bucket(channels), size_bucket(n * k * k))

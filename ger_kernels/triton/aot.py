@@ -1,0 +1,110 @@
+"""Ahead-of-time compilation of every kernel config for a GPU target (default Hopper, sm_90),
+without a GPU: PTX and cubin from ``triton.compile``, resource use from ``ptxas -v``.
+
+``python -m ger_kernels.triton.aot [--arch 90]`` prints, per kernel, config and dtype:
+registers per thread, shared memory, spill bytes, and whether the PTX uses tensor-core
+instructions (wgmma or mma). The kernels are compiled for a p4m group layer with k = 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+from typing import NamedTuple
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+
+from ger_kernels.triton import group_conv
+from ger_kernels.triton.tuning import CONFIGS, Config
+
+__all__ = ["Resources", "compile_config", "report", "DTYPES"]
+
+DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input_grad_kernel,
+            "weight_grad": group_conv.weight_grad_kernel}
+# Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table.
+_POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"], "input_grad": ["x", "x", "x", "i32", "i32"],
+             "weight_grad": ["x", "x", "fp32", "i32", "i32"]}
+
+
+class Resources(NamedTuple):
+    family: str
+    config: str
+    dtype: str
+    registers: int
+    shared_bytes: int
+    spill_bytes: int  # spill stores + spill loads
+    tensor_cores: str  # "wgmma", "mma" or "none"
+
+
+def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
+    """Triton signature (argument name -> type), constexpr values and attributes of a p4m group
+    layer, k = 3, on channels_last tensors, specialized as the JIT does at run time: channel
+    strides of 1 become constants, pointers are 16-byte aligned."""
+    fn = _KERNELS[family].jit
+    pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _POINTERS[family]]
+    constexprs = {"S": 8, "S_IN": 8, "KSIZE": 3, "PRECISION": group_conv.precision(dtype)}
+    constexprs.update({name: 1 for name in ("sxc", "soc", "sdc") if name in fn.arg_names})
+    if family != "weight_grad":
+        constexprs["ALIGN"] = 8  # strides of a channels_last map with a multiple of 8 channels
+    if family == "forward":
+        constexprs.update(HAS_BIAS=True, RELU=False)
+    signature = {}
+    for i, name in enumerate(fn.arg_names):
+        constant = fn.params[i].is_constexpr or name in constexprs
+        signature[name] = pointers[i] if i < len(pointers) else "constexpr" if constant else "i32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers))}
+    return signature, constexprs, attrs
+
+
+def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 90) -> Resources:
+    """Compiles ``family``'s kernel with ``config`` for ``dtype`` and sm_``arch``."""
+    signature, constexprs, attrs = _signature(family, dtype)
+    constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
+    source = triton.compiler.ASTSource(fn=_KERNELS[family].jit, signature=signature, constexprs=constexprs,
+                                       attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    ptx = compiled.asm["ptx"]
+    suffix = "a" if arch >= 90 else ""
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        log = subprocess.run([get_ptxas(arch).path, f"-arch=sm_{arch}{suffix}", "-v", "-o", "/dev/null", f.name],
+                             capture_output=True, text=True, check=True).stderr
+    registers = int(re.search(r"Used (\d+) registers", log).group(1))
+    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+    cores = "wgmma" if "wgmma" in ptx else "mma" if re.search(r"\bmma\.sync", ptx) else "none"
+    return Resources(family, config.name, DTYPES[dtype], registers, compiled.metadata.shared, spills, cores)
+
+
+def report(arch: int = 90) -> list[Resources]:
+    """Every config of every kernel in every dtype, compiled for sm_``arch``."""
+    return [compile_config(family, config, dtype, arch)
+            for family, configs in CONFIGS.items() for config in configs for dtype in DTYPES]
+
+
+def format_table(rows: list[Resources]) -> str:
+    """A markdown table of ``rows``."""
+    lines = ["| kernel | config | dtype | registers | shared KiB | spill bytes | tensor cores |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.family} | {r.config} | {r.dtype} | {r.registers} | {r.shared_bytes / 1024:.1f} | "
+              f"{r.spill_bytes} | {r.tensor_cores} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100")
+    args = parser.parse_args()
+    print(f"triton {triton.__version__}, sm_{args.arch}")
+    print(format_table(report(args.arch)))
+
+
+if __name__ == "__main__":
+    main()
