@@ -42,7 +42,8 @@ struct PixelOrientation {
 };
 
 GER_HOST_DEVICE Pixel pixel_of(int64_t m, int64_t height, int64_t width) {
-  return {m / (height * width), (m / width) % height, m % width};
+  const int64_t row = m / width;  // b*height + h
+  return {row / height, row - row / height * height, m - row * width};
 }
 
 GER_HOST_DEVICE ChannelTap channel_tap_of(int kk, int k) {
@@ -55,12 +56,11 @@ GER_HOST_DEVICE int64_t tensor_offset(const Strides4& s, const Pixel& p, int64_t
 
 // Offset of W~[row][col] in the contiguous base weight w (C_out, C_in, S_in, k, k): row = o*S + t,
 // col = (i*S_in + s, a, b); W~[o*S + t][i*S_in + s][a][b] = A_t(w[o][i][S_in == 1 ? 0 : T[t][s]])[a][b].
-GER_HOST_DEVICE int64_t expanded_weight_offset(const ConvShape& shape, const GroupTables& tables, int64_t row,
+GER_HOST_DEVICE int64_t expanded_weight_offset(const ConvShape& shape, const GroupTables& tables, int row,
                                                const ChannelTap& col) {
   const int k = static_cast<int>(shape.kernel_size);
   const int s_in = static_cast<int>(shape.in_orientations);
-  const int64_t o = row / shape.group_order;
-  const int t = static_cast<int>(row % shape.group_order);
+  const int o = row / tables.order, t = row % tables.order;
   const int64_t i = col.channel / s_in;
   const int u = s_in == 1 ? 0 : tables.inv_mul[t][col.channel % s_in];
   int src_i, src_j;

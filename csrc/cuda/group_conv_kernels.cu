@@ -4,7 +4,8 @@
 // A block computes a BM x BN tile of C = A * B, walking its part of the reduction in steps of BK: each step
 // stages A (BM x BK) and B (BK x BN) in shared memory, both reduction-major (a[kk * ldA + m], b[kk * ldB + n]),
 // and multiplies them with SIMT FMAs or with WMMA 16x16x16 tensor-core fragments (float accumulation).
-// A problem (Forward, InputGrad, WeightGrad) supplies the loads of one step and the epilogue.
+// A problem (Forward, InputGrad, WeightGrad) supplies the loads of one step and the epilogue: row(m, z) is the
+// offset of output row m (decoded once per row), store(row, n, acc) writes one element of it.
 #include <mma.h>
 
 #include <algorithm>
@@ -109,14 +110,17 @@ struct Forward {
         });
   }
 
-  __device__ void store(int64_t m, int n, Acc acc, int) const {
-    if (bias != nullptr) acc += to_acc(read(bias + n / shape.group_order));
-    y[tensor_offset(ys, pixel_of(m, shape.out_h, shape.out_w), n)] = from_acc<T>(acc);
+  __device__ int64_t row(int64_t m, int) const { return tensor_offset(ys, pixel_of(m, shape.out_h, shape.out_w), 0); }
+
+  __device__ void store(int64_t row, int n, Acc acc) const {
+    if (bias != nullptr) acc += to_acc(read(bias + n / static_cast<int>(shape.group_order)));
+    y[row + n * ys.c] = from_acc<T>(acc);
   }
 };
 
 // dx[m][n] = sum_kk dY[m][kk] W~[oc][(n, a, b)]; m: input pixel, n: input channel, kk: (oc, a, b).
-// Under a stride, the positions of dY that no output reaches read 0 (input_grad_output_offset).
+// Under a stride, a tap reaches an input pixel only where (ih + padding - a*dilation) is a multiple of the
+// stride; elsewhere it reads 0 (input_grad_output_offset).
 template <typename T_>
 struct InputGrad {
   using T = T_;
@@ -153,9 +157,9 @@ struct InputGrad {
         });
   }
 
-  __device__ void store(int64_t m, int n, Acc acc, int) const {
-    dx[tensor_offset(dxs, pixel_of(m, shape.in_h, shape.in_w), n)] = from_acc<T>(acc);
-  }
+  __device__ int64_t row(int64_t m, int) const { return tensor_offset(dxs, pixel_of(m, shape.in_h, shape.in_w), 0); }
+
+  __device__ void store(int64_t row, int n, Acc acc) const { dx[row + n * dxs.c] = from_acc<T>(acc); }
 };
 
 // Partial dw[o][n] = sum_kk dY[o][kk] X~[kk][n] over split z's range of the reduction; o: output field,
@@ -203,9 +207,9 @@ struct WeightGrad {
     });
   }
 
-  __device__ void store(int64_t m, int n, Acc acc, int z) const {
-    workspace[(int64_t(z) * m_size + m) * n_size + n] = acc;
-  }
+  __device__ int64_t row(int64_t m, int z) const { return (int64_t(z) * m_size + m) * n_size; }
+
+  __device__ void store(int64_t row, int n, Acc acc) const { workspace[row + n] = acc; }
 };
 
 // The group tables in shared memory (dynamic indexing into a kernel parameter could go through local memory).
@@ -249,13 +253,16 @@ __global__ void __launch_bounds__(SimtTile::kThreads) simt_gemm(P p, GroupTables
     __syncthreads();
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + tx + 16 * i;
+    if (m >= p.m_size) continue;
+    const int64_t row = p.row(m, blockIdx.z);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int64_t m = m0 + tx + 16 * i;
       const int n = n0 + ty + 16 * j;
-      if (m < p.m_size && n < p.n_size) p.store(m, n, acc[i][j], blockIdx.z);
+      if (n < p.n_size) p.store(row, n, acc[i][j]);
     }
+  }
 }
 
 // Whether this compilation pass has WMMA for T (float16 from sm_70, bfloat16 from sm_80); the host pass
@@ -324,10 +331,13 @@ __global__ void __launch_bounds__(WmmaTile::kThreads) wmma_gemm(P p, GroupTables
         wmma::store_matrix_sync(c + (wn * 32 + 16 * j) * kLdC + wm * 32 + 16 * i, acc[i][j], kLdC,
                                 wmma::mem_col_major);
     __syncthreads();
-    for (int e = threadIdx.x; e < Tl::kBM * Tl::kBN; e += Tl::kThreads) {
-      const int64_t m = m0 + e % Tl::kBM;
-      const int n = n0 + e / Tl::kBM;
-      if (m < p.m_size && n < p.n_size) p.store(m, n, c[(e / Tl::kBM) * kLdC + e % Tl::kBM], blockIdx.z);
+    // Each thread writes one row m of the tile, consecutive threads consecutive rows.
+    static_assert(Tl::kThreads % Tl::kBM == 0, "epilogue rows do not divide among threads");
+    const int ml = threadIdx.x % Tl::kBM;
+    if (m0 + ml < p.m_size) {
+      const int64_t row = p.row(m0 + ml, blockIdx.z);
+      for (int nl = threadIdx.x / Tl::kBM; nl < Tl::kBN; nl += Tl::kThreads / Tl::kBM)
+        if (n0 + nl < p.n_size) p.store(row, n0 + nl, c[nl * kLdC + ml]);
     }
   }
 }
