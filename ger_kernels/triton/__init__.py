@@ -7,7 +7,6 @@ kernels (``ger_kernels.triton.group_conv``) load on first use.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import torch
@@ -19,9 +18,10 @@ __all__ = ["status", "group_conv2d"]
 
 def status() -> tuple[bool, str]:
     """(available, why): triton installed, and a CUDA device or ``TRITON_INTERPRET=1``."""
-    if importlib.util.find_spec("triton") is None:
+    try:
+        import triton
+    except ImportError:
         return False, "triton is not installed (pip install triton)"
-    import triton
 
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1): slow, for tests"

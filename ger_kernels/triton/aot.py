@@ -9,6 +9,9 @@ instructions (wgmma or mma). The kernels are compiled for a p4m group layer with
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import multiprocessing
+import os
 import re
 import subprocess
 import tempfile
@@ -20,7 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 
 from ger_kernels.triton import group_conv
-from ger_kernels.triton.tuning import CONFIGS, Config
+from ger_kernels.triton.tuning import CONFIGS, Config, dtype_class
 
 __all__ = ["Resources", "compile_config", "report", "DTYPES"]
 
@@ -83,10 +86,14 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
     return Resources(family, config.name, DTYPES[dtype], registers, compiled.metadata.shared, spills, cores)
 
 
-def report(arch: int = 90) -> list[Resources]:
-    """Every config of every kernel in every dtype, compiled for sm_``arch``."""
-    return [compile_config(family, config, dtype, arch)
-            for family, configs in CONFIGS.items() for config in configs for dtype in DTYPES]
+def report(arch: int = 90, workers: int | None = None) -> list[Resources]:
+    """Every config of every kernel in every dtype, compiled for sm_``arch`` by ``workers``
+    processes (default: one per CPU core)."""
+    jobs = [(family, config, dtype, arch) for dtype in DTYPES
+            for family, configs in CONFIGS[dtype_class(dtype)].items() for config in configs]
+    with concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count(),
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(compile_config, *zip(*jobs)))
 
 
 def format_table(rows: list[Resources]) -> str:

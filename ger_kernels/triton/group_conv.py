@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton.jit import Kernel, interpreting
-from ger_kernels.triton.tuning import Config, Tuner, size_bucket
+from ger_kernels.triton.tuning import Config, Tuner, dtype_class, size_bucket
 
 __all__ = ["group_conv2d", "tables", "precision", "TF32_ENV"]
 
@@ -37,7 +37,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 @Kernel
 def forward_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
-    B, C, H, W, N, H_out, W_out,
+    B, C, H, W, N, H_out, W_out, channel_blocks, steps,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
@@ -46,7 +46,8 @@ def forward_kernel(
 ):
     """out[b, n, oh, ow] = sum_{c, tap} x[b, c, oh*stride - padding + kh*dilation, ...] W~[n, c, tap]
     (+ bias[n // S], ReLU). GEMM rows: output pixels (b, oh, ow); columns: output channels n
-    (C = C_in*S_in, N = C_out*S); reduction: taps, then input channels in blocks of BLOCK_K.
+    (C = C_in*S_in, N = C_out*S); reduction: taps, then the channel_blocks = cdiv(C, BLOCK_K)
+    blocks of input channels.
     ALIGN divides sxb, sxh and sxw (vector loads along channels of channels_last inputs)."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -63,8 +64,7 @@ def forward_kernel(
     if S_IN > 1:
         w_off += tl.load(orient_ptr + t[None, :] * S + (rk % S)[:, None]) * TAPS
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    channel_blocks = tl.cdiv(C, BLOCK_K)
-    for step in range(TAPS * channel_blocks):  # one loop over (tap, channel block): one software pipeline
+    for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
         tap = step // channel_blocks
         c0 = step % channel_blocks * BLOCK_K
         ih = oh * stride - padding + (tap // KSIZE) * dilation
@@ -88,7 +88,7 @@ def forward_kernel(
 @Kernel
 def input_grad_kernel(
     dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr,
-    B, C, H, W, N, H_out, W_out, H_phase, W_phase,
+    B, C, H, W, N, H_out, W_out, H_phase, W_phase, channel_blocks, steps,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
@@ -97,8 +97,8 @@ def input_grad_kernel(
     """dx[b, c, h, w] = sum_{n, tap} dy[b, n, oh, ow] W~[n, c, tap] over oh*stride - padding +
     kh*dilation = h (and the same for w). Program axis 2 is the phase (h % stride, w % stride):
     a tap meets output pixels for all or none of a phase's pixels, so no stride**2 waste.
-    GEMM rows: that phase's input pixels; columns: input channels c; reduction: taps, then
-    output channels in blocks of BLOCK_K. ALIGN divides sdb, sdh and sdw."""
+    GEMM rows: that phase's input pixels; columns: input channels c; reduction: taps, then the
+    channel_blocks = cdiv(N, BLOCK_K) blocks of output channels. ALIGN divides sdb, sdh and sdw."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     ph = tl.program_id(2) // stride
     pw = tl.program_id(2) % stride
@@ -116,8 +116,7 @@ def input_grad_kernel(
     if S_IN > 1:
         w_off += tl.load(orient_ptr + t[:, None] * S + (rn % S)[None, :]) * TAPS
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    channel_blocks = tl.cdiv(N, BLOCK_K)
-    for step in range(TAPS * channel_blocks):  # one loop over (tap, channel block)
+    for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
         tap = step // channel_blocks
         n0 = step % channel_blocks * BLOCK_K
         kh = tap // KSIZE
@@ -141,7 +140,7 @@ def input_grad_kernel(
 @Kernel
 def weight_grad_kernel(
     dy_ptr, x_ptr, dw_ptr, source_ptr, inverse_taps_ptr,
-    B, C, H, W, C_OUT, H_out, W_out, pixels_per_split,
+    B, C, H, W, C_OUT, H_out, W_out, pixels_per_split, steps,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr,
@@ -165,7 +164,7 @@ def weight_grad_kernel(
     pixels = B * H_out * W_out
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     first = split * pixels_per_split
-    for step in range(pixels_per_split // BLOCK_K * S):  # one loop over (pixel block, t)
+    for step in range(steps):  # one loop over (pixel block, t): pixels_per_split // BLOCK_K * S steps
         t = step % S
         p = first + step // S * BLOCK_K + rk
         p_ok = p < pixels
@@ -239,8 +238,9 @@ def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> in
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
 
-def _run(family: str, key: tuple, launch, device: torch.device):
-    """``launch(config)`` with the tuned (or forced) config of ``family`` for problem class ``key``."""
+def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.device):
+    """``launch(config)`` with the tuned (or forced) config of ``family`` for ``dtype`` and
+    problem class ``key``."""
     if device.type == "cuda":
         key = (torch.cuda.get_device_name(device), triton.__version__) + key
 
@@ -250,7 +250,7 @@ def _run(family: str, key: tuple, launch, device: torch.device):
         except Exception:  # a config this GPU cannot run (resources) is never chosen
             return float("inf")
 
-    return launch(_TUNER.choose(family, key, time_ms))
+    return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms))
 
 
 def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: int, relu: bool) -> torch.Tensor:
@@ -271,13 +271,14 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
         grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(n, config.block_n))
         forward_kernel[grid](
             x, weight, bias if bias is not None else weight, out, table["orient"], table["taps"],
-            batch, channels, height, width, n, h_out, w_out, *x.stride(), *out.stride(),
+            batch, channels, height, width, n, h_out, w_out, triton.cdiv(channels, config.block_k),
+            k * k * triton.cdiv(channels, config.block_k), *x.stride(), *out.stride(),
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu,
             ALIGN=_alignment(x), PRECISION=precision(x.dtype), **config.meta())
 
     key = (x.dtype, order, s_in, k, stride, precision(x.dtype), size_bucket(pixels), size_bucket(n),
            size_bucket(channels * k * k))
-    _run("forward", key, launch, x.device)
+    _run("forward", x.dtype, key, launch, x.device)
     return out
 
 
@@ -302,13 +303,14 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
                 stride * stride)
         input_grad_kernel[grid](
             grad, weight, dx, table["orient"], table["taps"],
-            batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, *grad.stride(), *dx.stride(),
+            batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, triton.cdiv(n, config.block_k),
+            k * k * triton.cdiv(n, config.block_k), *grad.stride(), *dx.stride(),
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),
             PRECISION=precision(grad.dtype), **config.meta())
 
     key = (grad.dtype, order, s_in, k, stride, precision(grad.dtype), size_bucket(batch * height * width),
            size_bucket(channels), size_bucket(n * k * k))
-    _run("input_grad", key, launch, grad.device)
+    _run("input_grad", grad.dtype, key, launch, grad.device)
     return dx
 
 
@@ -342,14 +344,15 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
                                device=x.device)
         weight_grad_kernel[(tiles, taps, partials.shape[0])](
             grad, x, partials, table["source"], table["inverse_taps"],
-            batch, channels, height, width, c_out, h_out, w_out, per_split, *grad.stride(), *x.stride(),
+            batch, channels, height, width, c_out, h_out, w_out, per_split, per_split // config.block_k * order,
+            *grad.stride(), *x.stride(),
             stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
             PRECISION=precision(x.dtype), **config.meta())
         return partials
 
     key = (x.dtype, order, in_orientations, kernel_size, stride, precision(x.dtype), size_bucket(c_out),
            size_bucket(channels), size_bucket(pixels))
-    return _run("weight_grad", key, launch, x.device).sum(0).view(shape).to(x.dtype)
+    return _run("weight_grad", x.dtype, key, launch, x.device).sum(0).view(shape).to(x.dtype)
 
 
 # --------------------------------------------------------------------------- torch.library ops

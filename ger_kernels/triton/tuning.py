@@ -1,7 +1,7 @@
 """Launch configurations of the Triton kernels and the choice among them.
 
-Each kernel family ("forward", "input_grad", "weight_grad") has a short list of named
-``Config`` s (tile sizes of its implicit GEMM, warps, pipeline stages). A problem class
+Each kernel family ("forward", "input_grad", "weight_grad") has, per dtype class
+("float32" or "half"), a short list of named ``Config`` s (tile sizes of its implicit GEMM, warps, pipeline stages). A problem class
 (the ``key``: dtype, group, filter, stride and power-of-two buckets of the GEMM sizes)
 is tuned once: every config is timed, the fastest is kept in memory and in a JSON file
 ``triton_tuning.json`` under the cache directory (``$GER_KERNELS_CACHE_DIR``, else
@@ -9,8 +9,8 @@ is tuned once: every config is timed, the fastest is kept in memory and in a JSO
 second process does not tune again. Callers put the GPU name and Triton version in the key.
 
 ``GER_KERNELS_TRITON_CONFIG`` forces configs, for tests and reproducible runs: an index
-(that config in every family), or comma-separated names (each forces its own family;
-families not named use their first config). The interpreter (``TRITON_INTERPRET=1``)
+(that config in every list), or comma-separated names (each forces the lists holding it;
+the other lists use their first config). The interpreter (``TRITON_INTERPRET=1``)
 never times anything: it uses the forced or the first config.
 """
 
@@ -22,9 +22,11 @@ import pathlib
 import tempfile
 from typing import Callable, NamedTuple
 
+import torch
+
 from ger_kernels.triton.jit import interpreting
 
-__all__ = ["Config", "CONFIGS", "FORCE_ENV", "Tuner", "cache_path", "forced_config", "size_bucket"]
+__all__ = ["Config", "CONFIGS", "FORCE_ENV", "Tuner", "cache_path", "dtype_class", "forced_config", "size_bucket"]
 
 FORCE_ENV = "GER_KERNELS_TRITON_CONFIG"
 
@@ -50,15 +52,29 @@ class Config(NamedTuple):
 # forward and input_grad: M = pixels, N = channels, K = channels of one tap (a multiple of the
 # group order, which the kernels rely on; 16 suits lifting layers with few input channels).
 # weight_grad: M = output fields, N = base input channels, K = pixels.
-# All compile for sm_90 in every dtype without register spills (ger_kernels.triton.aot).
-_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
-               Config(64, 64, 16, 4, 4)]
-CONFIGS: dict[str, list[Config]] = {
-    "forward": _PIXEL_GEMM,
-    "input_grad": _PIXEL_GEMM,
-    "weight_grad": [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
-                    Config(64, 32, 32, 4, 3)],
+# float32 runs on FMA units (IEEE) and needs smaller tiles per thread than the tensor-core
+# dtypes. Every config compiles for sm_90 without register spills (ger_kernels.triton.aot).
+_WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
+                Config(64, 32, 32, 4, 3)]
+CONFIGS: dict[str, dict[str, list[Config]]] = {
+    "half": {  # float16, bfloat16
+        "forward": [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
+                    Config(64, 64, 16, 4, 4)],
+        "input_grad": [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
+                       Config(64, 64, 16, 4, 4)],
+        "weight_grad": _WEIGHT_GRAD,
+    },
+    "float32": {
+        "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
+        "input_grad": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
+        "weight_grad": _WEIGHT_GRAD,
+    },
 }
+
+
+def dtype_class(dtype: torch.dtype) -> str:
+    """The key of ``CONFIGS`` for tensors of ``dtype``: "float32" or "half"."""
+    return "float32" if dtype == torch.float32 else "half"
 
 
 def size_bucket(n: int) -> int:
@@ -66,18 +82,19 @@ def size_bucket(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def forced_config(family: str) -> Config | None:
-    """The config ``GER_KERNELS_TRITON_CONFIG`` forces for ``family``, or None when unset."""
+def forced_config(family: str, kind: str) -> Config | None:
+    """The config ``GER_KERNELS_TRITON_CONFIG`` forces for ``family`` in dtype class ``kind``,
+    or None when unset."""
     value = os.environ.get(FORCE_ENV, "").strip()
     if not value:
         return None
-    configs = CONFIGS[family]
+    configs = CONFIGS[kind][family]
     if value.isdigit():
         index = int(value)
         if index >= len(configs):
-            raise ValueError(f"{FORCE_ENV}={value}: {family} has configs 0..{len(configs) - 1}")
+            raise ValueError(f"{FORCE_ENV}={value}: {family} ({kind}) has configs 0..{len(configs) - 1}")
         return configs[index]
-    known = {c.name for cs in CONFIGS.values() for c in cs}
+    known = {c.name for lists in CONFIGS.values() for cs in lists.values() for c in cs}
     names = [name.strip() for name in value.split(",")]
     unknown = [name for name in names if name not in known]
     if unknown:
@@ -123,14 +140,15 @@ class Tuner:
         except OSError:
             pass  # a read-only cache directory only costs tuning again in the next process
 
-    def choose(self, family: str, key: tuple, time_ms: Callable[[Config], float]) -> Config:
-        """The forced config, else the cached one, else the fastest by ``time_ms(config)``."""
-        configs = CONFIGS[family]
-        forced = forced_config(family)
+    def choose(self, family: str, kind: str, key: tuple, time_ms: Callable[[Config], float]) -> Config:
+        """The forced config, else the cached one, else the fastest by ``time_ms(config)``,
+        among ``CONFIGS[kind][family]``."""
+        configs = CONFIGS[kind][family]
+        forced = forced_config(family, kind)
         if forced is not None or interpreting():
             return forced or configs[0]
         by_name = {c.name: c for c in configs}
-        entry = self._entry(family, key)
+        entry = self._entry(family, (kind,) + tuple(key))
         name = self.memory.get(entry) or self._read_file().get(entry)
         if name not in by_name:
             name = min(configs, key=time_ms).name
