@@ -19,8 +19,8 @@
 namespace ger_kernels {
 namespace {
 
-// Block tile: kThreads threads, smem rows padded by kPad elements (keeps 16-byte row alignment, breaks
-// bank conflicts, and satisfies WMMA's ldm rule of a multiple of 16 bytes).
+// Block tile: kThreads threads; the smem rows are padded by kPad elements against bank conflicts (for WMMA,
+// 8 elements keep the row pitch a multiple of 16 bytes, its ldm rule).
 template <int kBM_, int kBN_, int kBK_, int kThreads_, int kPad>
 struct Tile {
   static constexpr int kBM = kBM_, kBN = kBN_, kBK = kBK_, kThreads = kThreads_;
