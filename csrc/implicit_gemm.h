@@ -103,6 +103,18 @@ GER_HOST_DEVICE int64_t weight_grad_reduction_size(const ConvShape& shape, int c
   return (pixels + chunk - 1) / chunk * chunk * shape.group_order;
 }
 
+struct ReductionRange {
+  int64_t begin, end;
+};
+
+// Part z of a reduction of length k_size (a multiple of chunk) split into `splits` parts (split-K): consecutive
+// chunk-aligned ranges that cover [0, k_size) once; trailing parts may be empty.
+GER_HOST_DEVICE ReductionRange split_reduction(int64_t k_size, int chunk, int splits, int z) {
+  const int64_t length = (k_size / chunk + splits - 1) / splits * chunk;
+  const int64_t begin = z * length, end = begin + length;
+  return {begin < k_size ? begin : k_size, end < k_size ? end : k_size};
+}
+
 // Weight gradient, X~[kk][n]: the input element that meets grad_output[b][o*S + t][oh][ow] through the base
 // weight element base = (i*S_in + u, p, q) in copy t: s = S_in == 1 ? 0 : t*u, (a, b) = A_t^-1's source of
 // (p, q); -1 in the padding. dw[o][i][u][p][q] = sum over t and output pixels of grad_output times this.

@@ -69,10 +69,6 @@ __device__ __forceinline__ void fill_by_step(T* tile, int ld, Context context, V
   }
 }
 
-struct KRange {
-  int64_t begin, end;
-};
-
 // y[m][n] = sum_kk X[m][kk] W~[n][kk] + bias[n / S]; m: output pixel, n: output channel, kk: (c, a, b).
 template <typename T_>
 struct Forward {
@@ -87,7 +83,7 @@ struct Forward {
   int64_t m_size;
   int n_size, k_size;
 
-  __device__ KRange k_range(int) const { return {0, k_size}; }
+  __device__ ReductionRange k_range(int) const { return {0, k_size}; }
 
   template <class Tl>
   __device__ void load(T* a, T* b, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
@@ -133,7 +129,7 @@ struct InputGrad {
   int64_t m_size;
   int n_size, k_size;
 
-  __device__ KRange k_range(int) const { return {0, k_size}; }
+  __device__ ReductionRange k_range(int) const { return {0, k_size}; }
 
   template <class Tl>
   __device__ void load(T* a, T* b, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
@@ -175,12 +171,10 @@ struct WeightGrad {
   Strides4 dys, xs;
   ConvShape shape;
   int m_size, n_size;
-  int64_t k_size, k_per_split, pixels;
+  int64_t k_size, pixels;
+  int chunk, splits;  // chunk: the kernel's BK
 
-  __device__ KRange k_range(int z) const {
-    const int64_t end = (z + 1) * k_per_split;
-    return {z * k_per_split, end < k_size ? end : k_size};
-  }
+  __device__ ReductionRange k_range(int z) const { return split_reduction(k_size, chunk, splits, z); }
 
   template <class Tl>
   __device__ void load(T* a, T* b, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
@@ -232,7 +226,7 @@ __global__ void __launch_bounds__(SimtTile::kThreads) simt_gemm(P p, GroupTables
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t m0 = int64_t(blockIdx.x) * Tl::kBM;
   const int n0 = blockIdx.y * Tl::kBN;
-  const KRange range = p.k_range(blockIdx.z);
+  const ReductionRange range = p.k_range(blockIdx.z);
   Acc acc[4][4] = {};
   for (int64_t k0 = range.begin; k0 < range.end; k0 += Tl::kBK) {
     p.template load<Tl>(a, b, m0, n0, k0, g);
@@ -299,7 +293,7 @@ __global__ void __launch_bounds__(WmmaTile::kThreads) wmma_gemm(P p, GroupTables
     const int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2;
     const int64_t m0 = int64_t(blockIdx.x) * Tl::kBM;
     const int n0 = blockIdx.y * Tl::kBN;
-    const KRange range = p.k_range(blockIdx.z);
+    const ReductionRange range = p.k_range(blockIdx.z);
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
@@ -445,12 +439,11 @@ cudaError_t launch_group_conv2d_weight_grad(const void* grad_output, const Strid
     using T = typename decltype(type)::type;
     using Tl = decltype(tile);
     using Acc = typename Accumulate<T>::type;
-    const int64_t k_size = weight_grad_reduction_size(shape, Tl::kBK);
-    const int64_t steps_per_split = (k_size / Tl::kBK + splits - 1) / splits;
     const WeightGrad<T> p{static_cast<const T*>(grad_output), static_cast<const T*>(input),
                           static_cast<Acc*>(workspace), grad_output_strides, input_strides, shape,
-                          static_cast<int>(shape.out_fields), static_cast<int>(n_size), k_size,
-                          steps_per_split * Tl::kBK, shape.batch * shape.out_h * shape.out_w};
+                          static_cast<int>(shape.out_fields), static_cast<int>(n_size),
+                          weight_grad_reduction_size(shape, Tl::kBK), shape.batch * shape.out_h * shape.out_w,
+                          Tl::kBK, splits};
     const cudaError_t status = launch_gemm<Tl>(p, splits, stream);
     const int64_t numel = shape.filter().weight_numel();
     if (status != cudaSuccess || numel == 0) return status;

@@ -21,7 +21,8 @@ enum class Layout { kContiguous, kChannelsLast, kStrided };
 struct Case {
   int64_t order, in_orientations, kernel_size, stride, padding, dilation, in_h, in_w;
   Layout layout;
-  int chunk;  // pixels per step of the weight gradient's reduction (the kernels use their BK: 16 or 32)
+  int chunk;   // pixels per step of the weight gradient's reduction (the kernels use their BK: 16 or 32)
+  int splits;  // parts of that reduction (split-K)
 };
 
 std::string describe(const Case& c) {
@@ -30,7 +31,7 @@ std::string describe(const Case& c) {
          std::to_string(c.kernel_size) + " stride " + std::to_string(c.stride) + " padding " +
          std::to_string(c.padding) + " dilation " + std::to_string(c.dilation) + " " + std::to_string(c.in_h) +
          "x" + std::to_string(c.in_w) + " " + layouts[static_cast<int>(c.layout)] + " chunk " +
-         std::to_string(c.chunk);
+         std::to_string(c.chunk) + " splits " + std::to_string(c.splits);
 }
 
 void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, const char* what, const Case& c) {
@@ -134,21 +135,25 @@ void check(const Case& c) {
   }
   expect_close(dx, ref_dx, "input grad", c);
 
-  // weight gradient: m output field, n = (i*S_in + u, p, q), kk = (pixel, t) in chunks
-  torch::Tensor dw = torch::empty_like(w);
+  // weight gradient: m output field, n = (i*S_in + u, p, q), kk = (pixel, t) in chunks, split in c.splits parts
+  // whose partial sums are added at the end (the kernels' workspace)
+  torch::Tensor dw = torch::zeros_like(w);
   const int64_t pixels = batch * shape.out_h * shape.out_w;
   const int64_t k_size = weight_grad_reduction_size(shape, c.chunk);
-  for (int64_t o = 0; o < out_fields; ++o) {
-    for (int n = 0; n < in_channels * k * k; ++n) {
-      double sum = 0;
-      for (int64_t kk = 0; kk < k_size; ++kk) {
-        const PixelOrientation r = weight_grad_reduction(kk, static_cast<int>(order), c.chunk);
-        if (r.pixel >= pixels) continue;
-        const Pixel px = pixel_of(r.pixel, shape.out_h, shape.out_w);
-        const int64_t off = weight_grad_input_offset(shape, tables, xs, px, r.t, channel_tap_of(n, k_int));
-        if (off >= 0) sum += dyp[tensor_offset(dys, px, o * order + r.t)] * xp[off];
+  for (int z = 0; z < c.splits; ++z) {
+    const ReductionRange range = split_reduction(k_size, c.chunk, c.splits, z);
+    for (int64_t o = 0; o < out_fields; ++o) {
+      for (int n = 0; n < in_channels * k * k; ++n) {
+        double sum = 0;
+        for (int64_t kk = range.begin; kk < range.end; ++kk) {
+          const PixelOrientation r = weight_grad_reduction(kk, static_cast<int>(order), c.chunk);
+          if (r.pixel >= pixels) continue;
+          const Pixel px = pixel_of(r.pixel, shape.out_h, shape.out_w);
+          const int64_t off = weight_grad_input_offset(shape, tables, xs, px, r.t, channel_tap_of(n, k_int));
+          if (off >= 0) sum += dyp[tensor_offset(dys, px, o * order + r.t)] * xp[off];
+        }
+        dw.mutable_data_ptr<double>()[o * in_channels * k * k + n] += sum;
       }
-      dw.mutable_data_ptr<double>()[o * in_channels * k * k + n] = sum;
     }
   }
   expect_close(dw, ref_dw, "weight grad", c);
@@ -156,12 +161,26 @@ void check(const Case& c) {
 
 // Every (pixel, t) of the weight gradient's reduction is visited exactly once, whatever the chunk, and an
 // aligned chunk of kk is one t over consecutive pixels (what lets a kernel step of BK = chunk use one t).
+// Split parts are consecutive chunk-aligned ranges covering the reduction.
 void check_reduction_covers_pixels_once() {
   const ConvShape shape{3, 1, 1, 1, 8, 3, 1, 1, 1, 5, 7, 5, 7};  // 105 output pixels
   for (int chunk : {1, 3, 16, 32}) {
+    const int64_t k_size = weight_grad_reduction_size(shape, chunk);
+    for (int splits : {1, 2, 5, 64}) {
+      int64_t next = 0;
+      bool ok = true;
+      for (int z = 0; z < splits; ++z) {
+        const ReductionRange range = split_reduction(k_size, chunk, splits, z);
+        ok &= range.begin == next && range.end >= range.begin && range.begin % chunk == 0;
+        next = range.end;
+      }
+      ok &= next == k_size;
+      ok ? ++passed : ++failed;
+      if (!ok) std::printf("FAILED: split_reduction with chunk %d, %d splits\n", chunk, splits);
+    }
     std::vector<int> visits(105 * 8, 0);
     bool chunks_ok = true;
-    for (int64_t kk = 0; kk < weight_grad_reduction_size(shape, chunk); ++kk) {
+    for (int64_t kk = 0; kk < k_size; ++kk) {
       const PixelOrientation r = weight_grad_reduction(kk, 8, chunk);
       const PixelOrientation first = weight_grad_reduction(kk - kk % chunk, 8, chunk);
       chunks_ok &= r.t == first.t && r.pixel == first.pixel + kk % chunk;
@@ -178,7 +197,7 @@ void check_reduction_covers_pixels_once() {
 int main() {
   torch::manual_seed(0);
   check_reduction_covers_pixels_once();
-  const int chunks[] = {16, 32, 3};
+  const int chunks[] = {16, 32, 3}, splits[] = {1, 3, 2, 64};
   int index = 0;
   for (int64_t order : {4, 8}) {
     for (int64_t s_in : {int64_t(1), order}) {
@@ -189,8 +208,11 @@ int main() {
           {3, 2, 1, 2, 9, 8, Layout::kChannelsLast}, {3, 1, 2, 2, 6, 7, Layout::kStrided},
           {5, 1, 0, 1, 7, 6, Layout::kChannelsLast},
       };
-      for (const auto& v : convs)
-        check({order, s_in, v.k, v.stride, v.padding, v.dilation, v.h, v.w, v.layout, chunks[index++ % 3]});
+      for (const auto& v : convs) {
+        check({order, s_in, v.k, v.stride, v.padding, v.dilation, v.h, v.w, v.layout, chunks[index % 3],
+               splits[index % 4]});
+        ++index;
+      }
     }
   }
   std::printf("%d passed, %d failed\n", passed, failed);
