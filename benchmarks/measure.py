@@ -8,9 +8,7 @@ import time
 from typing import Callable
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.profiler import ProfilerActivity, profile
 
 
 def synchronize(device: torch.device) -> None:
@@ -37,28 +35,6 @@ def interleaved_medians(steps: dict[str, Callable[[], object]], device: torch.de
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-class _LiveTensorBytes(TorchDispatchMode):
-    """Tracks the bytes of tensor storages created by operators while it is active and still
-    alive, checked at every operator: the peak is the step's working set beyond its inputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and not tensor.is_meta:
-                storage = tensor.untyped_storage()
-                key = storage.data_ptr()
-                if key and key not in self.live:
-                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
-        self.peak = max(self.peak, sum(nbytes for _, nbytes in self.live.values()))
-        return out
-
-
 def peak_memory_bytes(step: Callable[[], object], device: torch.device) -> int:
     """Peak bytes allocated by one call of ``step`` beyond what was allocated before it."""
     if device.type == "cuda":
@@ -68,9 +44,15 @@ def peak_memory_bytes(step: Callable[[], object], device: torch.device) -> int:
         step()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    with _LiveTensorBytes() as tracker:
+    # Every allocation and free of the CPU allocator, those inside compiled kernels included.
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    return tracker.peak
+    changes = sorted((e.time_range.start, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage)
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return peak
 
 
 def machine_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:

@@ -1,10 +1,12 @@
 import importlib.util
 
 import pytest
+import torch
 
 import ger_kernels
-from ger_kernels import ops
-from ger_kernels.backends import check_backend_name
+from ger_kernels import ops, reference
+from ger_kernels.backends import auto_backend, check_backend_name, resolve_backend
+from ger_kernels.groups import P4M
 
 
 def test_every_backend_has_a_status_and_reason():
@@ -36,3 +38,22 @@ def test_unavailable_backends_are_refused_with_their_reason():
         else:
             with pytest.raises(ValueError, match=f"backend '{name}' is not available: "):
                 check_backend_name(name)
+
+
+def test_auto_runs_the_measured_choice_per_device():
+    statuses = ger_kernels.backends()
+    expected_cpu = "cpp" if statuses["cpp"].available else "reference"
+    assert auto_backend(torch.device("cpu")) == expected_cpu
+    # no fused GPU kernel has been measured yet: cuDNN on the expanded filter
+    assert auto_backend(torch.device("cuda")) == "reference"
+    assert resolve_backend("auto", torch.device("cpu")) is resolve_backend(expected_cpu, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["reference", "cpp", "triton"])
+def test_resolved_backends_compute_the_reference(name):
+    if not ger_kernels.backends()[name].available:
+        pytest.skip(ger_kernels.backends()[name].reason)
+    x = torch.randn(1, 8, 6, 5)
+    w = torch.randn(2, 1, 8, 3, 3)
+    out = resolve_backend(name, x.device)(x, w, None, 1, 1, 1, P4M)
+    assert torch.allclose(out, reference.group_conv2d(x, w, None, 1, 1, 1, P4M), atol=1e-5)
