@@ -27,7 +27,8 @@ struct Strides4 {
 };
 
 struct Pixel {
-  int64_t n, h, w;
+  int64_t n;
+  int h, w;
 };
 
 // A reduction (or weight) index (channel*k + a)*k + b: a channel and a tap (a, b) of the k x k window.
@@ -41,13 +42,59 @@ struct PixelOrientation {
   int t;
 };
 
-GER_HOST_DEVICE Pixel pixel_of(int64_t m, int64_t height, int64_t width) {
-  const int64_t row = m / width;  // b*height + h
-  return {row / height, row - row / height * height, m - row * width};
+// Division of an int64 n in [0, 2^63) by a fixed divisor d in [1, 2^31) as a multiply-high and shifts
+// (Granlund and Montgomery, "Division by invariant integers using multiplication", PLDI 1994, figure 4.1,
+// N = 64): the kernels' pixel decode without 64-bit division. The constructor runs on the host.
+class FastDiv {
+ public:
+  FastDiv() = default;
+  explicit FastDiv(int64_t d) : divisor_(d) {
+    int l = 0;  // ceil(log2(d))
+    while ((int64_t(1) << l) < d) ++l;
+    magic_ = static_cast<uint64_t>(((static_cast<unsigned __int128>(1) << 64) * ((uint64_t(1) << l) - d)) / d + 1);
+    shift1_ = l < 1 ? l : 1;
+    shift2_ = l < 1 ? 0 : l - 1;
+  }
+
+  GER_HOST_DEVICE int64_t divisor() const { return divisor_; }
+
+  GER_HOST_DEVICE int64_t div(int64_t n) const {
+    const uint64_t u = static_cast<uint64_t>(n);
+#if defined(__CUDA_ARCH__)
+    const uint64_t t = __umul64hi(magic_, u);
+#else
+    const uint64_t t = static_cast<uint64_t>((static_cast<unsigned __int128>(magic_) * u) >> 64);
+#endif
+    return static_cast<int64_t>((t + ((u - t) >> shift1_)) >> shift2_);
+  }
+
+ private:
+  int64_t divisor_ = 1;
+  uint64_t magic_ = 1;
+  int shift1_ = 0, shift2_ = 0;
+};
+
+// The pixels (b, h, w) of a (B, H, W) grid in row-major order m = (b*H + h)*W + w.
+struct PixelGrid {
+  FastDiv height, width;
+};
+
+GER_HOST_DEVICE Pixel pixel_of(int64_t m, const PixelGrid& grid) {
+  const int64_t row = grid.width.div(m);  // b*H + h
+  const int64_t n = grid.height.div(row);
+  return {n, static_cast<int>(row - n * grid.height.divisor()), static_cast<int>(m - row * grid.width.divisor())};
 }
 
 GER_HOST_DEVICE ChannelTap channel_tap_of(int kk, int k) {
   return {kk / (k * k), (kk / k) % k, kk % k};
+}
+
+// Whether the spatial index arithmetic fits int (the kernels check it): padded sizes, stride and the
+// dilated window below 2^30, so every row or column position below stays within (-2^30, 2^31).
+inline bool fits_spatial(const ConvShape& s) {
+  const int64_t limit = int64_t(1) << 30;
+  return s.in_h + 2 * s.padding < limit && s.in_w + 2 * s.padding < limit && s.stride < limit &&
+         s.dilation * (s.kernel_size - 1) < limit;
 }
 
 GER_HOST_DEVICE int64_t tensor_offset(const Strides4& s, const Pixel& p, int64_t channel) {
@@ -71,8 +118,10 @@ GER_HOST_DEVICE int64_t expanded_weight_offset(const ConvShape& shape, const Gro
 // Forward im2col: offset of the input element read by output pixel `out` at (channel, a, b); -1 in the padding.
 GER_HOST_DEVICE int64_t forward_input_offset(const ConvShape& shape, const Strides4& x, const Pixel& out,
                                              const ChannelTap& ct) {
-  const int64_t ih = out.h * shape.stride - shape.padding + ct.a * shape.dilation;
-  const int64_t iw = out.w * shape.stride - shape.padding + ct.b * shape.dilation;
+  const int ih = out.h * static_cast<int>(shape.stride) - static_cast<int>(shape.padding) +
+                 ct.a * static_cast<int>(shape.dilation);
+  const int iw = out.w * static_cast<int>(shape.stride) - static_cast<int>(shape.padding) +
+                 ct.b * static_cast<int>(shape.dilation);
   if (ih < 0 || ih >= shape.in_h || iw < 0 || iw >= shape.in_w) return -1;
   return tensor_offset(x, {out.n, ih, iw}, ct.channel);
 }
@@ -80,21 +129,23 @@ GER_HOST_DEVICE int64_t forward_input_offset(const ConvShape& shape, const Strid
 // Transposed im2col: offset of grad_output[b][oc][oh][ow] with oh*stride = ih + padding - a*dilation (and the
 // same for w) for input pixel `in` and ct = (oc, a, b); -1 where that position is not divisible by the stride
 // or lies outside the output.
+// Spatial sizes, padding, stride and dilation*(k-1) are below 2^30 (fits_spatial), so this is int arithmetic.
 GER_HOST_DEVICE int64_t input_grad_output_offset(const ConvShape& shape, const Strides4& dy, const Pixel& in,
                                                  const ChannelTap& ct) {
-  const int64_t th = in.h + shape.padding - ct.a * shape.dilation;
-  const int64_t tw = in.w + shape.padding - ct.b * shape.dilation;
-  if (th < 0 || tw < 0 || th % shape.stride != 0 || tw % shape.stride != 0) return -1;
-  const int64_t oh = th / shape.stride, ow = tw / shape.stride;
+  const int stride = static_cast<int>(shape.stride), padding = static_cast<int>(shape.padding);
+  const int dilation = static_cast<int>(shape.dilation);
+  const int th = in.h + padding - ct.a * dilation, tw = in.w + padding - ct.b * dilation;
+  if (th < 0 || tw < 0 || th % stride != 0 || tw % stride != 0) return -1;
+  const int oh = th / stride, ow = tw / stride;
   if (oh >= shape.out_h || ow >= shape.out_w) return -1;
   return tensor_offset(dy, {in.n, oh, ow}, ct.channel);
 }
 
 // The weight gradient's reduction runs over output pixels in chunks of `chunk`, each chunk once per t:
 // kk = ((pixel / chunk) * S + t) * chunk + pixel % chunk, so a tile of `chunk` consecutive kk has a single t.
-GER_HOST_DEVICE PixelOrientation weight_grad_reduction(int64_t kk, int group_order, int chunk) {
-  const int64_t step = kk / chunk;
-  return {(step / group_order) * chunk + kk % chunk, static_cast<int>(step % group_order)};
+GER_HOST_DEVICE PixelOrientation weight_grad_reduction(int64_t kk, const FastDiv& group_order, int chunk) {
+  const int64_t step = kk / chunk, pixel_chunk = group_order.div(step);
+  return {pixel_chunk * chunk + kk % chunk, static_cast<int>(step - pixel_chunk * group_order.divisor())};
 }
 
 // Length of that reduction: the output pixels rounded up to whole chunks, times S (pixels past the end read 0).

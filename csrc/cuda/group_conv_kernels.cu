@@ -3,7 +3,8 @@
 //
 // A block computes a BM x BN tile of C = A * B, walking its part of the reduction in steps of BK: each step
 // stages A (BM x BK) and B (BK x BN) in shared memory, both reduction-major (a[kk * ldA + m], b[kk * ldB + n]),
-// and multiplies them with SIMT FMAs or with WMMA 16x16x16 tensor-core fragments (float accumulation).
+// and multiplies them with SIMT FMAs or with WMMA 16x16x16 tensor-core fragments (float accumulation), while
+// the global loads of the next step are in flight into registers.
 // A problem (Forward, InputGrad, WeightGrad) supplies the loads of one step and the epilogue: row(m, z) is the
 // offset of output row m (decoded once per row), store(row, n, acc) writes one element of it.
 #include <mma.h>
@@ -41,33 +42,48 @@ template <typename T> __device__ __forceinline__ T zero() { return from_acc<T>(t
 // Read-only load of an operand element through the non-coherent cache.
 template <typename T> __device__ __forceinline__ T read(const T* p) { return __ldg(p); }
 
-// Fills tile[kk * ld + r] (r < kRows, kk < kDepth) where each thread keeps one row r, consecutive threads
-// consecutive rows: context(r) is evaluated once, value(context, kk) for each of the thread's elements.
-template <int kRows, int kDepth, int kThreads, typename T, class Context, class Value>
-__device__ __forceinline__ void fill_by_row(T* tile, int ld, Context context, Value value) {
-  static_assert(kThreads % kRows == 0 && kRows * kDepth % kThreads == 0, "tile does not divide among threads");
-  const int r = threadIdx.x % kRows;
-  const auto ctx = context(r);
+// How a block's threads share a kRows x kDepth operand tile, stored reduction-major (tile[kk * ld + r]):
+// by row, each thread keeps one row r (consecutive threads consecutive rows) and takes kCount steps kk;
+// by step, each thread keeps one step kk (consecutive threads consecutive steps) and takes kCount rows.
+// What depends only on the kept index is decoded once per thread and step (the context).
+template <bool kByStep, int kRows, int kDepth, int kThreads>
+struct TileMap {
+  static constexpr int kKept = kByStep ? kDepth : kRows;
+  static constexpr int kCount = kRows * kDepth / kThreads;
+  static_assert(kThreads % kKept == 0 && kRows * kDepth % kThreads == 0, "tile does not divide among threads");
+
+  __device__ static int kept() { return threadIdx.x % kKept; }
+  __device__ static int taken(int j) { return threadIdx.x / kKept + j * (kThreads / kKept); }
+  __device__ static int offset(int j, int ld) { return kByStep ? kept() * ld + taken(j) : taken(j) * ld + kept(); }
+};
+
+// A thread's elements of one operand tile: context(kept) once, then value(context, taken(j)).
+template <class Map, typename T, class Context, class Value>
+__device__ __forceinline__ void gather(T (&out)[Map::kCount], Context context, Value value) {
+  const auto ctx = context(Map::kept());
 #pragma unroll
-  for (int j = 0; j < kRows * kDepth / kThreads; ++j) {
-    const int kk = threadIdx.x / kRows + j * (kThreads / kRows);
-    tile[kk * ld + r] = value(ctx, kk);
-  }
+  for (int j = 0; j < Map::kCount; ++j) out[j] = value(ctx, Map::taken(j));
 }
 
-// The same with one reduction step kk per thread, consecutive threads consecutive steps:
-// context(kk) once, value(context, r) per element.
-template <int kRows, int kDepth, int kThreads, typename T, class Context, class Value>
-__device__ __forceinline__ void fill_by_step(T* tile, int ld, Context context, Value value) {
-  static_assert(kThreads % kDepth == 0 && kRows * kDepth % kThreads == 0, "tile does not divide among threads");
-  const int kk = threadIdx.x % kDepth;
-  const auto ctx = context(kk);
+template <class Map, typename T>
+__device__ __forceinline__ void commit(T* tile, int ld, const T (&in)[Map::kCount]) {
 #pragma unroll
-  for (int j = 0; j < kRows * kDepth / kThreads; ++j) {
-    const int r = threadIdx.x / kDepth + j * (kThreads / kDepth);
-    tile[kk * ld + r] = value(ctx, r);
-  }
+  for (int j = 0; j < Map::kCount; ++j) tile[Map::offset(j, ld)] = in[j];
 }
+
+// The A (BM x BK) and B (BK x BN) elements of one reduction step that a thread loads, held in registers
+// between the global loads and the shared-memory store so that the loads of step k+1 overlap the math of step k.
+template <class P, class Tl>
+struct Operands {
+  using AMap = TileMap<P::kAByStep, Tl::kBM, Tl::kBK, Tl::kThreads>;
+  using BMap = TileMap<P::kBByStep, Tl::kBN, Tl::kBK, Tl::kThreads>;
+  typename P::T a[AMap::kCount], b[BMap::kCount];
+
+  __device__ void commit(typename P::T* a_tile, typename P::T* b_tile) const {
+    ger_kernels::commit<AMap>(a_tile, Tl::kLdA, a);
+    ger_kernels::commit<BMap>(b_tile, Tl::kLdB, b);
+  }
+};
 
 // y[m][n] = sum_kk X[m][kk] W~[n][kk] + bias[n / S]; m: output pixel, n: output channel, kk: (c, a, b).
 template <typename T_>
@@ -80,25 +96,27 @@ struct Forward {
   T* y;
   Strides4 xs, ys;
   ConvShape shape;
+  PixelGrid pixels;  // output pixels
   int64_t m_size;
   int n_size, k_size;
+
+  static constexpr bool kAByStep = false, kBByStep = false;
 
   __device__ ReductionRange k_range(int) const { return {0, k_size}; }
 
   template <class Tl>
-  __device__ void load(T* a, T* b, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
+  __device__ void load(Operands<Forward, Tl>& ops, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
     const int k = static_cast<int>(shape.kernel_size);
-    fill_by_row<Tl::kBM, Tl::kBK, Tl::kThreads>(
-        a, Tl::kLdA,
-        [&](int r) { return m0 + r < m_size ? pixel_of(m0 + r, shape.out_h, shape.out_w) : Pixel{-1, 0, 0}; },
+    gather<typename Operands<Forward, Tl>::AMap>(
+        ops.a, [&](int r) { return m0 + r < m_size ? pixel_of(m0 + r, pixels) : Pixel{-1, 0, 0}; },
         [&](const Pixel& px, int kk) {
           const int c = static_cast<int>(k0) + kk;
           if (px.n < 0 || c >= k_size) return zero<T>();
           const int64_t off = forward_input_offset(shape, xs, px, channel_tap_of(c, k));
           return off < 0 ? zero<T>() : read(x + off);
         });
-    fill_by_row<Tl::kBN, Tl::kBK, Tl::kThreads>(
-        b, Tl::kLdB, [&](int r) { return n0 + r; },
+    gather<typename Operands<Forward, Tl>::BMap>(
+        ops.b, [&](int r) { return n0 + r; },
         [&](int n, int kk) {
           const int c = static_cast<int>(k0) + kk;
           if (n >= n_size || c >= k_size) return zero<T>();
@@ -106,7 +124,7 @@ struct Forward {
         });
   }
 
-  __device__ int64_t row(int64_t m, int) const { return tensor_offset(ys, pixel_of(m, shape.out_h, shape.out_w), 0); }
+  __device__ int64_t row(int64_t m, int) const { return tensor_offset(ys, pixel_of(m, pixels), 0); }
 
   __device__ void store(int64_t row, int n, Acc acc) const {
     if (bias != nullptr) acc += to_acc(read(bias + n / static_cast<int>(shape.group_order)));
@@ -126,25 +144,27 @@ struct InputGrad {
   T* dx;
   Strides4 dys, dxs;
   ConvShape shape;
+  PixelGrid pixels;  // input pixels
   int64_t m_size;
   int n_size, k_size;
+
+  static constexpr bool kAByStep = false, kBByStep = false;
 
   __device__ ReductionRange k_range(int) const { return {0, k_size}; }
 
   template <class Tl>
-  __device__ void load(T* a, T* b, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
+  __device__ void load(Operands<InputGrad, Tl>& ops, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
     const int k = static_cast<int>(shape.kernel_size);
-    fill_by_row<Tl::kBM, Tl::kBK, Tl::kThreads>(
-        a, Tl::kLdA,
-        [&](int r) { return m0 + r < m_size ? pixel_of(m0 + r, shape.in_h, shape.in_w) : Pixel{-1, 0, 0}; },
+    gather<typename Operands<InputGrad, Tl>::AMap>(
+        ops.a, [&](int r) { return m0 + r < m_size ? pixel_of(m0 + r, pixels) : Pixel{-1, 0, 0}; },
         [&](const Pixel& px, int kk) {
           const int c = static_cast<int>(k0) + kk;
           if (px.n < 0 || c >= k_size) return zero<T>();
           const int64_t off = input_grad_output_offset(shape, dys, px, channel_tap_of(c, k));
           return off < 0 ? zero<T>() : read(dy + off);
         });
-    fill_by_row<Tl::kBN, Tl::kBK, Tl::kThreads>(
-        b, Tl::kLdB, [&](int r) { return n0 + r; },
+    gather<typename Operands<InputGrad, Tl>::BMap>(
+        ops.b, [&](int r) { return n0 + r; },
         [&](int n, int kk) {
           const int c = static_cast<int>(k0) + kk;
           if (n >= n_size || c >= k_size) return zero<T>();
@@ -153,7 +173,7 @@ struct InputGrad {
         });
   }
 
-  __device__ int64_t row(int64_t m, int) const { return tensor_offset(dxs, pixel_of(m, shape.in_h, shape.in_w), 0); }
+  __device__ int64_t row(int64_t m, int) const { return tensor_offset(dxs, pixel_of(m, pixels), 0); }
 
   __device__ void store(int64_t row, int n, Acc acc) const { dx[row + n * dxs.c] = from_acc<T>(acc); }
 };
@@ -170,30 +190,33 @@ struct WeightGrad {
   Acc* workspace;
   Strides4 dys, xs;
   ConvShape shape;
+  PixelGrid out_pixels;
+  FastDiv order;
   int m_size, n_size;
   int64_t k_size, pixels;
   int chunk, splits;  // chunk: the kernel's BK
 
+  static constexpr bool kAByStep = true, kBByStep = true;
+
   __device__ ReductionRange k_range(int z) const { return split_reduction(k_size, chunk, splits, z); }
 
   template <class Tl>
-  __device__ void load(T* a, T* b, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
+  __device__ void load(Operands<WeightGrad, Tl>& ops, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
     const int k = static_cast<int>(shape.kernel_size);
-    const int order = static_cast<int>(shape.group_order);
     struct Step {
       Pixel px;  // n < 0 past the last pixel
       int t;
     };
     const auto step = [&](int kk) {
       const PixelOrientation r = weight_grad_reduction(k0 + kk, order, Tl::kBK);
-      return Step{r.pixel < pixels ? pixel_of(r.pixel, shape.out_h, shape.out_w) : Pixel{-1, 0, 0}, r.t};
+      return Step{r.pixel < pixels ? pixel_of(r.pixel, out_pixels) : Pixel{-1, 0, 0}, r.t};
     };
-    fill_by_step<Tl::kBM, Tl::kBK, Tl::kThreads>(a, Tl::kLdA, step, [&](const Step& s, int r) {
+    gather<typename Operands<WeightGrad, Tl>::AMap>(ops.a, step, [&](const Step& s, int r) {
       const int64_t o = m0 + r;
       if (s.px.n < 0 || o >= m_size) return zero<T>();
-      return read(dy + tensor_offset(dys, s.px, o * order + s.t));
+      return read(dy + tensor_offset(dys, s.px, o * shape.group_order + s.t));
     });
-    fill_by_step<Tl::kBN, Tl::kBK, Tl::kThreads>(b, Tl::kLdB, step, [&](const Step& s, int r) {
+    gather<typename Operands<WeightGrad, Tl>::BMap>(ops.b, step, [&](const Step& s, int r) {
       const int n = n0 + r;
       if (s.px.n < 0 || n >= n_size) return zero<T>();
       const int64_t off = weight_grad_input_offset(shape, g, xs, s.px, s.t, channel_tap_of(n, k));
@@ -228,9 +251,12 @@ __global__ void __launch_bounds__(SimtTile::kThreads) simt_gemm(P p, GroupTables
   const int n0 = blockIdx.y * Tl::kBN;
   const ReductionRange range = p.k_range(blockIdx.z);
   Acc acc[4][4] = {};
+  Operands<P, Tl> ops;
+  if (range.begin < range.end) p.template load<Tl>(ops, m0, n0, range.begin, g);
   for (int64_t k0 = range.begin; k0 < range.end; k0 += Tl::kBK) {
-    p.template load<Tl>(a, b, m0, n0, k0, g);
+    ops.commit(a, b);
     __syncthreads();
+    if (k0 + Tl::kBK < range.end) p.template load<Tl>(ops, m0, n0, k0 + Tl::kBK, g);
 #pragma unroll
     for (int kk = 0; kk < Tl::kBK; ++kk) {
       Acc av[4], bv[4];
@@ -299,9 +325,12 @@ __global__ void __launch_bounds__(WmmaTile::kThreads) wmma_gemm(P p, GroupTables
     for (int i = 0; i < 2; ++i)
 #pragma unroll
       for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    Operands<P, Tl> ops;
+    if (range.begin < range.end) p.template load<Tl>(ops, m0, n0, range.begin, g);
     for (int64_t k0 = range.begin; k0 < range.end; k0 += Tl::kBK) {
-      p.template load<Tl>(a, b, m0, n0, k0, g);
+      ops.commit(a, b);
       __syncthreads();
+      if (k0 + Tl::kBK < range.end) p.template load<Tl>(ops, m0, n0, k0 + Tl::kBK, g);
 #pragma unroll
       for (int ks = 0; ks < Tl::kBK; ks += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa[2];
@@ -388,12 +417,12 @@ cudaError_t launch_group_conv2d(const void* input, const Strides4& input_strides
                                 const ConvShape& shape, FloatKind kind, const CudaDevice& device,
                                 cudaStream_t stream) {
   const int64_t k_size = shape.in_channels() * shape.kernel_size * shape.kernel_size;
-  if (!fits_int(k_size) || !fits_int(shape.out_channels())) return cudaErrorInvalidValue;
+  if (!fits_spatial(shape) || !fits_int(k_size) || !fits_int(shape.out_channels())) return cudaErrorInvalidValue;
   return with_kernel(kind, device, [&](auto type, auto tile) {
     using T = typename decltype(type)::type;
     const Forward<T> p{static_cast<const T*>(input), static_cast<const T*>(weight), static_cast<const T*>(bias),
                        static_cast<T*>(output), input_strides, output_strides, shape,
-                       shape.batch * shape.out_h * shape.out_w, static_cast<int>(shape.out_channels()),
+                       {FastDiv(shape.out_h), FastDiv(shape.out_w)}, shape.batch * shape.out_h * shape.out_w, static_cast<int>(shape.out_channels()),
                        static_cast<int>(k_size)};
     return launch_gemm<decltype(tile)>(p, 1, stream);
   });
@@ -404,12 +433,12 @@ cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Stride
                                            const ConvShape& shape, FloatKind kind, const CudaDevice& device,
                                            cudaStream_t stream) {
   const int64_t k_size = shape.out_channels() * shape.kernel_size * shape.kernel_size;
-  if (!fits_int(k_size) || !fits_int(shape.in_channels())) return cudaErrorInvalidValue;
+  if (!fits_spatial(shape) || !fits_int(k_size) || !fits_int(shape.in_channels())) return cudaErrorInvalidValue;
   return with_kernel(kind, device, [&](auto type, auto tile) {
     using T = typename decltype(type)::type;
     const InputGrad<T> p{static_cast<const T*>(grad_output), static_cast<const T*>(weight),
                          static_cast<T*>(grad_input), grad_output_strides, grad_input_strides, shape,
-                         shape.batch * shape.in_h * shape.in_w, static_cast<int>(shape.in_channels()),
+                         {FastDiv(shape.in_h), FastDiv(shape.in_w)}, shape.batch * shape.in_h * shape.in_w, static_cast<int>(shape.in_channels()),
                          static_cast<int>(k_size)};
     return launch_gemm<decltype(tile)>(p, 1, stream);
   });
@@ -434,13 +463,16 @@ cudaError_t launch_group_conv2d_weight_grad(const void* grad_output, const Strid
                                             void* workspace, int splits, const ConvShape& shape, FloatKind kind,
                                             const CudaDevice& device, cudaStream_t stream) {
   const int64_t n_size = shape.in_channels() * shape.kernel_size * shape.kernel_size;
-  if (!fits_int(n_size) || !fits_int(shape.out_fields) || splits < 1) return cudaErrorInvalidValue;
+  if (!fits_spatial(shape) || !fits_int(n_size) || !fits_int(shape.out_fields) || splits < 1) {
+    return cudaErrorInvalidValue;
+  }
   return with_kernel(kind, device, [&](auto type, auto tile) {
     using T = typename decltype(type)::type;
     using Tl = decltype(tile);
     using Acc = typename Accumulate<T>::type;
     const WeightGrad<T> p{static_cast<const T*>(grad_output), static_cast<const T*>(input),
                           static_cast<Acc*>(workspace), grad_output_strides, input_strides, shape,
+                          {FastDiv(shape.out_h), FastDiv(shape.out_w)}, FastDiv(shape.group_order),
                           static_cast<int>(shape.out_fields), static_cast<int>(n_size),
                           weight_grad_reduction_size(shape, Tl::kBK), shape.batch * shape.out_h * shape.out_w,
                           Tl::kBK, splits};

@@ -5,7 +5,8 @@
 // weight/grad_weight (C_out, C_in, S_in, k, k) and bias (C_out,) contiguous. All have the element type `kind`.
 // float16/bfloat16 run on tensor cores (WMMA, float accumulation) where the device has them (sm_70 for
 // float16, sm_80 for bfloat16), float32 and float64 on a SIMT FMA kernel. Each launcher returns
-// cudaGetLastError(), or cudaErrorInvalidValue for sizes beyond the index types (see group_conv_kernels.cu).
+// cudaGetLastError(), or cudaErrorInvalidValue for sizes beyond the index types: channel counts times k*k
+// below 2^31, padded spatial sizes below 2^30 (fits_spatial); pixel counts and element offsets are int64.
 #pragma once
 
 #include <cuda_runtime_api.h>

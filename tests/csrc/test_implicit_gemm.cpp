@@ -5,7 +5,9 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdio>
+#include <random>
 #include <string>
 
 #include "implicit_gemm.h"
@@ -32,6 +34,11 @@ std::string describe(const Case& c) {
          std::to_string(c.padding) + " dilation " + std::to_string(c.dilation) + " " + std::to_string(c.in_h) +
          "x" + std::to_string(c.in_w) + " " + layouts[static_cast<int>(c.layout)] + " chunk " +
          std::to_string(c.chunk) + " splits " + std::to_string(c.splits);
+}
+
+void expect_true(bool ok, const char* what, const Case& c) {
+  ok ? ++passed : ++failed;
+  if (!ok) std::printf("FAILED: %s (%s)\n", what, describe(c).c_str());
 }
 
 void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, const char* what, const Case& c) {
@@ -82,6 +89,8 @@ void check(const Case& c) {
                         conv_output_size(c.in_h, k, c.stride, c.padding, c.dilation),
                         conv_output_size(c.in_w, k, c.stride, c.padding, c.dilation)};
   const GroupTables tables = make_group_tables(static_cast<int>(order));
+  const PixelGrid in_grid{FastDiv(c.in_h), FastDiv(c.in_w)}, out_grid{FastDiv(shape.out_h), FastDiv(shape.out_w)};
+  expect_true(fits_spatial(shape), "fits_spatial", c);
 
   const torch::Tensor x = random_in({batch, in_channels, c.in_h, c.in_w}, c.layout);
   const torch::Tensor w = torch::randn({out_fields, in_fields, c.in_orientations, k, k}, torch::kFloat64);
@@ -105,7 +114,7 @@ void check(const Case& c) {
   torch::Tensor y = empty_in({batch, out_channels, shape.out_h, shape.out_w}, c.layout);
   const Strides4 ys = strides_of(y);
   for (int64_t m = 0; m < batch * shape.out_h * shape.out_w; ++m) {
-    const Pixel px = pixel_of(m, shape.out_h, shape.out_w);
+    const Pixel px = pixel_of(m, out_grid);
     for (int n = 0; n < out_channels; ++n) {
       double sum = bias[n / order].item<double>();
       for (int kk = 0; kk < in_channels * k * k; ++kk) {
@@ -122,7 +131,7 @@ void check(const Case& c) {
   torch::Tensor dx = empty_in({batch, in_channels, c.in_h, c.in_w}, c.layout);
   const Strides4 dxs = strides_of(dx);
   for (int64_t m = 0; m < batch * c.in_h * c.in_w; ++m) {
-    const Pixel px = pixel_of(m, c.in_h, c.in_w);
+    const Pixel px = pixel_of(m, in_grid);
     for (int n = 0; n < in_channels; ++n) {
       double sum = 0;
       for (int kk = 0; kk < out_channels * k * k; ++kk) {
@@ -146,9 +155,9 @@ void check(const Case& c) {
       for (int n = 0; n < in_channels * k * k; ++n) {
         double sum = 0;
         for (int64_t kk = range.begin; kk < range.end; ++kk) {
-          const PixelOrientation r = weight_grad_reduction(kk, static_cast<int>(order), c.chunk);
+          const PixelOrientation r = weight_grad_reduction(kk, FastDiv(order), c.chunk);
           if (r.pixel >= pixels) continue;
-          const Pixel px = pixel_of(r.pixel, shape.out_h, shape.out_w);
+          const Pixel px = pixel_of(r.pixel, out_grid);
           const int64_t off = weight_grad_input_offset(shape, tables, xs, px, r.t, channel_tap_of(n, k_int));
           if (off >= 0) sum += dyp[tensor_offset(dys, px, o * order + r.t)] * xp[off];
         }
@@ -181,8 +190,8 @@ void check_reduction_covers_pixels_once() {
     std::vector<int> visits(105 * 8, 0);
     bool chunks_ok = true;
     for (int64_t kk = 0; kk < k_size; ++kk) {
-      const PixelOrientation r = weight_grad_reduction(kk, 8, chunk);
-      const PixelOrientation first = weight_grad_reduction(kk - kk % chunk, 8, chunk);
+      const PixelOrientation r = weight_grad_reduction(kk, FastDiv(8), chunk);
+      const PixelOrientation first = weight_grad_reduction(kk - kk % chunk, FastDiv(8), chunk);
       chunks_ok &= r.t == first.t && r.pixel == first.pixel + kk % chunk;
       if (r.pixel < 105) ++visits[r.pixel * 8 + r.t];
     }
@@ -192,10 +201,33 @@ void check_reduction_covers_pixels_once() {
   }
 }
 
+// FastDiv against plain division: edge divisors and dividends, then random ones over the whole range.
+void check_fast_div() {
+  std::vector<int64_t> divisors = {1, 2, 3, 4, 5, 7, 8, 9, 25, 448, 449, 1000003, (int64_t(1) << 30),
+                                   (int64_t(1) << 31) - 1};
+  std::vector<int64_t> dividends = {0, 1, 2, 3, (int64_t(1) << 32) - 1, int64_t(1) << 32, INT64_MAX - 1, INT64_MAX};
+  std::mt19937_64 random(0);
+  for (int i = 0; i < 200; ++i) divisors.push_back(1 + static_cast<int64_t>(random() % ((uint64_t(1) << 31) - 1)));
+  int wrong = 0;
+  for (const int64_t d : divisors) {
+    const FastDiv fast(d);
+    std::vector<int64_t> ns = dividends;
+    for (const int64_t q : {int64_t(1), int64_t(1000), INT64_MAX / d})
+      for (const int64_t e : {-1, 0, 1})
+        if (e < 1 || q * d < INT64_MAX) ns.push_back(q * d + e);
+    for (int i = 0; i < 2000; ++i) ns.push_back(static_cast<int64_t>(random() >> (1 + random() % 63)));
+    for (const int64_t n : ns)
+      if (n >= 0 && fast.div(n) != n / d) ++wrong;
+  }
+  wrong == 0 ? ++passed : ++failed;
+  if (wrong != 0) std::printf("FAILED: FastDiv wrong in %d cases\n", wrong);
+}
+
 }  // namespace
 
 int main() {
   torch::manual_seed(0);
+  check_fast_div();
   check_reduction_covers_pixels_once();
   const int chunks[] = {16, 32, 3}, splits[] = {1, 3, 2, 64};
   int index = 0;
