@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "../group_conv.h"
+#include "../implicit_gemm.h"
 #include "group_conv_kernels.h"
 #include "torch_glue.h"
 
@@ -16,6 +17,13 @@ namespace ger_kernels {
 namespace {
 
 Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+// The kernels index spatial positions with int (implicit_gemm.h); say so instead of a bare launch error.
+void check_spatial(const ConvShape& shape, const char* op) {
+  TORCH_CHECK(fits_spatial(shape), op, ": the CUDA kernels need padded sizes, stride and dilation*(k-1) below 2^30, "
+              "got input ", shape.in_h, " x ", shape.in_w, ", padding ", shape.padding, ", stride ", shape.stride,
+              ", dilation ", shape.dilation, ", k ", shape.kernel_size);
+}
 
 CudaDevice current_device() {
   const int index = c10::cuda::current_device();
@@ -29,6 +37,7 @@ CudaDevice current_device() {
 at::Tensor group_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              int64_t stride, int64_t padding, int64_t dilation, int64_t group_order) {
   const ConvShape shape = check_group_conv(input, weight, bias, stride, padding, dilation, group_order);
+  check_spatial(shape, "group_conv2d");
   const FloatKind kind = float_kind(input.scalar_type());
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor output = at::empty({shape.batch, shape.out_channels(), shape.out_h, shape.out_w},
@@ -49,6 +58,7 @@ at::Tensor group_conv2d_input_grad_cuda(const at::Tensor& grad_output, const at:
                                         int64_t dilation, int64_t group_order) {
   const ConvShape shape = check_group_conv_input_grad(grad_output, weight, C10_AS_INTARRAYREF_SLOW(input_size),
                                                       stride, padding, dilation, group_order);
+  check_spatial(shape, "group_conv2d_input_grad");
   const FloatKind kind = float_kind(grad_output.scalar_type());
   const c10::cuda::CUDAGuard guard(grad_output.device());
   at::Tensor grad_input = at::empty({shape.batch, shape.in_channels(), shape.in_h, shape.in_w},
@@ -68,6 +78,7 @@ at::Tensor group_conv2d_weight_grad_cuda(const at::Tensor& grad_output, const at
                                          int64_t group_order) {
   const ConvShape shape = check_group_conv_weight_grad(grad_output, input, kernel_size, in_orientations, stride,
                                                        padding, dilation, group_order);
+  check_spatial(shape, "group_conv2d_weight_grad");
   const FloatKind kind = float_kind(input.scalar_type());
   const c10::cuda::CUDAGuard guard(input.device());
   const std::vector<int64_t> size = {shape.out_fields, shape.in_fields, in_orientations, kernel_size, kernel_size};
