@@ -1,9 +1,11 @@
 """Ahead-of-time compilation of every kernel config for a GPU target (default Hopper, sm_90),
-without a GPU: PTX and cubin from ``triton.compile``, resource use from ``ptxas -v``.
+without a GPU: PTX and cubin from ``triton.compile``, resource use of the cubin from
+``cuobjdump -res-usage`` (the tool ships with triton).
 
 ``python -m ger_kernels.triton.aot [--arch 90]`` prints, per kernel, config and dtype:
-registers per thread, shared memory, spill bytes, and whether the PTX uses tensor-core
-instructions (wgmma or mma). The kernels are compiled for a p4m group layer with k = 3.
+registers per thread, shared memory, local memory per thread (register spills; what triton
+reports as ``n_spills``), and whether the PTX uses tensor-core instructions (wgmma or mma).
+The kernels are compiled for a p4m group layer with k = 3 on channels_last tensors.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import NamedTuple
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.backends.nvidia.compiler import get_ptxas
 
 from ger_kernels.triton import group_conv
 from ger_kernels.triton.tuning import CONFIGS, Config, dtype_class
@@ -41,7 +42,7 @@ class Resources(NamedTuple):
     dtype: str
     registers: int
     shared_bytes: int
-    spill_bytes: int  # spill stores + spill loads
+    spill_bytes: int  # local memory per thread (stack frame + local): register spills
     tensor_cores: str  # "wgmma", "mma" or "none"
 
 
@@ -74,14 +75,13 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": config.num_warps, "num_stages": config.num_stages})
     ptx = compiled.asm["ptx"]
-    suffix = "a" if arch >= 90 else ""
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-        f.write(ptx)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
         f.flush()
-        log = subprocess.run([get_ptxas(arch).path, f"-arch=sm_{arch}{suffix}", "-v", "-o", "/dev/null", f.name],
-                             capture_output=True, text=True, check=True).stderr
-    registers = int(re.search(r"Used (\d+) registers", log).group(1))
-    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+        usage = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-res-usage", f.name],
+                               capture_output=True, text=True, check=True).stdout
+    registers = int(re.search(r"REG:(\d+)", usage).group(1))
+    spills = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)", usage).group(1))
     cores = "wgmma" if "wgmma" in ptx else "mma" if re.search(r"\bmma\.sync", ptx) else "none"
     return Resources(family, config.name, DTYPES[dtype], registers, compiled.metadata.shared, spills, cores)
 

@@ -63,7 +63,7 @@ def forward_kernel(
     w_off = (rn // S)[None, :] * (C * TAPS) + (rk // S_IN * S_IN)[:, None] * TAPS
     if S_IN > 1:
         w_off += tl.load(orient_ptr + t[None, :] * S + (rk % S)[:, None]) * TAPS
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
         tap = step // channel_blocks
         c0 = step % channel_blocks * BLOCK_K
@@ -115,7 +115,7 @@ def input_grad_kernel(
     w_off = (rk // S)[:, None] * (C * TAPS) + (rn // S_IN * S_IN)[None, :] * TAPS
     if S_IN > 1:
         w_off += tl.load(orient_ptr + t[:, None] * S + (rn % S)[None, :]) * TAPS
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
         tap = step // channel_blocks
         n0 = step % channel_blocks * BLOCK_K
@@ -153,7 +153,7 @@ def weight_grad_kernel(
     contributions accumulate in one register tile. GEMM rows: output fields o; columns: q;
     reduction: pixels (b, oh, ow) in blocks of BLOCK_K, and t."""
     TAPS: tl.constexpr = KSIZE * KSIZE
-    tiles_n = tl.cdiv(C, BLOCK_N)
+    tiles_n = (C + BLOCK_N - 1) // BLOCK_N
     tap_out = tl.program_id(1)
     split = tl.program_id(2)
     ro = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -162,7 +162,7 @@ def weight_grad_kernel(
     o_ok = ro < C_OUT
     q_ok = rq < C
     pixels = B * H_out * W_out
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     first = split * pixels_per_split
     for step in range(steps):  # one loop over (pixel block, t): pixels_per_split // BLOCK_K * S steps
         t = step % S
@@ -234,8 +234,13 @@ def _alignment(x: torch.Tensor) -> int:
     return next(a for a in (16, 8, 4, 2, 1) if all(s % a == 0 for s in strides))
 
 
-def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+def _out_size(input_size, k: int, stride: int, padding: int, dilation: int) -> list[int]:
+    """Output (H_out, W_out) of an input (..., H, W), as ``F.conv2d``; an error when empty."""
+    size = [(n + 2 * padding - dilation * (k - 1) - 1) // stride + 1 for n in input_size[-2:]]
+    if min(size) < 1:
+        raise ValueError(f"input (H, W) = {tuple(input_size[-2:])} is smaller than the dilated kernel "
+                         f"{dilation * (k - 1) + 1} x {dilation * (k - 1) + 1} with padding {padding}")
+    return size
 
 
 def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.device):
@@ -257,7 +262,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     """The group convolution (+ bias, + ReLU if ``relu``), in ``x``'s memory format."""
     batch, channels, height, width = x.shape
     c_out, _, s_in, k, _ = weight.shape
-    h_out, w_out = (_out_size(n, k, stride, padding, dilation) for n in (height, width))
+    h_out, w_out = _out_size(x.shape, k, stride, padding, dilation)
     out = torch.empty((batch, c_out * order, h_out, w_out), dtype=x.dtype, device=x.device,
                       memory_format=_memory_format(x))
     if out.numel() == 0:
@@ -365,8 +370,7 @@ def group_conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[to
 
 @group_conv2d_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, order, relu):
-    k = weight.shape[-1]
-    size = [_out_size(n, k, stride, padding, dilation) for n in input.shape[-2:]]
+    size = _out_size(input.shape, weight.shape[-1], stride, padding, dilation)
     return torch.empty([input.shape[0], weight.shape[0] * order, *size], dtype=input.dtype, device=input.device,
                        memory_format=_memory_format(input))
 

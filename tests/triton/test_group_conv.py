@@ -1,0 +1,208 @@
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from ger_kernels import reference  # noqa: E402
+from ger_kernels.groups import P4, P4M  # noqa: E402
+from ger_kernels.triton import group_conv, group_conv2d  # noqa: E402
+from ger_kernels.triton.tuning import CONFIGS, FORCE_ENV  # noqa: E402
+from helpers import max_rel_err  # noqa: E402
+
+# group, lifting, k, stride, padding, dilation, H, W, batch
+CASES = [
+    (P4M, True, 3, 1, 1, 1, 9, 7, 2),
+    (P4M, False, 3, 1, 1, 1, 9, 7, 2),
+    (P4, True, 3, 1, 1, 1, 8, 9, 1),
+    (P4, False, 3, 2, 1, 1, 9, 7, 1),
+    (P4M, False, 3, 2, 1, 1, 8, 8, 1),
+    (P4M, False, 3, 1, 2, 2, 9, 7, 1),
+    (P4, False, 3, 2, 2, 2, 11, 9, 1),
+    (P4M, False, 2, 2, 0, 1, 8, 6, 1),
+    (P4, True, 2, 2, 0, 1, 8, 10, 1),
+    (P4M, True, 5, 2, 2, 1, 11, 9, 1),
+    (P4, False, 1, 1, 0, 1, 5, 4, 1),
+    (P4M, True, 3, 1, 1, 1, 12, 11, 2),  # enough pixels to split the weight gradient's reduction
+]
+def conv_args(group, lifting, k, height, width, batch=2, c_in=3, c_out=9, device="cpu"):
+    """float64 input, weight, bias; c_out=9 spans two column tiles for p4m."""
+    s_in = 1 if lifting else group.order
+    x = torch.randn(batch, c_in * s_in, height, width, dtype=torch.float64, device=device)
+    w = torch.randn(c_out, c_in, s_in, k, k, dtype=torch.float64, device=device)
+    b = torch.randn(c_out, dtype=torch.float64, device=device)
+    return x, w, b
+
+
+def run(conv, x, w, b, grad, dtype=None, **kwargs):
+    """Output and the gradients of (output * grad).sum() w.r.t. x, w, b, computed in ``dtype``."""
+    leaves = [t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (x, w, b)]
+    out = conv(*leaves, **kwargs)
+    out.backward(grad.to(out.dtype))
+    return [out] + [t.grad for t in leaves]
+
+
+def errors(actual, expected):
+    return {name: max_rel_err(a, e) for name, a, e in zip(("out", "dx", "dw", "db"), actual, expected)}
+
+
+def parity(x, w, b, stride, padding, dilation, group, dtype=torch.float32, relu=False, x_view=None, grad=None):
+    """Relative errors of the Triton op in ``dtype`` against the float64 reference, per result;
+    ``grad`` (random by default) is the output gradient."""
+    if grad is None:
+        grad = torch.randn_like(reference.conv_expanded(x, w, b, stride, padding, dilation, group))
+
+    def ref(x, w, b):
+        out = reference.conv_expanded(x, w, b, stride, padding, dilation, group)
+        return out.relu() if relu else out
+
+    def fused(x, w, b):
+        x = x_view(x) if x_view else x
+        return group_conv.group_conv2d(x, w, b, stride, padding, dilation, group, relu=relu)
+
+    return errors(run(fused, x, w, b, grad, dtype), run(ref, x, w, b, grad))
+
+
+@pytest.mark.parametrize("group,lifting,k,stride,padding,dilation,height,width,batch", CASES,
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_float32_matches_reference(device, group, lifting, k, stride, padding, dilation, height, width, batch):
+    x, w, b = conv_args(group, lifting, k, height, width, batch, device=device)
+    errs = parity(x, w, b, stride, padding, dilation, group)
+    assert max(errs.values()) <= 1e-5, errs
+
+
+def assert_half_parity(x, w, b, stride, padding, dilation, group, dtype):
+    """SPEC section 8: at most twice the error of PyTorch's conv on W~ in ``dtype``, and <= 1e-2."""
+    grad = torch.randn_like(reference.conv_expanded(x, w, b, stride, padding, dilation, group))
+    errs = parity(x, w, b, stride, padding, dilation, group, dtype=dtype, grad=grad)
+    conv = lambda x, w, b: reference.conv_expanded(x, w, b, stride, padding, dilation, group)  # noqa: E731
+    torch_errs = errors(run(conv, x, w, b, grad, dtype), run(conv, x, w, b, grad))
+    for name, err in errs.items():
+        assert err <= min(2 * torch_errs[name], 1e-2), (name, err, torch_errs[name])
+
+
+@pytest.mark.parametrize("kind,dtype", [("float32", torch.float32), ("half", torch.float16)])
+@pytest.mark.parametrize("index", range(4))
+def test_every_config(device, monkeypatch, kind, dtype, index):
+    """Config ``index`` of every list of the dtype class (lists without one use their first)."""
+    names = [configs[index].name for configs in CONFIGS[kind].values() if index < len(configs)]
+    monkeypatch.setenv(FORCE_ENV, ",".join(names))
+    x, w, b = conv_args(P4M, False, 3, 6, 5, c_in=5, device=device)
+    if dtype == torch.float32:
+        errs = parity(x, w, b, 2, 1, 1, P4M)
+        assert max(errs.values()) <= 1e-5, errs
+    else:
+        assert_half_parity(x, w, b, 2, 1, 1, P4M, dtype)
+
+
+def test_weight_gradient_reduction_is_split():
+    assert group_conv._splits(torch.device("cpu"), 9, 2 * 12 * 11, 32) == 2
+    assert group_conv._splits(torch.device("cpu"), 9, 2 * 9 * 7, 32) == 1
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_layouts(device, layout):
+    x, w, b = conv_args(P4M, False, 3, 7, 5, c_out=5, device=device)
+    if layout == "channels_last":
+        view = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    else:  # every other column of a wider tensor
+        view = lambda t: t.repeat_interleave(2, -1)[..., ::2]  # noqa: E731
+    assert not view(x).is_contiguous()
+    errs = parity(x, w, b, 1, 1, 1, P4M, x_view=view)
+    assert max(errs.values()) <= 1e-5, errs
+    out = group_conv2d(view(x.float()), w.float(), b.float(), 1, 1, 1, P4M)
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+
+
+def test_relu_epilogue(device):
+    x, w, b = conv_args(P4, False, 3, 9, 7, device=device)
+    errs = parity(x, w, b, 1, 1, 1, P4, relu=True)
+    assert max(errs.values()) <= 1e-5, errs
+    out = group_conv.group_conv2d(x.float(), w.float(), b.float(), 1, 1, 1, P4, relu=True)
+    assert (out == 0).any() and out.min() == 0
+
+
+def test_empty_batch_launches_nothing(device, monkeypatch):
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("a kernel was launched for an empty batch")
+
+    for name in ("forward_kernel", "input_grad_kernel", "weight_grad_kernel"):
+        monkeypatch.setattr(group_conv, name, NoLaunch())
+    x, w, b = (t.float().requires_grad_(True) for t in conv_args(P4M, False, 3, 9, 7, batch=0, device=device))
+    out = group_conv2d(x, w, b, 1, 1, 1, P4M)
+    assert out.shape == (0, 72, 9, 7)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("lifting", [True, False])
+def test_float16(device, lifting):
+    x, w, b = conv_args(P4M, lifting, 3, 7, 6, device=device)
+    assert_half_parity(x, w, b, 1, 1, 1, P4M, torch.float16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs CUDA: the Triton interpreter's bfloat16 tl.dot is wrong (triton 3.6 and 3.9)")
+@pytest.mark.parametrize("lifting", [True, False])
+def test_bfloat16_on_cuda(monkeypatch, lifting):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, w, b = conv_args(P4M, lifting, 3, 33, 31, c_in=8, c_out=12, device="cuda")
+    assert_half_parity(x, w, b, 1, 1, 1, P4M, torch.bfloat16)
+
+
+def test_tf32_is_opt_in(monkeypatch):
+    monkeypatch.delenv(group_conv.TF32_ENV, raising=False)
+    assert group_conv.precision(torch.float32) == "ieee"
+    monkeypatch.setenv(group_conv.TF32_ENV, "1")
+    assert group_conv.precision(torch.float32) == "tf32"
+    assert group_conv.precision(torch.bfloat16) == "ieee"
+
+
+def test_index_tables_are_small_and_consistent():
+    """O(S^2 + S*k^2) int32 entries, and the inverses the weight gradient relies on."""
+    for group in (P4M, P4):
+        s, k = group.order, 3
+        t = group_conv.tables(group, k, torch.device("cpu"))
+        assert sum(table.numel() for table in t.values()) == 2 * s * s + 2 * s * k * k
+        orient, source = t["orient"].view(s, s).long(), t["source"].view(s, s).long()
+        taps, inverse = t["taps"].view(s, k * k).long(), t["inverse_taps"].view(s, k * k).long()
+        assert torch.equal(orient.gather(1, source), torch.arange(s).expand(s, s))
+        assert torch.equal(taps.gather(1, inverse), torch.arange(k * k).expand(s, k * k))
+
+
+def test_unsupported_inputs(monkeypatch, interpreter):
+    x, w, b = conv_args(P4M, False, 3, 5, 5)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16 tensors, got torch.float64"):
+        group_conv2d(x, w, b, 1, 1, 1, P4M)
+    with pytest.raises(ValueError, match=r"input \(H, W\) = \(5, 5\) is smaller than the dilated kernel 7 x 7"):
+        group_conv2d(x.float(), w.float(), b.float(), 1, 0, 3, P4M)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match=r"cpu tensors only in the Triton interpreter \(TRITON_INTERPRET=1\)"):
+        group_conv2d(x.float(), w.float(), b.float(), 1, 1, 1, P4M)
+
+
+def test_opcheck(interpreter):
+    x, w, b = (t.float() for t in conv_args(P4M, False, 3, 4, 3, batch=1, c_in=1, c_out=2))
+    grad = torch.randn(1, 16, 2, 2)
+    ops = torch.ops.ger_kernels_triton
+    for op, args in [
+        (ops.group_conv2d, (x.requires_grad_(True), w.requires_grad_(True), b, 2, 1, 1, 8, False)),
+        (ops.group_conv2d, (x.to(memory_format=torch.channels_last), w, None, 1, 2, 2, 8, True)),
+        (ops.group_conv2d_input_grad, (grad, w.detach(), [1, 8, 4, 3], False, 2, 1, 1, 8)),
+        (ops.group_conv2d_weight_grad, (grad, x.detach(), 3, 8, 2, 1, 1, 8)),
+    ]:
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph(interpreter):
+    x, w, b = (t.float().requires_grad_(True) for t in conv_args(P4M, True, 3, 6, 5, batch=1, c_in=2, c_out=3))
+
+    def f(x, w, b):
+        return group_conv2d(x, w, b, 1, 1, 1, P4M).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    grads = torch.autograd.grad(compiled(x, w, b), (x, w, b))
+    expected = torch.autograd.grad(f(x, w, b), (x, w, b))
+    for actual, want in zip(grads, expected):
+        assert max_rel_err(actual, want) <= 1e-6

@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+from ger_kernels.triton.jit import Kernel, interpreting  # noqa: E402
+
+
+@Kernel
+def _add_one(x_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    tl.store(x_ptr + offsets, tl.load(x_ptr + offsets, mask=offsets < n) + 1, mask=offsets < n)
+
+
+def test_interpreter_chosen_at_launch(monkeypatch, interpreter):
+    assert interpreting()
+    x = torch.arange(5.0)
+    _add_one[(1,)](x, 5, BLOCK=8)
+    assert torch.equal(x, torch.arange(1.0, 6.0))
+    assert isinstance(_add_one.jit, JITFunction)  # compilable ahead of time whatever the environment
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not interpreting()
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception):  # the compiled kernel needs a GPU
+            _add_one[(1,)](x, 5, BLOCK=8)
