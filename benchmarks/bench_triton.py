@@ -1,0 +1,143 @@
+"""Triton group-convolution kernels against cuDNN on the expanded filter, per pass (forward,
+input gradient, weight gradient), at GER-UNet's layer shapes (batch 4: the lifting layer at
+448x448, group layers of 23 fields at 448, 45 at 224, 91 at 112, 181 at 56; k = 3, padding 1).
+
+cuDNN runs ``F.conv2d`` (and its backward) on ``W~`` precomputed once, channels_last, with
+``torch.backends.cudnn.benchmark = True`` and TF32 off; its weight gradient is dW~, without the
+fold to the base weight the fused kernel includes. Times are medians of interleaved repeats;
+TFLOP/s from ``ger_kernels.roofline``, fraction of the measured bf16/fp32 matmul peak. Each
+row also gives the Triton result's relative difference from cuDNN's. Writes results.md and
+results.json to --out.
+
+    python benchmarks/bench_triton.py --out benchmarks/results/triton-h100 [--dtypes bfloat16 float32]
+    TRITON_INTERPRET=1 python benchmarks/bench_triton.py --device cpu --quick --dtypes float32 --out /tmp/b
+                                                  # a smoke test of the script, without a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from measure import interleaved_medians, machine_peaks  # noqa: E402
+
+from ger_kernels import reference  # noqa: E402
+from ger_kernels.groups import P4M  # noqa: E402
+from ger_kernels.machine import machine_description  # noqa: E402
+from ger_kernels.roofline import ConvShape, throughput  # noqa: E402
+
+# (in_fields, in_orientations, out_fields, size) at batch 4, p4m, k = 3, stride 1, padding 1
+LAYERS = [(3, 1, 23, 448), (23, 8, 23, 448), (45, 8, 45, 224), (91, 8, 91, 112), (181, 8, 181, 56)]
+QUICK_LAYERS = [(3, 1, 8, 32), (8, 8, 8, 32)]
+PASSES = ("forward", "input_grad", "weight_grad")
+
+
+def rel_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
+
+
+def bench_layer(shape: ConvShape, dtype: torch.dtype, device: torch.device, repeats: int,
+                peak_tflops: float) -> list[dict]:
+    """One row per pass: Triton and cuDNN milliseconds, their ratio, TFLOP/s, fraction of peak."""
+    from ger_kernels.triton import group_conv
+
+    c_in, s_in, c_out, k = shape.in_fields, shape.in_orientations, shape.out_fields, shape.kernel_size
+    conv = (shape.stride, shape.padding, shape.dilation)
+    x = torch.randn(shape.batch, c_in * s_in, shape.height, shape.width, device=device, dtype=dtype)
+    x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(c_out, c_in, s_in, k, k, device=device, dtype=dtype) / (c_in * s_in * k * k) ** 0.5
+    b = torch.randn(c_out, device=device, dtype=dtype)
+    expanded = reference.expand_filter(w, P4M)
+    expanded_bias = b.repeat_interleave(P4M.order)
+    out = F.conv2d(x, expanded, expanded_bias, *conv)
+    dy = torch.randn_like(out)
+
+    def cudnn_grad(mask):
+        return torch.ops.aten.convolution_backward(dy, x, expanded, None, [shape.stride] * 2, [shape.padding] * 2,
+                                                   [shape.dilation] * 2, False, [0, 0], 1, mask)
+
+    steps = {
+        "forward": (lambda: group_conv.forward(x, w, b, *conv, P4M.order, False),
+                    lambda: F.conv2d(x, expanded, expanded_bias, *conv)),
+        "input_grad": (lambda: group_conv.input_grad(dy, w, list(x.shape), True, *conv, P4M.order),
+                       lambda: cudnn_grad([True, False, False])[0]),
+        "weight_grad": (lambda: group_conv.weight_grad(dy, x, k, s_in, *conv, P4M.order),
+                        lambda: cudnn_grad([False, True, False])[1]),
+    }
+    rows = []
+    for name, (fused, cudnn) in steps.items():
+        fused_result, cudnn_result = fused(), cudnn()  # first calls tune and pick algorithms
+        if name == "weight_grad":  # fold dW~ to the base weight for the comparison only
+            fold = torch.func.vjp(lambda v: reference.expand_filter(v, P4M), w.float())[1]
+            cudnn_result = fold(cudnn_result.float())[0]
+        ms = interleaved_medians({"triton": fused, "cudnn": cudnn}, device, repeats)
+        triton_tflops, triton_fraction = throughput(shape, name, ms["triton"], peak_tflops)
+        cudnn_tflops, cudnn_fraction = throughput(shape, name, ms["cudnn"], peak_tflops)
+        rows.append({"layer": f"{c_in}x{s_in} -> {c_out}x8 @ {shape.height}", "dtype": str(dtype).split(".")[-1],
+                     "pass": name, "triton_ms": ms["triton"], "cudnn_ms": ms["cudnn"],
+                     "triton_over_cudnn": ms["triton"] / ms["cudnn"], "triton_tflops": triton_tflops,
+                     "cudnn_tflops": cudnn_tflops, "triton_fraction_of_peak": triton_fraction,
+                     "cudnn_fraction_of_peak": cudnn_fraction, "rel_diff": rel_diff(fused_result, cudnn_result)})
+    return rows
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "",
+             "| layer | dtype | pass | triton ms | cuDNN ms | triton / cuDNN | triton TFLOP/s (peak) | "
+             "cuDNN TFLOP/s (peak) | rel. diff |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['dtype']} | {r['pass']} | {r['triton_ms']:.3f} | {r['cudnn_ms']:.3f} | "
+              f"{r['triton_over_cudnn']:.2f} | {r['triton_tflops']:.1f} ({r['triton_fraction_of_peak']:.0%}) | "
+              f"{r['cudnn_tflops']:.1f} ({r['cudnn_fraction_of_peak']:.0%}) | {r['rel_diff']:.1e} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for results.md and results.json")
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (smoke test)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_triton: skipped, no CUDA device (the Triton kernels are benchmarked on a GPU)")
+        return 0
+    from ger_kernels.triton import status
+
+    available, reason = status()
+    if not available:
+        print(f"bench_triton: skipped, the Triton kernels are not available: {reason}")
+        return 0
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    machine = machine_description(device)
+    header = f"machine: {machine}"
+    print(header)
+    rows = []
+    for name in args.dtypes:
+        dtype = getattr(torch, name)
+        peak = machine_peaks(device, dtype)["matmul_tflops"]
+        print(f"{name}: measured matmul peak {peak:.1f} TFLOP/s")
+        for c_in, s_in, c_out, size in QUICK_LAYERS if args.quick else LAYERS:
+            shape = ConvShape(1 if args.quick else 4, c_in, s_in, c_out, P4M.order, size, size)
+            for row in bench_layer(shape, dtype, device, 1 if args.quick else args.repeats, peak):
+                row["peak_tflops"] = peak
+                rows.append(row)
+                print(markdown([row], "").splitlines()[-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(markdown(rows, header))
+    (args.out / "results.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    print(markdown(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
