@@ -28,7 +28,7 @@ from ger_kernels.groups import Group, get_group
 from ger_kernels.triton.jit import Kernel, interpreting
 from ger_kernels.triton.tuning import Config, Tuner, dtype_class, size_bucket
 
-__all__ = ["group_conv2d", "tables", "precision", "TF32_ENV"]
+__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "tables", "precision", "TF32_ENV"]
 
 TF32_ENV = "GER_KERNELS_TRITON_TF32"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -190,7 +190,7 @@ def weight_grad_kernel(
 
 # --------------------------------------------------------------------------- launchers
 
-# (order, S_in, k, device) -> index tables; a plain dict (SPEC: O(S^2 + S*k^2) entries).
+# (order, k, device) -> index tables; a plain dict (SPEC: O(S^2 + S*k^2) entries).
 _TABLES: dict[tuple, dict[str, torch.Tensor]] = {}
 _TUNER = Tuner()
 
@@ -252,7 +252,7 @@ def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.devi
     def time_ms(config: Config) -> float:
         try:
             return triton.testing.do_bench(lambda: launch(config), warmup=5, rep=25)
-        except Exception:  # a config this GPU cannot run (resources) is never chosen
+        except triton.runtime.errors.OutOfResources:  # a config this GPU cannot run is never chosen
             return float("inf")
 
     return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms))

@@ -27,7 +27,10 @@ def test_every_config_compiles_for_sm90(rows):
             assert r.tensor_cores in ("wgmma", "mma"), r
 
 
-def test_float32_stays_ieee_by_default(monkeypatch):
-    monkeypatch.delenv("GER_KERNELS_TRITON_TF32", raising=False)
+def test_float32_tensor_cores_only_with_tf32_opt_in(monkeypatch):
     config = CONFIGS["float32"]["forward"][0]
+    monkeypatch.delenv("GER_KERNELS_TRITON_TF32", raising=False)
     assert aot.compile_config("forward", config, torch.float32).tensor_cores == "none"
+    monkeypatch.setenv("GER_KERNELS_TRITON_TF32", "1")
+    tf32 = aot.compile_config("forward", config, torch.float32)
+    assert tf32.tensor_cores in ("wgmma", "mma") and tf32.spill_bytes == 0
