@@ -32,7 +32,7 @@ DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input_grad_kernel,
             "weight_grad": group_conv.weight_grad_kernel}
 # Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table.
-_POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"], "input_grad": ["x", "x", "x", "i32", "i32"],
+_POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"], "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
              "weight_grad": ["x", "x", "fp32", "i32", "i32"]}
 
 

@@ -48,7 +48,7 @@ def forward_kernel(
     (+ bias[n // S], ReLU). GEMM rows: output pixels (b, oh, ow); columns: output channels n
     (C = C_in*S_in, N = C_out*S); reduction: taps, then the channel_blocks = cdiv(C, BLOCK_K)
     blocks of input channels.
-    ALIGN divides sxb, sxh and sxw (vector loads along channels of channels_last inputs)."""
+    ALIGN divides C, sxb, sxh and sxw (vector loads along channels of channels_last inputs)."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -70,7 +70,7 @@ def forward_kernel(
         ih = oh * stride - padding + (tap // KSIZE) * dilation
         iw = ow * stride - padding + (tap % KSIZE) * dilation
         pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        c_ok = c0 + rk < C
+        c_ok = (c0 + rk) // ALIGN < C // ALIGN  # = c < C, constant over ALIGN channels (vector loads)
         rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
         a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
                     mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
@@ -87,8 +87,8 @@ def forward_kernel(
 
 @Kernel
 def input_grad_kernel(
-    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr,
-    B, C, H, W, N, H_out, W_out, H_phase, W_phase, channel_blocks, steps,
+    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr,
+    B, C, H, W, N, H_out, W_out, H_phase, W_phase, channel_blocks,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
@@ -96,17 +96,16 @@ def input_grad_kernel(
 ):
     """dx[b, c, h, w] = sum_{n, tap} dy[b, n, oh, ow] W~[n, c, tap] over oh*stride - padding +
     kh*dilation = h (and the same for w). Program axis 2 is the phase (h % stride, w % stride):
-    a tap meets output pixels for all or none of a phase's pixels, so no stride**2 waste.
-    GEMM rows: that phase's input pixels; columns: input channels c; reduction: taps, then the
-    channel_blocks = cdiv(N, BLOCK_K) blocks of output channels. ALIGN divides sdb, sdh and sdw."""
+    a tap meets output pixels for all or none of a phase's pixels; the phase's
+    phase_tap_counts[phase] taps that do are listed in phase_taps[phase, :]. GEMM rows: that
+    phase's input pixels; columns: input channels c; reduction: those taps, then the
+    channel_blocks = cdiv(N, BLOCK_K) blocks of output channels. ALIGN divides N, sdb, sdh and sdw."""
     TAPS: tl.constexpr = KSIZE * KSIZE
-    ph = tl.program_id(2) // stride
-    pw = tl.program_id(2) % stride
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    h = ph + (rm // W_phase) % H_phase * stride
-    w = pw + rm % W_phase * stride
+    h = tl.program_id(2) // stride + (rm // W_phase) % H_phase * stride
+    w = tl.program_id(2) % stride + rm % W_phase * stride
     batch = (rm // (W_phase * H_phase)).to(tl.int64)
     m_ok = (rm < B * H_phase * W_phase) & (h < H) & (w < W)
     c_ok = rn < C
@@ -116,23 +115,22 @@ def input_grad_kernel(
     if S_IN > 1:
         w_off += tl.load(orient_ptr + t[:, None] * S + (rn % S)[None, :]) * TAPS
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
-        tap = step // channel_blocks
+    phase = tl.program_id(2)
+    steps = tl.load(phase_tap_counts_ptr + phase) * channel_blocks
+    for step in range(steps):  # one loop over (tap of the phase, channel block): one software pipeline
+        tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
         n0 = step % channel_blocks * BLOCK_K
-        kh = tap // KSIZE
-        kw = tap % KSIZE
-        if ((ph + padding - kh * dilation) % stride == 0) & ((pw + padding - kw * dilation) % stride == 0):
-            oh = (h + padding - kh * dilation) // stride  # exact division: no rounding direction issue
-            ow = (w + padding - kw * dilation) // stride
-            pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
-            n_ok = n0 + rk < N
-            rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
-            a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
-                        other=0.0)
-            src = tl.load(taps_ptr + t * TAPS + tap)
-            b = tl.load(w_ptr + w_off + src[:, None] + n0 // S * (C * TAPS), mask=n_ok[:, None] & c_ok[None, :],
-                        other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        oh = (h + padding - tap // KSIZE * dilation) // stride  # exact division: no rounding direction issue
+        ow = (w + padding - tap % KSIZE * dilation) // stride
+        pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
+        n_ok = (n0 + rk) // ALIGN < N // ALIGN  # = n < N, constant over ALIGN channels
+        rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
+        a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
+                    other=0.0)
+        src = tl.load(taps_ptr + t * TAPS + tap)
+        b = tl.load(w_ptr + w_off + src[:, None] + n0 // S * (C * TAPS), mask=n_ok[:, None] & c_ok[None, :],
+                    other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rn[None, :] * sxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
@@ -208,6 +206,27 @@ def tables(group: Group, kernel_size: int, device: torch.device) -> dict[str, to
     return _TABLES[key]
 
 
+_PHASE_TAPS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def phase_taps(kernel_size: int, stride: int, padding: int, dilation: int, device: torch.device):
+    """int32 ``(stride**2, k*k)`` taps (row-major ``kh*k + kw``, zero-padded) that meet output
+    pixels from input pixels of phase ``(h % stride) * stride + w % stride``, and their counts:
+    tap kh does for phase ph iff ``(ph + padding - kh*dilation) % stride == 0``."""
+    key = (kernel_size, stride, padding, dilation, device)
+    if key not in _PHASE_TAPS:
+        rows = []
+        for ph in range(stride):
+            for pw in range(stride):
+                rows.append([kh * kernel_size + kw for kh in range(kernel_size) for kw in range(kernel_size)
+                             if (ph + padding - kh * dilation) % stride == 0
+                             and (pw + padding - kw * dilation) % stride == 0])
+        table = torch.tensor([row + [0] * (kernel_size ** 2 - len(row)) for row in rows], dtype=torch.int32)
+        counts = torch.tensor([len(row) for row in rows], dtype=torch.int32)
+        _PHASE_TAPS[key] = table.flatten().to(device), counts.to(device)
+    return _PHASE_TAPS[key]
+
+
 def precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input_precision: IEEE float32 unless ``GER_KERNELS_TRITON_TF32=1`` opts in."""
     return "tf32" if dtype == torch.float32 and os.environ.get(TF32_ENV) == "1" else "ieee"
@@ -229,9 +248,10 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 
 
 def _alignment(x: torch.Tensor) -> int:
-    """The largest power of two up to 16 that divides every stride of ``x`` but the channels'."""
-    strides = [s for d, s in enumerate(x.stride()) if d != 1]
-    return next(a for a in (16, 8, 4, 2, 1) if all(s % a == 0 for s in strides))
+    """The largest power of two up to 16 that divides the channel count of ``x`` and every
+    stride but the channels': the channels of a pixel then start on a multiple of it."""
+    numbers = [x.shape[1]] + [s for d, s in enumerate(x.stride()) if d != 1]
+    return next(a for a in (16, 8, 4, 2, 1) if all(n % a == 0 for n in numbers))
 
 
 def _out_size(input_size, k: int, stride: int, padding: int, dilation: int) -> list[int]:
@@ -302,14 +322,15 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
     h_out, w_out = grad.shape[-2:]
     h_phase, w_phase = triton.cdiv(height, stride), triton.cdiv(width, stride)
     n = c_out * order
+    taps_of_phase, tap_counts = phase_taps(k, stride, padding, dilation, grad.device)
 
     def launch(config: Config) -> None:
         grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m), triton.cdiv(channels, config.block_n),
                 stride * stride)
         input_grad_kernel[grid](
-            grad, weight, dx, table["orient"], table["taps"],
+            grad, weight, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
             batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, triton.cdiv(n, config.block_k),
-            k * k * triton.cdiv(n, config.block_k), *grad.stride(), *dx.stride(),
+            *grad.stride(), *dx.stride(),
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),
             PRECISION=precision(grad.dtype), **config.meta())
 

@@ -66,7 +66,7 @@ CONFIGS: dict[str, dict[str, list[Config]]] = {
     },
     "float32": {
         "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
-        "input_grad": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
+        "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
         "weight_grad": _WEIGHT_GRAD,
     },
 }

@@ -22,6 +22,7 @@ CASES = [
     (P4, True, 2, 2, 0, 1, 8, 10, 1),
     (P4M, True, 5, 2, 2, 1, 11, 9, 1),
     (P4, False, 1, 1, 0, 1, 5, 4, 1),
+    (P4, True, 1, 2, 0, 1, 6, 5, 1),  # input pixels of odd phases meet no tap: zero gradient
     (P4M, True, 3, 1, 1, 1, 12, 11, 2),  # enough pixels to split the weight gradient's reduction
 ]
 def conv_args(group, lifting, k, height, width, batch=2, c_in=3, c_out=9, device="cpu"):
@@ -107,7 +108,8 @@ def test_layouts(device, layout):
     else:  # every other column of a wider tensor
         view = lambda t: t.repeat_interleave(2, -1)[..., ::2]  # noqa: E731
     assert not view(x).is_contiguous()
-    errs = parity(x, w, b, 1, 1, 1, P4M, x_view=view)
+    grad = view(torch.randn(2, 40, 7, 5, dtype=torch.float64, device=device))  # vector loads of 8 channels
+    errs = parity(x, w, b, 1, 1, 1, P4M, x_view=view, grad=grad)
     assert max(errs.values()) <= 1e-5, errs
     out = group_conv2d(view(x.float()), w.float(), b.float(), 1, 1, 1, P4M)
     assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
@@ -149,6 +151,15 @@ def test_bfloat16_on_cuda(monkeypatch, lifting):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x, w, b = conv_args(P4M, lifting, 3, 33, 31, c_in=8, c_out=12, device="cuda")
     assert_half_parity(x, w, b, 1, 1, 1, P4M, torch.bfloat16)
+
+
+def test_phase_taps():
+    """Taps that reach output pixels from the input pixels of each phase (h % 2, w % 2)."""
+    table, counts = group_conv.phase_taps(3, 2, 1, 1, torch.device("cpu"))
+    assert counts.tolist() == [1, 2, 2, 4]
+    assert table.view(4, 9)[:, :1].flatten().tolist() == [4, 3, 1, 0]
+    assert table.view(4, 9)[3, :4].tolist() == [0, 2, 6, 8]
+    assert group_conv.phase_taps(1, 2, 0, 1, torch.device("cpu"))[1].tolist() == [1, 0, 0, 0]
 
 
 def test_tf32_is_opt_in(monkeypatch):
