@@ -26,13 +26,14 @@ from triton.backends.compiler import GPUTarget
 from ger_kernels.triton import group_conv
 from ger_kernels.triton.tuning import CONFIGS, Config, dtype_class
 
-__all__ = ["Resources", "compile_config", "report", "DTYPES"]
+__all__ = ["Resources", "compile_config", "report", "format_table", "DTYPES"]
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input_grad_kernel,
             "weight_grad": group_conv.weight_grad_kernel}
 # Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table.
-_POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"], "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
+_POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"],
+             "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
              "weight_grad": ["x", "x", "fp32", "i32", "i32"]}
 
 
@@ -89,8 +90,8 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
 def report(arch: int = 90, workers: int | None = None) -> list[Resources]:
     """Every config of every kernel in every dtype, compiled for sm_``arch`` by ``workers``
     processes (default: one per CPU core)."""
-    jobs = [(family, config, dtype, arch) for dtype in DTYPES
-            for family, configs in CONFIGS[dtype_class(dtype)].items() for config in configs]
+    jobs = [(family, config, dtype, arch) for family in _KERNELS for dtype in DTYPES
+            for config in CONFIGS[dtype_class(dtype)][family]]
     with concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count(),
                                                 mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(compile_config, *zip(*jobs)))

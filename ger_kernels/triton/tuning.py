@@ -1,12 +1,12 @@
 """Launch configurations of the Triton kernels and the choice among them.
 
 Each kernel family ("forward", "input_grad", "weight_grad") has, per dtype class
-("float32" or "half"), a short list of named ``Config`` s (tile sizes of its implicit GEMM, warps, pipeline stages). A problem class
-(the ``key``: dtype, group, filter, stride and power-of-two buckets of the GEMM sizes)
-is tuned once: every config is timed, the fastest is kept in memory and in a JSON file
-``triton_tuning.json`` under the cache directory (``$GER_KERNELS_CACHE_DIR``, else
-``$XDG_CACHE_HOME/ger_kernels``, else ``~/.cache/ger_kernels``), written atomically, so a
-second process does not tune again. Callers put the GPU name and Triton version in the key.
+("float32" or "half"), a short list of named ``Config`` s (tile sizes of its implicit GEMM,
+warps, pipeline stages). A problem class (the ``key``: dtype, group, filter, stride and
+power-of-two buckets of the GEMM sizes) is tuned once: every config is timed, the fastest
+is kept in memory and in a JSON file ``triton_tuning.json`` under the cache directory
+(``$GER_KERNELS_CACHE_DIR``, else ``$XDG_CACHE_HOME/ger_kernels``, else
+``~/.cache/ger_kernels``), written atomically, so a second process does not tune again. Callers put the GPU name and Triton version in the key.
 
 ``GER_KERNELS_TRITON_CONFIG`` forces configs, for tests and reproducible runs: an index
 (that config in every list), or comma-separated names (each forces the lists holding it;
@@ -54,16 +54,12 @@ class Config(NamedTuple):
 # weight_grad: M = output fields, N = base input channels, K = pixels.
 # float32 runs on FMA units (IEEE) and needs smaller tiles per thread than the tensor-core
 # dtypes. Every config compiles for sm_90 without register spills (ger_kernels.triton.aot).
+_HALF_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
+                    Config(64, 64, 16, 4, 4)]
 _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
                 Config(64, 32, 32, 4, 3)]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
-    "half": {  # float16, bfloat16
-        "forward": [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
-                    Config(64, 64, 16, 4, 4)],
-        "input_grad": [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
-                       Config(64, 64, 16, 4, 4)],
-        "weight_grad": _WEIGHT_GRAD,
-    },
+    "half": {"forward": _HALF_PIXEL_GEMM, "input_grad": _HALF_PIXEL_GEMM, "weight_grad": _WEIGHT_GRAD},
     "float32": {
         "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
         "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],

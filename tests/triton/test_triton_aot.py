@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("triton")
 
 from ger_kernels.triton import aot  # noqa: E402
-from ger_kernels.triton.tuning import CONFIGS  # noqa: E402
+from ger_kernels.triton.tuning import CONFIGS, dtype_class  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def rows():
 def test_every_config_compiles_for_sm90(rows):
     print("\n" + aot.format_table(rows))
     expected = {(family, config.name, aot.DTYPES[dtype]) for dtype in aot.DTYPES
-                for family, configs in CONFIGS[aot.dtype_class(dtype)].items() for config in configs}
+                for family, configs in CONFIGS[dtype_class(dtype)].items() for config in configs}
     assert {(r.family, r.config, r.dtype) for r in rows} == expected
     for r in rows:
         assert r.spill_bytes == 0, r

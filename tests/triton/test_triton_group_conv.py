@@ -206,13 +206,16 @@ def test_opcheck(interpreter):
         torch.library.opcheck(op, args)
 
 
-def test_torch_compile_fullgraph(interpreter):
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(interpreter, backend):
     x, w, b = (t.float().requires_grad_(True) for t in conv_args(P4M, True, 3, 6, 5, batch=1, c_in=2, c_out=3))
+    x = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
 
     def f(x, w, b):
         return group_conv2d(x, w, b, 1, 1, 1, P4M).square().sum()
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
     grads = torch.autograd.grad(compiled(x, w, b), (x, w, b))
     expected = torch.autograd.grad(f(x, w, b), (x, w, b))
     for actual, want in zip(grads, expected):
