@@ -227,6 +227,10 @@ def phase_taps(kernel_size: int, stride: int, padding: int, dilation: int, devic
     return _PHASE_TAPS[key]
 
 
+def _group(order: int) -> Group:
+    return get_group("p4m" if order == 8 else "p4")
+
+
 def precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input_precision: IEEE float32 unless ``GER_KERNELS_TRITON_TF32=1`` opts in."""
     return "tf32" if dtype == torch.float32 and os.environ.get(TF32_ENV) == "1" else "ieee"
@@ -280,6 +284,7 @@ def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.devi
 
 def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: int, relu: bool) -> torch.Tensor:
     """The group convolution (+ bias, + ReLU if ``relu``), in ``x``'s memory format."""
+    _check(x)
     batch, channels, height, width = x.shape
     c_out, _, s_in, k, _ = weight.shape
     h_out, w_out = _out_size(x.shape, k, stride, padding, dilation)
@@ -287,9 +292,8 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
                       memory_format=_memory_format(x))
     if out.numel() == 0:
         return out
-    _check(x)
     weight = weight.contiguous()
-    table = tables(get_group("p4m" if order == 8 else "p4"), k, x.device)
+    table = tables(_group(order), k, x.device)
     pixels, n = batch * h_out * w_out, c_out * order
 
     def launch(config: Config) -> None:
@@ -310,15 +314,15 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
 def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride: int, padding: int,
                dilation: int, order: int) -> torch.Tensor:
     """Gradient w.r.t. the input ``(B, C_in*S_in, H, W)`` of size ``input_size``."""
+    _check(grad)
     batch, channels, height, width = input_size
     c_out, _, s_in, k, _ = weight.shape
     dx = torch.empty(input_size, dtype=grad.dtype, device=grad.device,
                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if dx.numel() == 0:
         return dx
-    _check(grad)
     weight = weight.contiguous()
-    table = tables(get_group("p4m" if order == 8 else "p4"), k, grad.device)
+    table = tables(_group(order), k, grad.device)
     h_out, w_out = grad.shape[-2:]
     h_phase, w_phase = triton.cdiv(height, stride), triton.cdiv(width, stride)
     n = c_out * order
@@ -351,14 +355,14 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
                 order: int) -> torch.Tensor:
     """Gradient w.r.t. the base weight ``(C_out, C_in, S_in, k, k)``; partial sums over pixel
     ranges are float32, added in a fixed order (deterministic)."""
+    _check(x)
     batch, channels, height, width = x.shape
     c_out = grad.shape[1] // order
     shape = (c_out, channels // in_orientations, in_orientations, kernel_size, kernel_size)
     if grad.numel() == 0 or x.numel() == 0:
         return torch.zeros(shape, dtype=x.dtype, device=x.device)
-    _check(x)
     taps = kernel_size * kernel_size
-    table = tables(get_group("p4m" if order == 8 else "p4"), kernel_size, x.device)
+    table = tables(_group(order), kernel_size, x.device)
     h_out, w_out = grad.shape[-2:]
     pixels = batch * h_out * w_out
 
