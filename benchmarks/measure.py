@@ -44,10 +44,12 @@ def peak_memory_bytes(step: Callable[[], object], device: torch.device) -> int:
         step()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    # Every allocation and free of the CPU allocator, those inside compiled kernels included.
+    # Every allocation and free of the CPU allocator, those inside compiled kernels included, each
+    # counted once: by the innermost op that made it (self), in the order the ops started.
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    changes = sorted((e.time_range.start, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage)
+    changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                     if e.self_cpu_memory_usage)
     live = peak = 0
     for _, change in changes:
         live += change

@@ -20,6 +20,13 @@ def test_peak_memory_counts_what_is_alive_at_once():
     assert measure.peak_memory_bytes(step, CPU) == 12_000_000
 
 
+def test_peak_memory_counts_allocations_inside_ops_once():
+    def step():
+        return torch.randn(1_000_000).sum()  # 4 MB allocated by aten::empty inside aten::randn
+
+    assert 4_000_000 <= measure.peak_memory_bytes(step, CPU) < 4_100_000
+
+
 def test_peak_memory_of_autograd_saved_tensors():
     x = torch.randn(64, 256, requires_grad=True)
 

@@ -151,7 +151,7 @@ def largest_allocation(fn) -> int:
     """The largest single CPU allocation made while ``fn`` runs, in bytes (torch.profiler)."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    return max(event.cpu_memory_usage for event in prof.events())
+    return max(event.self_cpu_memory_usage for event in prof.events())
 
 
 @pytest.mark.parametrize("lifting", [True, False])
