@@ -59,10 +59,11 @@ def forward_kernel(
     oh = (rm // W_out) % H_out
     batch = (rm // (W_out * H_out)).to(tl.int64)
     t = rn % S
-    # W~[n, c0 + k, tap] = w[n // S, (c0 + k) // S_IN, T[t, k % S_IN], taps[t, tap]] for c0 a multiple of S
-    w_off = (rn // S)[None, :] * (C * TAPS) + (rk // S_IN * S_IN)[:, None] * TAPS
+    # W~[n, c0 + k, tap] = w_tap_major[n // S, taps[t, tap], (c0 + k) // S_IN * S_IN + T[t, k % S_IN]] for c0
+    # a multiple of S: loaded transposed, (n, k), so that a warp reads a column's channels side by side.
+    w_off = (rn // S)[:, None] * (TAPS * C) + (rk // S_IN * S_IN)[None, :]
     if S_IN > 1:
-        w_off += tl.load(orient_ptr + t[None, :] * S + (rk % S)[:, None]) * TAPS
+        w_off += tl.load(orient_ptr + t[:, None] * S + (rk % S)[None, :])
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
         tap = step // channel_blocks
@@ -75,8 +76,8 @@ def forward_kernel(
         a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
                     mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
         src = tl.load(taps_ptr + t * TAPS + tap)
-        b = tl.load(w_ptr + w_off + src[None, :] + c0 * TAPS, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        b = tl.load(w_ptr + w_off + (src * C)[:, None] + c0, mask=n_ok[:, None] & c_ok[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn // S, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
@@ -110,10 +111,11 @@ def input_grad_kernel(
     m_ok = (rm < B * H_phase * W_phase) & (h < H) & (w < W)
     c_ok = rn < C
     t = rk % S
-    # W~[n0 + k, c, tap] = w[n0 // S + k // S, c // S_IN, T[t, c % S_IN], taps[t, tap]] for n0 a multiple of S
-    w_off = (rk // S)[:, None] * (C * TAPS) + (rn // S_IN * S_IN)[None, :] * TAPS
+    # W~[n0 + k, c, tap] = w_tap_major[n0 // S + k // S, taps[t, tap], c // S_IN * S_IN + T[t, c % S_IN]]
+    # for n0 a multiple of S
+    w_off = (rk // S)[:, None] * (TAPS * C) + (rn // S_IN * S_IN)[None, :]
     if S_IN > 1:
-        w_off += tl.load(orient_ptr + t[:, None] * S + (rn % S)[None, :]) * TAPS
+        w_off += tl.load(orient_ptr + t[:, None] * S + (rn % S)[None, :])
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     phase = tl.program_id(2)
     steps = tl.load(phase_tap_counts_ptr + phase) * channel_blocks
@@ -128,7 +130,7 @@ def input_grad_kernel(
         a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
                     other=0.0)
         src = tl.load(taps_ptr + t * TAPS + tap)
-        b = tl.load(w_ptr + w_off + src[:, None] + n0 // S * (C * TAPS), mask=n_ok[:, None] & c_ok[None, :],
+        b = tl.load(w_ptr + w_off + (src * C)[:, None] + n0 // S * (TAPS * C), mask=n_ok[:, None] & c_ok[None, :],
                     other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rn[None, :] * sxc
@@ -227,6 +229,12 @@ def phase_taps(kernel_size: int, stride: int, padding: int, dilation: int, devic
     return _PHASE_TAPS[key]
 
 
+def _tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """The base weight ``(C_out, C_in, S_in, k, k)`` laid out ``(C_out, k, k, C_in, S_in)``: the
+    kernels read the S_in orientations of consecutive input fields from contiguous memory."""
+    return weight.permute(0, 3, 4, 1, 2).contiguous()
+
+
 def _group(order: int) -> Group:
     return get_group("p4m" if order == 8 else "p4")
 
@@ -292,7 +300,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
                       memory_format=_memory_format(x))
     if out.numel() == 0:
         return out
-    weight = weight.contiguous()
+    weight = _tap_major(weight)
     table = tables(_group(order), k, x.device)
     pixels, n = batch * h_out * w_out, c_out * order
 
@@ -321,7 +329,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if dx.numel() == 0:
         return dx
-    weight = weight.contiguous()
+    weight = _tap_major(weight)
     table = tables(_group(order), k, grad.device)
     h_out, w_out = grad.shape[-2:]
     h_phase, w_phase = triton.cdiv(height, stride), triton.cdiv(width, stride)
