@@ -34,7 +34,7 @@ TF32_ENV = "GER_KERNELS_TRITON_TF32"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-@Kernel
+@Kernel.specializing(("sxc", "soc"))  # channel strides of 1 (channels_last): vector loads and stores
 def forward_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
     B, C, H, W, N, H_out, W_out, channel_blocks, steps,
@@ -86,7 +86,7 @@ def forward_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@Kernel
+@Kernel.specializing(("sdc", "sxc"))
 def input_grad_kernel(
     dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr,
     B, C, H, W, N, H_out, W_out, H_phase, W_phase, channel_blocks,
@@ -137,7 +137,7 @@ def input_grad_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
 
-@Kernel
+@Kernel.specializing(("sdc", "sxc"))
 def weight_grad_kernel(
     dy_ptr, x_ptr, dw_ptr, source_ptr, inverse_taps_ptr,
     B, C, H, W, C_OUT, H_out, W_out, pixels_per_split, steps,

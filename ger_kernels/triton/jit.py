@@ -13,6 +13,7 @@ compilation). Kernels must not call ``@triton.jit`` functions, the ones of
 
 from __future__ import annotations
 
+import inspect
 import os
 
 from triton.runtime.interpreter import InterpretedFunction
@@ -27,13 +28,23 @@ def interpreting() -> bool:
 
 
 class Kernel:
-    """Decorator: ``@Kernel`` on a function written in ``triton.language``."""
+    """Decorator: ``@Kernel`` on a function written in ``triton.language``, or
+    ``@Kernel.specializing(names)``: integer arguments are compiled for their values only
+    when named there (the JIT's specialization on value 1 and on divisibility by 16), so
+    layers of other sizes reuse the compiled kernel."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, specialize: tuple[str, ...] = ()):
         self.fn = fn
-        self.jit = JITFunction(fn)
+        names = inspect.signature(fn).parameters
+        generic = [name for name, p in names.items()
+                   if p.annotation is inspect.Parameter.empty and not name.endswith("_ptr") and name not in specialize]
+        self.jit = JITFunction(fn, do_not_specialize=generic)
         self._interpreted = InterpretedFunction(fn)
         self.__name__ = fn.__name__
+
+    @classmethod
+    def specializing(cls, names: tuple[str, ...]):
+        return lambda fn: cls(fn, names)
 
     def __getitem__(self, grid):
         return (self._interpreted if interpreting() else self.jit)[grid]

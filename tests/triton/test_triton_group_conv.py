@@ -149,6 +149,7 @@ def test_float16(device, lifting):
 @pytest.mark.parametrize("lifting", [True, False])
 def test_bfloat16_on_cuda(monkeypatch, lifting):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv(FORCE_ENV, "0")
     x, w, b = conv_args(P4M, lifting, 3, 33, 31, c_in=8, c_out=12, device="cuda")
     assert_half_parity(x, w, b, 1, 1, 1, P4M, torch.bfloat16)
 

@@ -26,3 +26,11 @@ def test_interpreter_chosen_at_launch(monkeypatch, interpreter):
     if not torch.cuda.is_available():
         with pytest.raises(Exception):  # the compiled kernel needs a GPU
             _add_one[(1,)](x, 5, BLOCK=8)
+
+
+def test_integers_specialized_only_when_named():
+    def kernel(x_ptr, n, stride, BLOCK: tl.constexpr):
+        pass
+
+    assert Kernel(kernel).jit.do_not_specialize == ["n", "stride"]
+    assert Kernel.specializing(("stride",))(kernel).jit.do_not_specialize == ["n"]
