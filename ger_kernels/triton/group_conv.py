@@ -244,6 +244,14 @@ def precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and os.environ.get(TF32_ENV) == "1" else "ieee"
 
 
+def _check_offsets(*tensors: torch.Tensor) -> None:
+    """The kernels index within one image in 32 bits (the batch offset is 64-bit)."""
+    for t in tensors:
+        if sum((n - 1) * abs(s) for n, s in zip(t.shape[1:], t.stride()[1:])) >= 2 ** 31:
+            raise ValueError(f"the Triton kernels index one image of a tensor with 32-bit offsets; "
+                             f"a tensor of shape {tuple(t.shape)} and strides {t.stride()} is too large")
+
+
 def _check(x: torch.Tensor) -> None:
     if x.dtype not in DTYPES:
         raise TypeError(f"the Triton kernels take float32, float16 or bfloat16 tensors, got {x.dtype}; "
@@ -287,7 +295,10 @@ def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.devi
         except triton.runtime.errors.OutOfResources:  # a config this GPU cannot run is never chosen
             return float("inf")
 
-    return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms))
+    if device.type != "cuda":
+        return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms))
+    with torch.cuda.device(device):  # Triton launches on the current device
+        return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms))
 
 
 def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: int, relu: bool) -> torch.Tensor:
@@ -300,6 +311,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
                       memory_format=_memory_format(x))
     if out.numel() == 0:
         return out
+    _check_offsets(x, out)
     weight = _tap_major(weight)
     table = tables(_group(order), k, x.device)
     pixels, n = batch * h_out * w_out, c_out * order
@@ -329,6 +341,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if dx.numel() == 0:
         return dx
+    _check_offsets(grad, dx)
     weight = _tap_major(weight)
     table = tables(_group(order), k, grad.device)
     h_out, w_out = grad.shape[-2:]
@@ -369,6 +382,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
     shape = (c_out, channels // in_orientations, in_orientations, kernel_size, kernel_size)
     if grad.numel() == 0 or x.numel() == 0:
         return torch.zeros(shape, dtype=x.dtype, device=x.device)
+    _check_offsets(x, grad)
     taps = kernel_size * kernel_size
     table = tables(_group(order), kernel_size, x.device)
     h_out, w_out = grad.shape[-2:]

@@ -1,3 +1,5 @@
+import types
+
 import pytest
 import torch
 
@@ -189,6 +191,10 @@ def test_unsupported_inputs(monkeypatch, interpreter):
         group_conv2d(x, w, b, 1, 1, 1, P4M)
     with pytest.raises(ValueError, match=r"input \(H, W\) = \(5, 5\) is smaller than the dilated kernel 7 x 7"):
         group_conv2d(x.float(), w.float(), b.float(), 1, 0, 3, P4M)
+    huge = types.SimpleNamespace(shape=(2, 8, 2, 2), stride=lambda: (2 ** 33, 1, 2 ** 31, 8))
+    group_conv._check_offsets(types.SimpleNamespace(shape=(9, 8, 2, 2), stride=lambda: (2 ** 33, 1, 2 ** 29, 8)))
+    with pytest.raises(ValueError, match=r"32-bit offsets; a tensor of shape \(2, 8, 2, 2\)"):
+        group_conv._check_offsets(x, huge)
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(RuntimeError, match=r"cpu tensors only in the Triton interpreter \(TRITON_INTERPRET=1\)"):
         group_conv2d(x.float(), w.float(), b.float(), 1, 1, 1, P4M)
