@@ -7,8 +7,6 @@ kernels (``ger_kernels.triton.group_conv``) load on first use.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ger_kernels.groups import Group
@@ -22,8 +20,9 @@ def status() -> tuple[bool, str]:
         import triton
     except ImportError:
         return False, "triton is not installed (pip install triton)"
+    from ger_kernels.triton.jit import interpreting
 
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1): slow, for tests"
     if not torch.cuda.is_available():
         return False, (f"triton {triton.__version__} is installed but there is no CUDA device "

@@ -7,8 +7,8 @@ be compiled ahead of time. ``Kernel`` keeps both views of the same Python functi
 ``kernel[grid](...)`` interprets when ``TRITON_INTERPRET=1`` at the call, else it runs
 the compiled kernel; ``kernel.jit`` is always the compiler's ``JITFunction`` (for AOT
 compilation). Kernels must not call ``@triton.jit`` functions, the ones of
-``triton.language`` included (``tl.cdiv``, ``tl.zeros``): their interpreted form exists only when
-``TRITON_INTERPRET=1`` was set before triton was imported.
+``triton.language`` included (``tl.cdiv``, ``tl.zeros``): their interpreted form exists
+only when ``TRITON_INTERPRET=1`` was set before triton was imported.
 """
 
 from __future__ import annotations
