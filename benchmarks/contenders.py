@@ -56,10 +56,10 @@ def compiled(layer, x, mode):
     return _step(lambda: fn(x, layer.weight, layer.bias), [x, layer.weight], mode)
 
 
-def in_process(with_compile: bool = True) -> dict[str, Callable | str]:
-    """Contenders runnable in this process; unavailable ones map to the reason why."""
+def in_process(device: torch.device, with_compile: bool = True) -> dict[str, Callable | str]:
+    """Contenders runnable in this process on ``device``; unavailable ones map to the reason why."""
     contenders: dict[str, Callable | str] = {}
-    for name, status in ger_kernels.backends().items():
+    for name, status in ger_kernels.backends(device).items():
         contenders[name] = backend(name) if status.available else status.reason
     contenders["pre-expanded"] = pre_expanded
     contenders["compiled"] = compiled if with_compile else "skipped (--no-compile)"

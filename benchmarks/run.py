@@ -78,7 +78,7 @@ def e2cnn_results(shapes: list[ConvShape], args) -> dict | str:
 
 def layer_rows(shapes, args, device, dtype) -> list[dict]:
     rows = []
-    candidates = contenders.in_process(with_compile=not args.no_compile)
+    candidates = contenders.in_process(device, with_compile=not args.no_compile)
     external = e2cnn_results(shapes, args) if not args.no_e2cnn else "skipped (--no-e2cnn)"
     for shape in shapes:
         torch.manual_seed(0)
@@ -109,7 +109,7 @@ def train_step_rows(args, device, dtype) -> list[dict]:
     size, batch = (448, 4) if paper else ((16, 1) if args.shapes == "quick" else (64, 4))
     widths = (64, 128, 256, 512) if paper else (16, 32, 64, 128)
     models = {f"GER-UNet ({name})": lambda name=name: GERUNet(widths=group_widths(widths), backend=name)
-              for name, status in backends().items() if status.available}
+              for name, status in backends(device).items() if status.available}
     models["R-UNet (plain conv)"] = lambda: RUNet(widths=widths)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 2, (batch, size, size), device=device)

@@ -31,7 +31,7 @@ BACKENDS = list(ger_kernels.backends())
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_layer(benchmark, shape, mode, backend, dtype):
-    status = ger_kernels.backends()[backend]
+    status = ger_kernels.backends(DEVICE)[backend]
     if not status.available:
         pytest.skip(status.reason)
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""Which convolution backends exist on this machine, why not the others, and what ``auto`` runs.
+"""Which convolution backends run on this machine (and on which device), why not the others,
+and what ``auto`` runs.
 
 Backends compute the same function (SPEC section 3) with the same weights:
 ``reference`` (pure PyTorch, always available), ``cpp`` (fused C++/CUDA kernels of
@@ -9,6 +10,7 @@ Backends compute the same function (SPEC section 3) with the same weights:
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, NamedTuple
 
 import torch
@@ -21,10 +23,11 @@ __all__ = ["AUTO_PREFERENCE", "BACKENDS", "BackendStatus", "auto_backend", "back
 
 BACKENDS = ("reference", "cpp", "triton")
 
-# What ``auto`` runs per device type: the first available of these. Decided by measurement
-# (README "Speed", `python benchmarks/run.py`): on CPU the cpp backend beats the reference at
-# GER-UNet shapes. The fused CUDA and Triton kernels have not yet been measured on a GPU, so on
-# CUDA ``auto`` stays with cuDNN on the expanded filter until benchmarks/results/ says otherwise.
+# What ``auto`` runs per device type: the first of these that runs there. Decided by measurement
+# (README "Performance", `python benchmarks/run.py`): on CPU the cpp backend is as fast as the
+# reference on small layers and faster on wide ones. The fused CUDA and Triton kernels have not
+# been measured on a GPU yet, so on CUDA ``auto`` stays with cuDNN on the expanded filter until
+# benchmarks/results/ says otherwise.
 AUTO_PREFERENCE = {"cpu": ("cpp", "reference")}
 _AUTO_FALLBACK = ("reference",)
 
@@ -34,35 +37,48 @@ class BackendStatus(NamedTuple):
     reason: str
 
 
-def _cpp_status() -> BackendStatus:
+def _reference_status(device_type: str | None) -> BackendStatus:
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return BackendStatus(False, "there is no CUDA device")
+    return BackendStatus(True, "pure PyTorch: F.conv2d on the materialized expanded filter")
+
+
+def _cpp_status(device_type: str | None) -> BackendStatus:
     if not ops.extension_loaded():
         return BackendStatus(False, f"{ops.EXTENSION_ERROR}; build it with `pip install --no-build-isolation -e .`")
     if not ops.has_op("group_conv2d"):
         return BackendStatus(
             False, "ger_kernels._C is built, but this version of it has no fused group_conv2d op "
                    "(rebuild it with `pip install --no-build-isolation -e .`)")
+    if device_type == "cuda":
+        if not torch._C._dispatch_has_kernel_for_dispatch_key("ger_kernels::group_conv2d", "CUDA"):
+            return BackendStatus(False, "ger_kernels._C was built without CUDA kernels (they are built when "
+                                        "torch.version.cuda and CUDA_HOME are set, or with FORCE_CUDA=1)")
+        if not torch.cuda.is_available():
+            return BackendStatus(False, "there is no CUDA device")
+        return BackendStatus(True, "fused group_conv2d CUDA kernels in ger_kernels._C")
     return BackendStatus(True, "fused group_conv2d in ger_kernels._C")
 
 
-def _triton_status() -> BackendStatus:
+def _triton_status(device_type: str | None) -> BackendStatus:
     from ger_kernels import triton as triton_backend
 
-    return BackendStatus(*triton_backend.status())
+    return BackendStatus(*triton_backend.status(device_type))
 
 
 @functools.cache
-def _statuses() -> dict[str, BackendStatus]:
-    """Decided once per process, on first use (importing triton takes a while), not per forward."""
-    return {
-        "reference": BackendStatus(True, "pure PyTorch: F.conv2d on the materialized expanded filter"),
-        "cpp": _cpp_status(),
-        "triton": _triton_status(),
-    }
+def _statuses(device_type: str | None, triton_interpret: bool) -> dict[str, BackendStatus]:
+    """Decided once per process and device type (importing triton takes a while), not per forward;
+    ``TRITON_INTERPRET`` is part of the key because it decides where triton runs."""
+    return {"reference": _reference_status(device_type), "cpp": _cpp_status(device_type),
+            "triton": _triton_status(device_type)}
 
 
-def backends() -> dict[str, BackendStatus]:
-    """Every backend with whether it is available here, and why (not)."""
-    return dict(_statuses())
+def backends(device: str | torch.device | None = None) -> dict[str, BackendStatus]:
+    """Every backend with whether it runs here, and why (not): on tensors of ``device`` if given,
+    else on any device of this machine."""
+    device_type = torch.device(device).type if device is not None else None
+    return dict(_statuses(device_type, os.environ.get("TRITON_INTERPRET") == "1"))
 
 
 def check_backend_name(backend: str) -> str:
@@ -71,7 +87,7 @@ def check_backend_name(backend: str) -> str:
         return backend
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {list(BACKENDS)}, got {backend!r}")
-    status = _statuses()[backend]
+    status = backends()[backend]
     if not status.available:
         raise ValueError(f"backend {backend!r} is not available: {status.reason}")
     return backend
@@ -90,14 +106,19 @@ def _triton(input, weight, bias, stride: int, padding: int, dilation: int, group
 _IMPLEMENTATIONS = {"reference": reference.conv_expanded, "cpp": _cpp, "triton": _triton}
 
 
-def auto_backend(device: torch.device) -> str:
+def auto_backend(device: str | torch.device) -> str:
     """The backend ``auto`` runs for tensors on ``device`` (see AUTO_PREFERENCE)."""
-    statuses = _statuses()
+    statuses = backends(device)
     preference = AUTO_PREFERENCE.get(torch.device(device).type, _AUTO_FALLBACK)
-    return next(name for name in preference if statuses[name].available)
+    return next((name for name in preference if statuses[name].available), "reference")
 
 
-def resolve_backend(backend: str, device: torch.device) -> Callable:
+def resolve_backend(backend: str, device: str | torch.device) -> Callable:
     """The convolution implementation of ``backend`` for tensors on ``device``."""
     check_backend_name(backend)
-    return _IMPLEMENTATIONS[auto_backend(device) if backend == "auto" else backend]
+    if backend == "auto":
+        return _IMPLEMENTATIONS[auto_backend(device)]
+    status = backends(device)[backend]
+    if not status.available:
+        raise ValueError(f"backend {backend!r} cannot run on {torch.device(device).type} tensors: {status.reason}")
+    return _IMPLEMENTATIONS[backend]

@@ -25,8 +25,9 @@ from ger_kernels.testing import equivariance_errors
 
 
 def _print_backends() -> None:
-    for name, status in ger_kernels.backends().items():
-        print(f"  {name:<10} {'available' if status.available else 'unavailable':<12} {status.reason}")
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        for name, status in ger_kernels.backends(device).items():
+            print(f"  {name:<10} {device:<5} {'available' if status.available else 'unavailable':<12} {status.reason}")
 
 
 def info(_args: argparse.Namespace) -> int:
@@ -69,7 +70,7 @@ def check(args: argparse.Namespace) -> int:
     with torch.no_grad():
         expected = net(x)
         print("backend parity, float32 output vs the float64 reference (max|out - ref| / max|ref|):")
-        for name, status in ger_kernels.backends().items():
+        for name, status in ger_kernels.backends("cpu").items():
             if not status.available:
                 print(f"  {name:<10} unavailable: {status.reason}")
                 continue

@@ -33,7 +33,7 @@ def main() -> None:
     print("  " + "  ".join(f"{g}:{e:.1e}" for g, e in enumerate(errors)))
 
     scores = model(image)
-    for name, status in ger_kernels.backends().items():
+    for name, status in ger_kernels.backends("cpu").items():
         if not status.available:
             print(f"backend {name}: unavailable ({status.reason})")
             continue

@@ -41,18 +41,44 @@ def test_unavailable_backends_are_refused_with_their_reason():
 
 
 def test_auto_runs_the_measured_choice_per_device():
-    statuses = ger_kernels.backends()
-    expected_cpu = "cpp" if statuses["cpp"].available else "reference"
-    assert auto_backend(torch.device("cpu")) == expected_cpu
+    expected_cpu = "cpp" if ger_kernels.backends("cpu")["cpp"].available else "reference"
+    assert auto_backend("cpu") == expected_cpu
     # no fused GPU kernel has been measured yet: cuDNN on the expanded filter
-    assert auto_backend(torch.device("cuda")) == "reference"
+    assert auto_backend("cuda") == "reference"
     assert resolve_backend("auto", torch.device("cpu")) is resolve_backend(expected_cpu, torch.device("cpu"))
+
+
+def test_statuses_per_device(monkeypatch):
+    cpu, cuda = ger_kernels.backends("cpu"), ger_kernels.backends("cuda")
+    assert cpu["reference"].available
+    assert cuda["reference"].available == torch.cuda.is_available()
+    if ops.has_op("group_conv2d"):
+        assert cpu["cpp"].available
+        if not torch.cuda.is_available():
+            assert not cuda["cpp"].available
+    # triton runs CPU tensors only in its interpreter
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not ger_kernels.backends("cpu")["triton"].available
+    if importlib.util.find_spec("triton") is not None:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert ger_kernels.backends("cpu")["triton"].available
+
+
+def test_a_backend_that_cannot_run_on_the_device_says_why(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    status = ger_kernels.backends("cpu")["triton"]
+    if ger_kernels.backends()["triton"].available:  # triton on a GPU machine, CPU tensors
+        with pytest.raises(ValueError, match="backend 'triton' cannot run on cpu tensors: "):
+            resolve_backend("triton", torch.device("cpu"))
+    else:
+        assert not status.available
 
 
 @pytest.mark.parametrize("name", ["reference", "cpp", "triton"])
 def test_resolved_backends_compute_the_reference(name):
-    if not ger_kernels.backends()[name].available:
-        pytest.skip(ger_kernels.backends()[name].reason)
+    status = ger_kernels.backends("cpu")[name]
+    if not status.available:
+        pytest.skip(status.reason)
     x = torch.randn(1, 8, 6, 5)
     w = torch.randn(2, 1, 8, 3, 3)
     out = resolve_backend(name, x.device)(x, w, None, 1, 1, 1, P4M)

@@ -20,7 +20,7 @@ def test_check_prints_every_element_and_backend(capsys):
 def test_info_lists_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "torch" in out and "reference  available" in out
+    assert "torch" in out and "reference  cpu   available" in out
 
 
 def test_module_entry_point():

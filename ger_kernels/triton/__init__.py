@@ -7,6 +7,8 @@ kernels (``ger_kernels.triton.group_conv``) load on first use.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ger_kernels.groups import Group
@@ -14,20 +16,26 @@ from ger_kernels.groups import Group
 __all__ = ["status", "group_conv2d"]
 
 
-def status() -> tuple[bool, str]:
-    """(available, why): triton installed, and a CUDA device or ``TRITON_INTERPRET=1``."""
+def status(device_type: str | None = None) -> tuple[bool, str]:
+    """(available, why) for tensors of ``device_type`` ("cuda": a CUDA device; "cpu": the
+    interpreter, ``TRITON_INTERPRET=1``), or for either when it is None."""
     try:
         import triton
     except ImportError:
         return False, "triton is not installed (pip install triton)"
-    from ger_kernels.triton.jit import interpreting
 
-    if interpreting():
+    interpreter = os.environ.get("TRITON_INTERPRET") == "1"
+    if device_type in (None, "cpu") and interpreter:
         return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1): slow, for tests"
-    if not torch.cuda.is_available():
-        return False, (f"triton {triton.__version__} is installed but there is no CUDA device "
-                       "(TRITON_INTERPRET=1 runs the kernels on CPU tensors in the interpreter)")
-    return True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}"
+    if device_type in (None, "cuda") and torch.cuda.is_available():
+        return True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}"
+    if device_type == "cpu":
+        return False, (f"triton {triton.__version__} runs CPU tensors only in its interpreter "
+                       "(TRITON_INTERPRET=1, slow, for tests)")
+    if device_type == "cuda":
+        return False, f"triton {triton.__version__} is installed but there is no CUDA device"
+    return False, (f"triton {triton.__version__} is installed but there is no CUDA device "
+                   "(TRITON_INTERPRET=1 runs the kernels on CPU tensors in the interpreter)")
 
 
 def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,

@@ -20,6 +20,17 @@ def test_status_follows_the_interpreter_switch(monkeypatch):
         assert "no CUDA device" in reason and "TRITON_INTERPRET=1" in reason
 
 
+def test_status_per_device_type(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if "not installed" in gt.status()[1]:
+        return
+    assert gt.status("cpu")[0]
+    assert gt.status("cuda")[0] == torch.cuda.is_available()
+    monkeypatch.delenv("TRITON_INTERPRET")
+    available, reason = gt.status("cpu")
+    assert not available and "only in its interpreter (TRITON_INTERPRET=1" in reason
+
+
 def test_import_without_triton():
     code = ("import sys; sys.modules['triton'] = None; import ger_kernels.triton as t; "
             "print(t.status()); print(sorted(t.__all__))")
