@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from typing import Callable
 
 import torch
@@ -36,6 +38,7 @@ def _step(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mode:
 def backend(name: str):
     """A backend of ours (``reference`` included): it expands, or fuses, on every call, as in training."""
     def prepare(layer, x, mode):
+        layer = copy.deepcopy(layer)  # its own backend: steps of all contenders are prepared before any runs
         layer.backend = name
         return _step(lambda: layer(x), [x, layer.weight], mode)
     return prepare

@@ -104,12 +104,13 @@ def layer_rows(shapes, args, device, dtype) -> list[dict]:
 
 
 def train_step_rows(args, device, dtype) -> list[dict]:
-    """One Adam step of GER-UNet per available backend, and of R-UNet at equal parameters."""
+    """One Adam step of GER-UNet per available backend and ``auto``, and of R-UNet at equal parameters."""
     paper = args.shapes == "ger-unet"
     size, batch = (448, 4) if paper else ((16, 1) if args.shapes == "quick" else (64, 4))
     widths = (64, 128, 256, 512) if paper else (16, 32, 64, 128)
+    names = ["auto"] + [name for name, status in backends(device).items() if status.available]
     models = {f"GER-UNet ({name})": lambda name=name: GERUNet(widths=group_widths(widths), backend=name)
-              for name, status in backends(device).items() if status.available}
+              for name in names}
     models["R-UNet (plain conv)"] = lambda: RUNet(widths=widths)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 2, (batch, size, size), device=device)

@@ -18,19 +18,18 @@ import torch
 from ger_kernels import ops, reference
 from ger_kernels.groups import Group
 
-__all__ = ["AUTO_PREFERENCE", "BACKENDS", "BackendStatus", "auto_backend", "backends", "check_backend_name",
+__all__ = ["BACKENDS", "CPU_CPP_MIN_EXPANDED_BYTES", "BackendStatus", "auto_backend", "backends", "check_backend_name",
            "resolve_backend"]
 
 BACKENDS = ("reference", "cpp", "triton")
 
-# What ``auto`` runs per device type: the first of these that runs there. Decided by measurement
-# (README "Performance", `python benchmarks/run.py`): on CPU the cpp backend is as fast as the
-# reference on small layers and faster on wide ones. The fused CUDA and Triton kernels have not
-# been measured on a GPU yet, so on CUDA ``auto`` stays with cuDNN on the expanded filter until
-# benchmarks/results/ says otherwise.
-AUTO_PREFERENCE = {"cpu": ("cpp", "reference")}
-_AUTO_FALLBACK = ("reference",)
-
+# What ``auto`` runs, decided by measurement (README "Performance", `python benchmarks/run.py`,
+# CPU float32): the cpp backend beats the reference on CPU where W~ is large (1.06x at 4.5 MB,
+# 2.4x at 72 MB, forward+backward) and loses to it on small layers (0.93x at 1.2 MB, 0.79x for
+# a lifting layer), where splitting W~ into panels costs more than expanding it. The fused CUDA
+# and Triton kernels have not been measured on a GPU yet, so there ``auto`` runs the reference
+# (cuDNN on the expanded filter) until benchmarks/results/ says otherwise.
+CPU_CPP_MIN_EXPANDED_BYTES = 4 << 20
 
 class BackendStatus(NamedTuple):
     available: bool
@@ -106,19 +105,20 @@ def _triton(input, weight, bias, stride: int, padding: int, dilation: int, group
 _IMPLEMENTATIONS = {"reference": reference.conv_expanded, "cpp": _cpp, "triton": _triton}
 
 
-def auto_backend(device: str | torch.device) -> str:
-    """The backend ``auto`` runs for tensors on ``device`` (see AUTO_PREFERENCE)."""
-    statuses = backends(device)
-    preference = AUTO_PREFERENCE.get(torch.device(device).type, _AUTO_FALLBACK)
-    return next((name for name in preference if statuses[name].available), "reference")
+def auto_backend(device: str | torch.device, expanded_bytes: int) -> str:
+    """The backend ``auto`` runs for a layer whose W~ has ``expanded_bytes`` on tensors of ``device``."""
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu and expanded_bytes >= CPU_CPP_MIN_EXPANDED_BYTES and backends("cpu")["cpp"].available:
+        return "cpp"
+    return "reference"
 
 
-def resolve_backend(backend: str, device: str | torch.device) -> Callable:
-    """The convolution implementation of ``backend`` for tensors on ``device``."""
+def resolve_backend(backend: str, input: torch.Tensor, weight: torch.Tensor, group: Group) -> Callable:
+    """The convolution implementation of ``backend`` for ``input`` and ``weight``."""
     check_backend_name(backend)
     if backend == "auto":
-        return _IMPLEMENTATIONS[auto_backend(device)]
-    status = backends(device)[backend]
+        return _IMPLEMENTATIONS[auto_backend(input.device, weight.numel() * group.order * weight.element_size())]
+    status = backends(input.device)[backend]
     if not status.available:
-        raise ValueError(f"backend {backend!r} cannot run on {torch.device(device).type} tensors: {status.reason}")
+        raise ValueError(f"backend {backend!r} cannot run on {input.device.type} tensors: {status.reason}")
     return _IMPLEMENTATIONS[backend]

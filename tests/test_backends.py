@@ -5,7 +5,7 @@ import torch
 
 import ger_kernels
 from ger_kernels import ops, reference
-from ger_kernels.backends import auto_backend, check_backend_name, resolve_backend
+from ger_kernels.backends import CPU_CPP_MIN_EXPANDED_BYTES, auto_backend, check_backend_name, resolve_backend
 from ger_kernels.groups import P4M
 
 
@@ -40,12 +40,15 @@ def test_unavailable_backends_are_refused_with_their_reason():
                 check_backend_name(name)
 
 
-def test_auto_runs_the_measured_choice_per_device():
-    expected_cpu = "cpp" if ger_kernels.backends("cpu")["cpp"].available else "reference"
-    assert auto_backend("cpu") == expected_cpu
+def test_auto_runs_the_measured_choice():
+    big, small = CPU_CPP_MIN_EXPANDED_BYTES, CPU_CPP_MIN_EXPANDED_BYTES - 1
+    assert auto_backend("cpu", big) == ("cpp" if ger_kernels.backends("cpu")["cpp"].available else "reference")
+    assert auto_backend("cpu", small) == "reference"
     # no fused GPU kernel has been measured yet: cuDNN on the expanded filter
-    assert auto_backend("cuda") == "reference"
-    assert resolve_backend("auto", torch.device("cpu")) is resolve_backend(expected_cpu, torch.device("cpu"))
+    assert auto_backend("cuda", big) == "reference"
+    wide = torch.empty(64, 64, 8, 3, 3)  # W~ 9.4 MB
+    x = torch.empty(1, 512, 4, 4)
+    assert resolve_backend("auto", x, wide, P4M) is resolve_backend(auto_backend("cpu", big), x, wide, P4M)
 
 
 def test_statuses_per_device(monkeypatch):
@@ -69,7 +72,7 @@ def test_a_backend_that_cannot_run_on_the_device_says_why(monkeypatch):
     status = ger_kernels.backends("cpu")["triton"]
     if ger_kernels.backends()["triton"].available:  # triton on a GPU machine, CPU tensors
         with pytest.raises(ValueError, match="backend 'triton' cannot run on cpu tensors: "):
-            resolve_backend("triton", torch.device("cpu"))
+            resolve_backend("triton", torch.empty(1, 8, 3, 3), torch.empty(1, 1, 8, 3, 3), P4M)
     else:
         assert not status.available
 
@@ -81,5 +84,5 @@ def test_resolved_backends_compute_the_reference(name):
         pytest.skip(status.reason)
     x = torch.randn(1, 8, 6, 5)
     w = torch.randn(2, 1, 8, 3, 3)
-    out = resolve_backend(name, x.device)(x, w, None, 1, 1, 1, P4M)
+    out = resolve_backend(name, x, w, P4M)(x, w, None, 1, 1, 1, P4M)
     assert torch.allclose(out, reference.group_conv2d(x, w, None, 1, 1, 1, P4M), atol=1e-5)
