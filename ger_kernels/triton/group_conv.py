@@ -474,6 +474,41 @@ def _backward(ctx, grad):
 group_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# The two backward ops are bilinear: each is differentiated with the other two ops.
+def _input_grad_setup_context(ctx, inputs, output):
+    grad, weight, _, _, *ctx.conv = inputs
+    ctx.save_for_backward(grad, weight)
+
+
+def _input_grad_backward(ctx, g):
+    grad, weight = ctx.saved_tensors
+    d_grad = d_weight = None
+    if ctx.needs_input_grad[0]:
+        d_grad = group_conv2d_op(g, weight, None, *ctx.conv, False)
+    if ctx.needs_input_grad[1]:
+        d_weight = weight_grad_op(grad, g, weight.shape[-1], weight.shape[2], *ctx.conv)
+    return d_grad, d_weight, None, None, None, None, None, None
+
+
+def _weight_grad_setup_context(ctx, inputs, output):
+    grad, input, _, _, *ctx.conv = inputs
+    ctx.save_for_backward(grad, input)
+
+
+def _weight_grad_backward(ctx, g):
+    grad, input = ctx.saved_tensors
+    d_grad = d_input = None
+    if ctx.needs_input_grad[0]:
+        d_grad = group_conv2d_op(input, g, None, *ctx.conv, False)
+    if ctx.needs_input_grad[1]:
+        d_input = input_grad_op(grad, g, list(input.shape), _memory_format(input) == torch.channels_last, *ctx.conv)
+    return d_grad, d_input, None, None, None, None, None, None
+
+
+input_grad_op.register_autograd(_input_grad_backward, setup_context=_input_grad_setup_context)
+weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup_context)
+
+
 def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
                  padding: int, dilation: int, group: Group, relu: bool = False) -> torch.Tensor:
     """``reference.conv_expanded`` (arguments already checked), fused; ``relu`` applies a

@@ -227,3 +227,21 @@ def test_torch_compile_fullgraph(interpreter, backend):
     expected = torch.autograd.grad(f(x, w, b), (x, w, b))
     for actual, want in zip(grads, expected):
         assert max_rel_err(actual, want) <= 1e-6
+
+
+@pytest.mark.parametrize("lifting", [True, False])
+def test_second_derivatives_match_reference(interpreter, lifting):
+    """The backward ops are differentiable (by each other and the forward): d/d(x, w) of a
+    function of the first gradients, against the float64 reference."""
+    x, w, b = conv_args(P4, lifting, 3, 5, 4, batch=1, c_in=2, c_out=2)
+
+    def second_derivatives(conv, x, w, b):
+        x, w, b = (t.detach().requires_grad_(True) for t in (x, w, b))
+        out = conv(x, w, b, 2, 1, 1, P4)
+        dx, dw = torch.autograd.grad(out.square().sum(), (x, w), create_graph=True)
+        return torch.autograd.grad(dx.sin().sum() + dw.square().sum(), (x, w))
+
+    actual = second_derivatives(group_conv2d, x.float(), w.float(), b.float())
+    expected = second_derivatives(reference.conv_expanded, x, w, b)
+    for a, e in zip(actual, expected):
+        assert max_rel_err(a, e) <= 1e-5
