@@ -52,6 +52,11 @@ def check_fields(x: torch.Tensor, group: Group, name: str) -> int:
     return x.shape[1] // group.order
 
 
+def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int) -> int:
+    """``F.conv2d``'s output size along one axis (< 1 when the dilated kernel does not fit)."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
 def check_exact_grid(layer: str, height: int, width: int, kernel_size: int, stride: int, padding: int,
                      dilation: int = 1) -> None:
     """SPEC section 5: a strided window is exactly equivariant iff

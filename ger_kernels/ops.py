@@ -24,6 +24,8 @@ import importlib.util
 import torch
 from torch._prims_common import suggest_memory_format
 
+from ger_kernels._validation import conv_output_size
+
 
 def _load_extension() -> str | None:
     """Imports ``ger_kernels._C`` (which registers the ops); returns why it failed, or None."""
@@ -82,9 +84,6 @@ if extension_loaded():
         "ger_kernels::expand_filter_backward", _expand_filter_backward_grad,
         setup_context=_expand_filter_backward_setup)
 
-    def _output_size(size, kernel_size, stride, padding, dilation):
-        return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
-
     def _empty_like_layout(like, *size):
         return like.new_empty(size).contiguous(memory_format=suggest_memory_format(like))
 
@@ -93,8 +92,8 @@ if extension_loaded():
         torch._check(input.dim() == 4 and weight.dim() == 5, lambda: "input must be 4-D and weight 5-D")
         k = weight.shape[-1]
         return _empty_like_layout(input, input.shape[0], weight.shape[0] * group_order,
-                                  _output_size(input.shape[2], k, stride, padding, dilation),
-                                  _output_size(input.shape[3], k, stride, padding, dilation))
+                                  conv_output_size(input.shape[2], k, stride, padding, dilation),
+                                  conv_output_size(input.shape[3], k, stride, padding, dilation))
 
     @torch.library.register_fake("ger_kernels::group_conv2d_input_grad")
     def _group_conv2d_input_grad_fake(grad_output, weight, input_size, stride, padding, dilation, group_order):

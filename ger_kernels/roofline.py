@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ger_kernels._validation import conv_output_size
+
 __all__ = ["ConvShape", "PASSES", "conv_flops", "conv_min_bytes", "throughput"]
 
 # GEMM-sized reductions per pass
@@ -36,8 +38,8 @@ class ConvShape:
 
     @property
     def out_size(self) -> tuple[int, int]:
-        span = self.dilation * (self.kernel_size - 1) + 1
-        return tuple((n + 2 * self.padding - span) // self.stride + 1 for n in (self.height, self.width))
+        return tuple(conv_output_size(n, self.kernel_size, self.stride, self.padding, self.dilation)
+                     for n in (self.height, self.width))
 
     def numels(self) -> dict[str, int]:
         h_out, w_out = self.out_size

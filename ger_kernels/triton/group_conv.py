@@ -23,7 +23,9 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch._prims_common import suggest_memory_format
 
+from ger_kernels._validation import conv_output_size
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton.jit import Kernel, interpreting
 from ger_kernels.triton.tuning import Config, Tuner, dtype_class, size_bucket
@@ -261,12 +263,6 @@ def _check(x: torch.Tensor) -> None:
                            "(TRITON_INTERPRET=1); use CUDA tensors")
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last for a channels_last input (that is not also contiguous), else contiguous."""
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 def _alignment(x: torch.Tensor) -> int:
     """The largest power of two up to 16 that divides the channel count of ``x`` and every
     stride but the channels': the channels of a pixel then start on a multiple of it."""
@@ -276,7 +272,7 @@ def _alignment(x: torch.Tensor) -> int:
 
 def _out_size(input_size, k: int, stride: int, padding: int, dilation: int) -> list[int]:
     """Output (H_out, W_out) of an input (..., H, W), as ``F.conv2d``; an error when empty."""
-    size = [(n + 2 * padding - dilation * (k - 1) - 1) // stride + 1 for n in input_size[-2:]]
+    size = [conv_output_size(n, k, stride, padding, dilation) for n in input_size[-2:]]
     if min(size) < 1:
         raise ValueError(f"input (H, W) = {tuple(input_size[-2:])} is smaller than the dilated kernel "
                          f"{dilation * (k - 1) + 1} x {dilation * (k - 1) + 1} with padding {padding}")
@@ -308,7 +304,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     c_out, _, s_in, k, _ = weight.shape
     h_out, w_out = _out_size(x.shape, k, stride, padding, dilation)
     out = torch.empty((batch, c_out * order, h_out, w_out), dtype=x.dtype, device=x.device,
-                      memory_format=_memory_format(x))
+                      memory_format=suggest_memory_format(x))
     if out.numel() == 0:
         return out
     _check_offsets(x, out)
@@ -419,7 +415,7 @@ def group_conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[to
 def _(input, weight, bias, stride, padding, dilation, order, relu):
     size = _out_size(input.shape, weight.shape[-1], stride, padding, dilation)
     return torch.empty([input.shape[0], weight.shape[0] * order, *size], dtype=input.dtype, device=input.device,
-                       memory_format=_memory_format(input))
+                       memory_format=suggest_memory_format(input))
 
 
 @torch.library.custom_op("ger_kernels_triton::group_conv2d_input_grad", mutates_args=(),
@@ -462,7 +458,7 @@ def _backward(ctx, grad):
         grad = torch.where(output > 0, grad, torch.zeros_like(grad))
     dx = dw = db = None
     if ctx.needs_input_grad[0]:
-        dx = input_grad_op(grad, weight, list(input.shape), _memory_format(input) == torch.channels_last,
+        dx = input_grad_op(grad, weight, list(input.shape), suggest_memory_format(input) == torch.channels_last,
                            stride, padding, dilation, order)
     if ctx.needs_input_grad[1]:
         dw = weight_grad_op(grad, input, weight.shape[-1], weight.shape[2], stride, padding, dilation, order)
@@ -501,7 +497,8 @@ def _weight_grad_backward(ctx, g):
     if ctx.needs_input_grad[0]:
         d_grad = group_conv2d_op(input, g, None, *ctx.conv, False)
     if ctx.needs_input_grad[1]:
-        d_input = input_grad_op(grad, g, list(input.shape), _memory_format(input) == torch.channels_last, *ctx.conv)
+        d_input = input_grad_op(grad, g, list(input.shape), suggest_memory_format(input) == torch.channels_last,
+                                *ctx.conv)
     return d_grad, d_input, None, None, None, None, None, None
 
 
