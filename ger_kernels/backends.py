@@ -10,12 +10,12 @@ Backends compute the same function (SPEC section 3) with the same weights:
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable, NamedTuple
 
 import torch
 
 from ger_kernels import ops, reference
+from ger_kernels import triton as triton_backend  # imports no triton until its kernels are used
 from ger_kernels.groups import Group
 
 __all__ = ["BACKENDS", "CPU_CPP_MIN_EXPANDED_BYTES", "BackendStatus", "auto_backend", "backends", "check_backend_name",
@@ -60,8 +60,6 @@ def _cpp_status(device_type: str | None) -> BackendStatus:
 
 
 def _triton_status(device_type: str | None) -> BackendStatus:
-    from ger_kernels import triton as triton_backend
-
     return BackendStatus(*triton_backend.status(device_type))
 
 
@@ -77,7 +75,7 @@ def backends(device: str | torch.device | None = None) -> dict[str, BackendStatu
     """Every backend with whether it runs here, and why (not): on tensors of ``device`` if given,
     else on any device of this machine."""
     device_type = torch.device(device).type if device is not None else None
-    return dict(_statuses(device_type, os.environ.get("TRITON_INTERPRET") == "1"))
+    return dict(_statuses(device_type, triton_backend.interpreting()))
 
 
 def check_backend_name(backend: str) -> str:
@@ -97,8 +95,6 @@ def _cpp(input, weight, bias, stride: int, padding: int, dilation: int, group: G
 
 
 def _triton(input, weight, bias, stride: int, padding: int, dilation: int, group: Group) -> torch.Tensor:
-    from ger_kernels import triton as triton_backend
-
     return triton_backend.group_conv2d(input, weight, bias, stride, padding, dilation, group)
 
 

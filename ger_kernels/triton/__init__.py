@@ -13,7 +13,12 @@ import torch
 
 from ger_kernels.groups import Group
 
-__all__ = ["status", "group_conv2d"]
+__all__ = ["status", "group_conv2d", "interpreting"]
+
+
+def interpreting() -> bool:
+    """Whether kernels run in the Triton interpreter (``TRITON_INTERPRET=1``), now."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def status(device_type: str | None = None) -> tuple[bool, str]:
@@ -24,7 +29,7 @@ def status(device_type: str | None = None) -> tuple[bool, str]:
     except ImportError:
         return False, "triton is not installed (pip install triton)"
 
-    interpreter = os.environ.get("TRITON_INTERPRET") == "1"
+    interpreter = interpreting()
     if device_type in (None, "cpu") and interpreter:
         return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1): slow, for tests"
     if device_type in (None, "cuda") and torch.cuda.is_available():

@@ -27,7 +27,8 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels._validation import conv_output_size
 from ger_kernels.groups import Group, get_group
-from ger_kernels.triton.jit import Kernel, interpreting
+from ger_kernels.triton import interpreting
+from ger_kernels.triton.jit import Kernel
 from ger_kernels.triton.tuning import Config, Tuner, dtype_class, size_bucket
 
 __all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "tables", "precision", "TF32_ENV"]

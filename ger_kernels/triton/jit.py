@@ -14,17 +14,13 @@ only when ``TRITON_INTERPRET=1`` was set before triton was imported.
 from __future__ import annotations
 
 import inspect
-import os
 
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-__all__ = ["Kernel", "interpreting"]
+from ger_kernels.triton import interpreting
 
-
-def interpreting() -> bool:
-    """Whether kernels run in the Triton interpreter (``TRITON_INTERPRET=1``), now."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+__all__ = ["Kernel"]
 
 
 class Kernel:

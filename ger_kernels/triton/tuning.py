@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from ger_kernels.triton.jit import interpreting
+from ger_kernels.triton import interpreting
 
 __all__ = ["Config", "CONFIGS", "FORCE_ENV", "Tuner", "cache_path", "dtype_class", "forced_config", "size_bucket"]
 

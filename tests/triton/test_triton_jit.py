@@ -6,7 +6,8 @@ tl = pytest.importorskip("triton.language")
 
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-from ger_kernels.triton.jit import Kernel, interpreting  # noqa: E402
+from ger_kernels.triton import interpreting  # noqa: E402
+from ger_kernels.triton.jit import Kernel  # noqa: E402
 
 
 @Kernel
