@@ -30,6 +30,7 @@ import contenders  # noqa: E402
 from measure import interleaved_medians, machine_peaks, peak_memory_bytes  # noqa: E402
 
 from ger_kernels import backends  # noqa: E402
+from ger_kernels.groups import get_group  # noqa: E402
 from ger_kernels.machine import machine_description  # noqa: E402
 from ger_kernels._io import write_atomically, write_text_atomically  # noqa: E402
 from ger_kernels.models import GERUNet, RUNet, count_parameters, group_widths  # noqa: E402
@@ -58,7 +59,7 @@ SHAPES = {
 
 
 def label(shape: ConvShape) -> str:
-    group = "p4m" if shape.group_order == 8 else "p4"
+    group = get_group(shape.group_order).name
     kind = "Z2" if shape.in_orientations == 1 else group
     return f"{kind}->{group} {shape.in_fields}->{shape.out_fields} @{shape.height} b{shape.batch}"
 

@@ -77,11 +77,13 @@ P4 = Group("p4", mirrors=False)
 GROUPS = {P4M.name: P4M, P4.name: P4}
 
 
-def get_group(group: str | Group) -> Group:
-    """The group named ``group`` ("p4m" or "p4"), or ``group`` itself."""
+def get_group(group: str | int | Group) -> Group:
+    """The group named ``group`` ("p4m" or "p4"), of order ``group`` (8 or 4), or ``group`` itself."""
     if isinstance(group, Group):
         return group
+    by_order = {g.order: g for g in GROUPS.values()}
     try:
-        return GROUPS[group]
+        return by_order[group] if isinstance(group, int) and not isinstance(group, bool) else GROUPS[group]
     except (KeyError, TypeError):
-        raise ValueError(f"group must be one of {sorted(GROUPS)}, got {group!r}") from None
+        raise ValueError(f"group must be one of {sorted(GROUPS)} or an order in {sorted(by_order)}, "
+                         f"got {group!r}") from None

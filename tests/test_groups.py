@@ -22,8 +22,10 @@ GROUP_LIST = [P4M, P4]
 def test_orders_and_lookup():
     assert P4M.order == 8 and P4.order == 4
     assert get_group("p4m") is P4M and get_group(P4) is P4 and set(GROUPS) == {"p4m", "p4"}
-    with pytest.raises(ValueError, match=r"group must be one of \['p4', 'p4m'\], got 'd4'"):
-        get_group("d4")
+    assert get_group(8) is P4M and get_group(4) is P4
+    for bad in ["d4", 6, True]:
+        with pytest.raises(ValueError, match=r"group must be one of \['p4', 'p4m'\] or an order in \[4, 8\], got"):
+            get_group(bad)
 
 
 def test_spec_table():

@@ -12,7 +12,7 @@ def test_flops_match_torch_flop_counter(shape):
     x = torch.randn(shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width,
                     requires_grad=True)
     w = torch.randn(shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size, shape.kernel_size)
-    expanded = reference.expand_filter(w, "p4m" if shape.group_order == 8 else "p4").requires_grad_(True)
+    expanded = reference.expand_filter(w, shape.group_order).requires_grad_(True)
     with FlopCounterMode(display=False) as counter:
         out = torch.nn.functional.conv2d(x, expanded, None, shape.stride, shape.padding, shape.dilation)
     assert out.shape[-2:] == shape.out_size
@@ -34,7 +34,7 @@ def test_per_pass_flops_match_torch_flop_counter(shape):
     x = torch.randn(shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width,
                     requires_grad=True)
     w = torch.randn(shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size, shape.kernel_size)
-    expanded = reference.expand_filter(w, "p4m" if shape.group_order == 8 else "p4").requires_grad_(True)
+    expanded = reference.expand_filter(w, shape.group_order).requires_grad_(True)
     out = torch.nn.functional.conv2d(x, expanded, None, shape.stride, shape.padding, shape.dilation)
     for passes, wrt in (("input_grad", x), ("weight_grad", expanded)):
         with FlopCounterMode(display=False) as counter:
