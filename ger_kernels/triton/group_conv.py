@@ -17,6 +17,8 @@ Ops (namespace ``ger_kernels_triton``, CPU and CUDA; CPU tensors need ``TRITON_I
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from typing import Optional
 
@@ -205,9 +207,9 @@ def tables(group: Group, kernel_size: int, device: torch.device) -> dict[str, to
     key = (group.order, kernel_size, device)
     if key not in _TABLES:
         taps = group.tap_permutation(kernel_size)
-        source = torch.tensor([[group.mul(t, u) for u in group.elements()] for t in group.elements()])
         _TABLES[key] = {name: table.to(device=device, dtype=torch.int32).flatten() for name, table in
-                        {"orient": group.T, "taps": taps, "source": source, "inverse_taps": taps.argsort(1)}.items()}
+                        {"orient": group.T, "taps": taps, "source": group.T.argsort(1),
+                         "inverse_taps": taps.argsort(1)}.items()}
     return _TABLES[key]
 
 
@@ -236,10 +238,6 @@ def _tap_major(weight: torch.Tensor) -> torch.Tensor:
     """The base weight ``(C_out, C_in, S_in, k, k)`` laid out ``(C_out, k, k, C_in, S_in)``: the
     kernels read the S_in orientations of consecutive input fields from contiguous memory."""
     return weight.permute(0, 3, 4, 1, 2).contiguous()
-
-
-def _group(order: int) -> Group:
-    return get_group("p4m" if order == 8 else "p4")
 
 
 def precision(dtype: torch.dtype) -> str:
@@ -284,7 +282,7 @@ def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.devi
     """``launch(config)`` with the tuned (or forced) config of ``family`` for ``dtype`` and
     problem class ``key``."""
     if device.type == "cuda":
-        key = (torch.cuda.get_device_name(device), triton.__version__) + key
+        key = _device_key(device) + key
 
     def time_ms(config: Config) -> float:
         try:
@@ -292,9 +290,8 @@ def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.devi
         except triton.runtime.errors.OutOfResources:  # a config this GPU cannot run is never chosen
             return float("inf")
 
-    if device.type != "cuda":
-        return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms))
-    with torch.cuda.device(device):  # Triton launches on the current device
+    # Triton launches on the current device
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms))
 
 
@@ -310,7 +307,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
         return out
     _check_offsets(x, out)
     weight = _tap_major(weight)
-    table = tables(_group(order), k, x.device)
+    table = tables(get_group(order), k, x.device)
     pixels, n = batch * h_out * w_out, c_out * order
 
     def launch(config: Config) -> None:
@@ -340,7 +337,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
         return dx
     _check_offsets(grad, dx)
     weight = _tap_major(weight)
-    table = tables(_group(order), k, grad.device)
+    table = tables(get_group(order), k, grad.device)
     h_out, w_out = grad.shape[-2:]
     h_phase, w_phase = triton.cdiv(height, stride), triton.cdiv(width, stride)
     n = c_out * order
@@ -362,10 +359,21 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
     return dx
 
 
+@functools.cache
+def _device_key(device: torch.device) -> tuple[str, str]:
+    """What a tuning result depends on beyond the problem: the GPU and the triton version."""
+    return torch.cuda.get_device_name(device), triton.__version__
+
+
+@functools.cache
+def _processors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _splits(device: torch.device, programs: int, pixels: int, block_k: int) -> int:
     """How many pixel ranges the weight gradient's reduction is split into: enough programs for
     four waves of the GPU's multiprocessors, and at least four BLOCK_K steps per range."""
-    processors = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    processors = _processors(device)
     return max(1, min(triton.cdiv(4 * processors, programs), pixels // (4 * block_k)))
 
 
@@ -381,7 +389,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
         return torch.zeros(shape, dtype=x.dtype, device=x.device)
     _check_offsets(x, grad)
     taps = kernel_size * kernel_size
-    table = tables(_group(order), kernel_size, x.device)
+    table = tables(get_group(order), kernel_size, x.device)
     h_out, w_out = grad.shape[-2:]
     pixels = batch * h_out * w_out
 
@@ -445,6 +453,12 @@ def _(grad, input, kernel_size, in_orientations, stride, padding, dilation, orde
     return input.new_empty(shape)
 
 
+def _input_grad_like(input, grad, weight, conv) -> torch.Tensor:
+    """The input gradient of ``grad`` through ``weight``, shaped and laid out like ``input``."""
+    return input_grad_op(grad, weight, list(input.shape), suggest_memory_format(input) == torch.channels_last,
+                         *conv)
+
+
 def _setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, order, relu = inputs
     ctx.save_for_backward(input, weight, output if relu else None)
@@ -454,17 +468,15 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     input, weight, output = ctx.saved_tensors
-    stride, padding, dilation, order = ctx.conv
     if output is not None:  # the fused ReLU: no gradient where it clipped
-        grad = torch.where(output > 0, grad, torch.zeros_like(grad))
+        grad = grad.masked_fill(output <= 0, 0)
     dx = dw = db = None
     if ctx.needs_input_grad[0]:
-        dx = input_grad_op(grad, weight, list(input.shape), suggest_memory_format(input) == torch.channels_last,
-                           stride, padding, dilation, order)
+        dx = _input_grad_like(input, grad, weight, ctx.conv)
     if ctx.needs_input_grad[1]:
-        dw = weight_grad_op(grad, input, weight.shape[-1], weight.shape[2], stride, padding, dilation, order)
+        dw = weight_grad_op(grad, input, weight.shape[-1], weight.shape[2], *ctx.conv)
     if ctx.has_bias and ctx.needs_input_grad[2]:
-        db = grad.sum((0, 2, 3)).view(-1, order).sum(1)
+        db = grad.unflatten(1, (-1, ctx.conv[-1])).sum((0, 2, 3, 4))
     return dx, dw, db, None, None, None, None, None
 
 
@@ -472,9 +484,10 @@ group_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # The two backward ops are bilinear: each is differentiated with the other two ops.
-def _input_grad_setup_context(ctx, inputs, output):
-    grad, weight, _, _, *ctx.conv = inputs
-    ctx.save_for_backward(grad, weight)
+def _bilinear_setup_context(ctx, inputs, output):
+    """Saves the two tensor operands and the convolution's (stride, padding, dilation, order)."""
+    first, second, _, _, *ctx.conv = inputs
+    ctx.save_for_backward(first, second)
 
 
 def _input_grad_backward(ctx, g):
@@ -487,24 +500,18 @@ def _input_grad_backward(ctx, g):
     return d_grad, d_weight, None, None, None, None, None, None
 
 
-def _weight_grad_setup_context(ctx, inputs, output):
-    grad, input, _, _, *ctx.conv = inputs
-    ctx.save_for_backward(grad, input)
-
-
 def _weight_grad_backward(ctx, g):
     grad, input = ctx.saved_tensors
     d_grad = d_input = None
     if ctx.needs_input_grad[0]:
         d_grad = group_conv2d_op(input, g, None, *ctx.conv, False)
     if ctx.needs_input_grad[1]:
-        d_input = input_grad_op(grad, g, list(input.shape), suggest_memory_format(input) == torch.channels_last,
-                                *ctx.conv)
+        d_input = _input_grad_like(input, grad, g, ctx.conv)
     return d_grad, d_input, None, None, None, None, None, None
 
 
-input_grad_op.register_autograd(_input_grad_backward, setup_context=_input_grad_setup_context)
-weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup_context)
+input_grad_op.register_autograd(_input_grad_backward, setup_context=_bilinear_setup_context)
+weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_bilinear_setup_context)
 
 
 def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,

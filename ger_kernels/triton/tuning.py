@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Callable, NamedTuple
 
 import torch
 
+from ger_kernels._io import write_text_atomically
 from ger_kernels.triton import interpreting
 
 __all__ = ["Config", "CONFIGS", "FORCE_ENV", "Tuner", "cache_path", "dtype_class", "forced_config", "size_bucket"]
@@ -125,14 +125,12 @@ class Tuner:
             return {}
 
     def _write_file(self, entry: str, name: str) -> None:
-        """Adds one entry to the file: read, merge, write a temporary file, rename over."""
+        """Adds one entry to the file: read, merge, write atomically."""
         table = self._read_file()
         table[entry] = name
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, suffix=".tmp", delete=False) as f:
-                json.dump(table, f, indent=1, sort_keys=True)
-            os.replace(f.name, self.path)
+            write_text_atomically(str(self.path), json.dumps(table, indent=1, sort_keys=True))
         except OSError:
             pass  # a read-only cache directory only costs tuning again in the next process
 
