@@ -26,16 +26,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from measure import interleaved_medians, machine_peaks  # noqa: E402
+from run import SHAPES, label  # noqa: E402
 
 from ger_kernels import reference  # noqa: E402
+from ger_kernels._io import write_text_atomically  # noqa: E402
 from ger_kernels.groups import P4M  # noqa: E402
 from ger_kernels.machine import machine_description  # noqa: E402
 from ger_kernels.roofline import ConvShape, throughput  # noqa: E402
 
-# (in_fields, in_orientations, out_fields, size) at batch 4, p4m, k = 3, stride 1, padding 1
-LAYERS = [(3, 1, 23, 448), (23, 8, 23, 448), (45, 8, 45, 224), (91, 8, 91, 112), (181, 8, 181, 56)]
-QUICK_LAYERS = [(3, 1, 8, 32), (8, 8, 8, 32)]
-PASSES = ("forward", "input_grad", "weight_grad")
+# the p4m layers of the comparison runner's shape sets (k = 3, stride 1, padding 1)
+LAYERS = [shape for shape in SHAPES["ger-unet"] if shape.group_order == 8]
+QUICK_LAYERS = [shape for shape in SHAPES["quick"] if shape.group_order == 8]
 
 
 def rel_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -79,7 +80,7 @@ def bench_layer(shape: ConvShape, dtype: torch.dtype, device: torch.device, repe
         ms = interleaved_medians({"triton": fused, "cudnn": cudnn}, device, repeats)
         triton_tflops, triton_fraction = throughput(shape, name, ms["triton"], peak_tflops)
         cudnn_tflops, cudnn_fraction = throughput(shape, name, ms["cudnn"], peak_tflops)
-        rows.append({"layer": f"{c_in}x{s_in} -> {c_out}x8 @ {shape.height}", "dtype": str(dtype).split(".")[-1],
+        rows.append({"layer": label(shape), "dtype": str(dtype).split(".")[-1],
                      "pass": name, "triton_ms": ms["triton"], "cudnn_ms": ms["cudnn"],
                      "triton_over_cudnn": ms["triton"] / ms["cudnn"], "triton_tflops": triton_tflops,
                      "cudnn_tflops": cudnn_tflops, "triton_fraction_of_peak": triton_fraction,
@@ -97,7 +98,7 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for results.md and results.json")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
@@ -105,7 +106,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (smoke test)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_triton: skipped, no CUDA device (the Triton kernels are benchmarked on a GPU)")
@@ -127,15 +128,14 @@ def main() -> int:
         dtype = getattr(torch, name)
         peak = machine_peaks(device, dtype)["matmul_tflops"]
         print(f"{name}: measured matmul peak {peak:.1f} TFLOP/s")
-        for c_in, s_in, c_out, size in QUICK_LAYERS if args.quick else LAYERS:
-            shape = ConvShape(1 if args.quick else 4, c_in, s_in, c_out, P4M.order, size, size)
+        for shape in QUICK_LAYERS if args.quick else LAYERS:
             for row in bench_layer(shape, dtype, device, 1 if args.quick else args.repeats, peak):
                 row["peak_tflops"] = peak
                 rows.append(row)
                 print(markdown([row], "").splitlines()[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(markdown(rows, header))
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    write_text_atomically(str(args.out / "results.md"), markdown(rows, header))
+    write_text_atomically(str(args.out / "results.json"), json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(markdown(rows, header))
     return 0
 
