@@ -102,6 +102,7 @@ struct Forward {
 
   static constexpr bool kAByStep = false, kBByStep = false;
 
+  template <class Tl>
   __device__ ReductionRange k_range(int) const { return {0, k_size}; }
 
   template <class Tl>
@@ -150,6 +151,7 @@ struct InputGrad {
 
   static constexpr bool kAByStep = false, kBByStep = false;
 
+  template <class Tl>
   __device__ ReductionRange k_range(int) const { return {0, k_size}; }
 
   template <class Tl>
@@ -194,11 +196,12 @@ struct WeightGrad {
   FastDiv order;
   int m_size, n_size;
   int64_t k_size, pixels;
-  int chunk, splits;  // chunk: the kernel's BK
 
   static constexpr bool kAByStep = true, kBByStep = true;
 
-  __device__ ReductionRange k_range(int z) const { return split_reduction(k_size, chunk, splits, z); }
+  // Split z of gridDim.z, in whole steps of the kernel's BK (one t per step).
+  template <class Tl>
+  __device__ ReductionRange k_range(int z) const { return split_reduction(k_size, Tl::kBK, static_cast<int>(gridDim.z), z); }
 
   template <class Tl>
   __device__ void load(Operands<WeightGrad, Tl>& ops, int64_t m0, int n0, int64_t k0, const GroupTables& g) const {
@@ -249,7 +252,7 @@ __global__ void __launch_bounds__(SimtTile::kThreads) simt_gemm(P p, GroupTables
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t m0 = int64_t(blockIdx.x) * Tl::kBM;
   const int n0 = blockIdx.y * Tl::kBN;
-  const ReductionRange range = p.k_range(blockIdx.z);
+  const ReductionRange range = p.template k_range<Tl>(blockIdx.z);
   Acc acc[4][4] = {};
   Operands<P, Tl> ops;
   if (range.begin < range.end) p.template load<Tl>(ops, m0, n0, range.begin, g);
@@ -319,7 +322,7 @@ __global__ void __launch_bounds__(WmmaTile::kThreads) wmma_gemm(P p, GroupTables
     const int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2;
     const int64_t m0 = int64_t(blockIdx.x) * Tl::kBM;
     const int n0 = blockIdx.y * Tl::kBN;
-    const ReductionRange range = p.k_range(blockIdx.z);
+    const ReductionRange range = p.template k_range<Tl>(blockIdx.z);
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
@@ -474,8 +477,7 @@ cudaError_t launch_group_conv2d_weight_grad(const void* grad_output, const Strid
                           static_cast<Acc*>(workspace), grad_output_strides, input_strides, shape,
                           {FastDiv(shape.out_h), FastDiv(shape.out_w)}, FastDiv(shape.group_order),
                           static_cast<int>(shape.out_fields), static_cast<int>(n_size),
-                          weight_grad_reduction_size(shape, Tl::kBK), shape.batch * shape.out_h * shape.out_w,
-                          Tl::kBK, splits};
+                          weight_grad_reduction_size(shape, Tl::kBK), shape.batch * shape.out_h * shape.out_w};
     const cudaError_t status = launch_gemm<Tl>(p, splits, stream);
     const int64_t numel = shape.filter().weight_numel();
     if (status != cudaSuccess || numel == 0) return status;
