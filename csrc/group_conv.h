@@ -24,4 +24,10 @@ ConvShape check_group_conv_weight_grad(const at::Tensor& grad_output, const at::
                                        int64_t in_orientations, int64_t stride, int64_t padding, int64_t dilation,
                                        int64_t group_order);
 
+// The results of the three ops, uninitialized: the output in the input's memory format, the input
+// gradient in grad_output's, the base weight gradient contiguous.
+at::Tensor empty_output(const ConvShape& shape, const at::Tensor& input);
+at::Tensor empty_grad_input(const ConvShape& shape, const at::Tensor& grad_output);
+at::Tensor empty_grad_weight(const ConvShape& shape, const at::Tensor& input);
+
 }  // namespace ger_kernels

@@ -1,4 +1,5 @@
 // Schemas of every ger_kernels op, defined once, and their shape checks.
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "expand_filter.h"
@@ -103,6 +104,21 @@ ConvShape check_group_conv_weight_grad(const at::Tensor& grad_output, const at::
               "grad_output must have shape (", shape.batch, ", ", shape.out_channels(), ", ", shape.out_h, ", ",
               shape.out_w, "), got ", grad_output.sizes());
   return shape;
+}
+
+at::Tensor empty_output(const ConvShape& shape, const at::Tensor& input) {
+  return at::empty({shape.batch, shape.out_channels(), shape.out_h, shape.out_w},
+                   input.options().memory_format(input.suggest_memory_format()));
+}
+
+at::Tensor empty_grad_input(const ConvShape& shape, const at::Tensor& grad_output) {
+  return at::empty({shape.batch, shape.in_channels(), shape.in_h, shape.in_w},
+                   grad_output.options().memory_format(grad_output.suggest_memory_format()));
+}
+
+at::Tensor empty_grad_weight(const ConvShape& shape, const at::Tensor& input) {
+  return at::empty({shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size, shape.kernel_size},
+                   input.options());
 }
 
 FilterShape check_expand_filter(const at::Tensor& weight, int64_t group_order) {

@@ -9,7 +9,6 @@
 // panel of dW~ into the base gradient at once (expand_filter_backward_cpu).
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/convolution_backward.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -35,14 +34,10 @@ int64_t fields_per_panel(int64_t fields, int64_t panel_bytes_per_field) {
   return std::min(fit, std::max<int64_t>(1, (fields + 1) / 2));
 }
 
-at::Tensor empty_like_layout(at::IntArrayRef size, const at::Tensor& like) {
-  return at::empty(size, like.options().memory_format(like.suggest_memory_format()));
-}
-
 at::Tensor group_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             int64_t stride, int64_t padding, int64_t dilation, int64_t group_order) {
   const ConvShape shape = check_group_conv(input, weight, bias, stride, padding, dilation, group_order);
-  at::Tensor out = empty_like_layout({shape.batch, shape.out_channels(), shape.out_h, shape.out_w}, input);
+  at::Tensor out = empty_output(shape, input);
   if (shape.batch == 0) return out;
   const at::Tensor w = weight.contiguous();
   const int64_t k = shape.kernel_size;
@@ -65,7 +60,7 @@ at::Tensor group_conv2d_input_grad_cpu(const at::Tensor& grad_output, const at::
                                        int64_t dilation, int64_t group_order) {
   const ConvShape shape =
       check_group_conv_input_grad(grad_output, weight, input_size, stride, padding, dilation, group_order);
-  at::Tensor grad_input = empty_like_layout(input_size, grad_output);
+  at::Tensor grad_input = empty_grad_input(shape, grad_output);
   if (shape.batch == 0) return grad_input;
   const int64_t k = shape.kernel_size;
   // The transposed convolution of grad_output recovers the rows/columns its window missed.
@@ -106,15 +101,15 @@ at::Tensor group_conv2d_weight_grad_cpu(const at::Tensor& grad_output, const at:
   const ConvShape shape = check_group_conv_weight_grad(grad_output, input, kernel_size, in_orientations, stride,
                                                        padding, dilation, group_order);
   const int64_t k = kernel_size;
-  at::Tensor grad_weight = at::empty({shape.out_fields, shape.in_fields, in_orientations, k, k}, input.options());
+  at::Tensor grad_weight = empty_grad_weight(shape, input);
   if (shape.batch == 0) return grad_weight.zero_();
   const int64_t block = fields_per_panel(shape.out_fields, group_order * shape.in_channels() * k * k *
                                                               static_cast<int64_t>(input.element_size()));
+  // ATen only reads the weight's sizes for the weight gradient: a broadcast zero stands in for each panel.
+  const at::Tensor zero = at::zeros({1, 1, 1, 1}, input.options());
   for (int64_t o = 0; o < shape.out_fields; o += block) {
     const int64_t n = std::min(block, shape.out_fields - o);
-    // ATen only reads the weight's sizes for the weight gradient: a broadcast zero stands in for the panel.
-    const at::Tensor panel_sizes = at::zeros({1, 1, 1, 1}, input.options())
-                                       .expand({n * group_order, shape.in_channels(), k, k});
+    const at::Tensor panel_sizes = zero.expand({n * group_order, shape.in_channels(), k, k});
     const at::Tensor panel_grad = std::get<1>(at::convolution_backward(
         grad_output.narrow(1, o * group_order, n * group_order), input, panel_sizes, std::nullopt,
         {stride, stride}, {padding, padding}, {dilation, dilation}, false, {0, 0}, 1, {false, true, false}));

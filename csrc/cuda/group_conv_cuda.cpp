@@ -1,7 +1,7 @@
 // Torch glue of the fused CUDA group convolution kernels: checks, device guard, allocation in the memory
 // format the input suggests (channels_last stays channels_last), current stream. Inputs keep their strides.
+#include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -40,8 +40,7 @@ at::Tensor group_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, 
   check_spatial(shape, "group_conv2d");
   const FloatKind kind = float_kind(input.scalar_type());
   const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor output = at::empty({shape.batch, shape.out_channels(), shape.out_h, shape.out_w},
-                                input.options().memory_format(input.suggest_memory_format()));
+  at::Tensor output = empty_output(shape, input);
   if (output.numel() == 0) return output;
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -61,8 +60,7 @@ at::Tensor group_conv2d_input_grad_cuda(const at::Tensor& grad_output, const at:
   check_spatial(shape, "group_conv2d_input_grad");
   const FloatKind kind = float_kind(grad_output.scalar_type());
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  at::Tensor grad_input = at::empty({shape.batch, shape.in_channels(), shape.in_h, shape.in_w},
-                                    grad_output.options().memory_format(grad_output.suggest_memory_format()));
+  at::Tensor grad_input = empty_grad_input(shape, grad_output);
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor w = weight.contiguous();
   check_launch(launch_group_conv2d_input_grad(grad_output.const_data_ptr(), strides_of(grad_output),
@@ -81,14 +79,13 @@ at::Tensor group_conv2d_weight_grad_cuda(const at::Tensor& grad_output, const at
   check_spatial(shape, "group_conv2d_weight_grad");
   const FloatKind kind = float_kind(input.scalar_type());
   const c10::cuda::CUDAGuard guard(input.device());
-  const std::vector<int64_t> size = {shape.out_fields, shape.in_fields, in_orientations, kernel_size, kernel_size};
-  if (shape.batch == 0) return at::zeros(size, input.options());
-  at::Tensor grad_weight = at::empty(size, input.options());
-  if (grad_weight.numel() == 0) return grad_weight;
+  at::Tensor grad_weight = empty_grad_weight(shape, input);
+  if (shape.batch == 0 || grad_weight.numel() == 0) return grad_weight.zero_();
   const CudaDevice device = current_device();
   const int splits = weight_grad_splits(shape, device.sm_count);
+  // the kernels' accumulator type (Accumulate<T>): float for 16-bit and float inputs, double for double
   const at::Tensor workspace = at::empty({splits * grad_weight.numel()},
-                                         input.options().dtype(kind == FloatKind::kDouble ? at::kDouble : at::kFloat));
+                                         input.options().dtype(at::toOpMathType(input.scalar_type())));
   check_launch(launch_group_conv2d_weight_grad(grad_output.const_data_ptr(), strides_of(grad_output),
                                                input.const_data_ptr(), strides_of(input),
                                                grad_weight.mutable_data_ptr(), workspace.mutable_data_ptr(), splits,
