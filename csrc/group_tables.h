@@ -72,6 +72,12 @@ constexpr GroupTables make_group_tables(int order) {
 
 constexpr bool is_supported_group_order(int64_t order) { return order == 4 || order == 8; }
 
+// The tables of p4m (order 8) or p4 (any other order), built at compile time, for host code.
+inline const GroupTables& group_tables(int64_t order) {
+  static constexpr GroupTables p4 = make_group_tables(4), p4m = make_group_tables(8);
+  return order == 8 ? p4m : p4;
+}
+
 GER_HOST_DEVICE void source_tap(const TapMap& map, int k, int i, int j, int& src_i, int& src_j) {
   src_i = map.a * i + map.b * j + map.oi * (k - 1);
   src_j = map.c * i + map.d * j + map.oj * (k - 1);

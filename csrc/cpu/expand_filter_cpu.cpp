@@ -31,7 +31,7 @@ std::vector<int64_t> tap_sources(const GroupTables& tables, int k) {
 // out[o*S + t][i*S_in + s][u][v] = w[o][i][S_in == 1 ? 0 : T[t][s]][A_t source of (u, v)]
 template <typename scalar_t>
 void expand_filter_kernel(const scalar_t* w, scalar_t* out, const FilterShape& shape) {
-  const GroupTables tables = make_group_tables(static_cast<int>(shape.group_order));
+  const GroupTables& tables = group_tables(shape.group_order);
   const int k = static_cast<int>(shape.kernel_size);
   const int64_t taps = int64_t(k) * k;
   const int64_t s_in = shape.in_orientations;
@@ -57,7 +57,7 @@ void expand_filter_kernel(const scalar_t* w, scalar_t* out, const FilterShape& s
 template <typename scalar_t>
 void expand_filter_backward_kernel(const scalar_t* grad, scalar_t* dw, const FilterShape& shape) {
   using acc_t = at::opmath_type<scalar_t>;
-  const GroupTables tables = make_group_tables(static_cast<int>(shape.group_order));
+  const GroupTables& tables = group_tables(shape.group_order);
   const int k = static_cast<int>(shape.kernel_size);
   const int64_t taps = int64_t(k) * k;
   const int64_t s_in = shape.in_orientations;

@@ -72,7 +72,7 @@ cudaError_t launch_gather(const void* w, void* out, const FilterShape& shape, cu
   if (n == 0) return cudaSuccess;
   expand_filter_kernel<Bits><<<grid_size(n), kThreads, 0, stream>>>(
       static_cast<const Bits*>(w), static_cast<Bits*>(out), shape,
-      make_group_tables(static_cast<int>(shape.group_order)));
+      group_tables(shape.group_order));
   return cudaGetLastError();
 }
 
@@ -82,7 +82,7 @@ cudaError_t launch_sum(const void* grad, void* dw, const FilterShape& shape, cud
   if (n == 0) return cudaSuccess;
   expand_filter_backward_kernel<T><<<grid_size(n), kThreads, 0, stream>>>(
       static_cast<const T*>(grad), static_cast<T*>(dw), shape,
-      make_group_tables(static_cast<int>(shape.group_order)));
+      group_tables(shape.group_order));
   return cudaGetLastError();
 }
 

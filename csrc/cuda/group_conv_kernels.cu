@@ -389,7 +389,7 @@ cudaError_t launch_gemm(const P& p, int splits, cudaStream_t stream) {
   if (m_tiles == 0 || n_tiles == 0) return cudaSuccess;
   if (!fits_int(m_tiles) || n_tiles > 65535 || splits > 65535) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles), static_cast<unsigned>(splits));
-  const GroupTables tables = make_group_tables(static_cast<int>(p.shape.group_order));
+  const GroupTables& tables = group_tables(p.shape.group_order);
   if constexpr (std::is_same_v<Tl, WmmaTile>) {
     wmma_gemm<P><<<grid, Tl::kThreads, 0, stream>>>(p, tables);
   } else {
