@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ger_kernels import reference
+from ger_kernels._validation import conv_output_size
 from ger_kernels.groups import P4, P4M
 from helpers import max_rel_err, requires_extension
 
@@ -69,7 +70,7 @@ def unfused(x, w, b, dy, stride, padding, dilation, group):
 
 
 def output_grad(group, x, w, stride, padding, dilation, dtype):
-    out_size = [(n + 2 * padding - dilation * (w.shape[-1] - 1) - 1) // stride + 1 for n in x.shape[2:]]
+    out_size = [conv_output_size(n, w.shape[-1], stride, padding, dilation) for n in x.shape[2:]]
     return torch.randn(x.shape[0], w.shape[0] * group.order, *out_size).to(dtype)
 
 
