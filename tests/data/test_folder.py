@@ -135,19 +135,14 @@ def test_an_empty_folder_is_an_error(tmp_path):
         find_folder_pairs(str(tmp_path / "nothing"))
 
 
-def test_an_image_without_mask_is_an_error_naming_it(tmp_path):
+@pytest.mark.parametrize("removed,kept,name,message", [
+    ("masks", "images", "case1.tif", "images without mask"),
+    ("images", "masks", "case2.jpg", "masks without image"),
+])
+def test_a_file_without_its_partner_is_an_error_naming_it(tmp_path, removed, kept, name, message):
     make_folder(str(tmp_path), 3)
-    os.remove(tmp_path / "masks" / "case1.tif")
-    with pytest.raises(ValueError, match=re.escape(f"images without mask in {tmp_path / 'masks'}: "
-                                                   f"{tmp_path / 'images' / 'case1.tif'}")):
-        find_folder_pairs(str(tmp_path))
-
-
-def test_a_mask_without_image_is_an_error_naming_it(tmp_path):
-    make_folder(str(tmp_path), 3)
-    os.remove(tmp_path / "images" / "case2.jpg")
-    with pytest.raises(ValueError, match=re.escape(f"masks without image in {tmp_path / 'images'}: "
-                                                   f"{tmp_path / 'masks' / 'case2.jpg'}")):
+    os.remove(tmp_path / removed / name)
+    with pytest.raises(ValueError, match=re.escape(f"{message} in {tmp_path / removed}: {tmp_path / kept / name}")):
         find_folder_pairs(str(tmp_path))
 
 
