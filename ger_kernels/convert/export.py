@@ -2,8 +2,10 @@
 compute the same function in eval mode, so the layers need nothing of ``ger_kernels``.
 
 - group convolution -> ``nn.Conv2d`` with the expanded filter ``W~`` and ``bias.repeat_interleave(S)``;
-- ``GroupBatchNorm2d`` -> ``nn.BatchNorm2d(C*S)`` with statistics, scale and shift repeated per
-  orientation (equal in eval mode; in train mode it would take per-orientation statistics);
+- ``GroupBatchNorm2d`` -> ``nn.BatchNorm2d(C*S)`` with running statistics, scale and shift repeated
+  per orientation (equal in eval mode; in train mode it would take per-orientation statistics); one
+  without running statistics (``track_running_stats=False``, batch statistics per field even in eval
+  mode) -> ``Unflatten`` + ``nn.BatchNorm3d(C)`` + ``Flatten``;
 - spatial pools and upsampling -> ``nn.MaxPool2d`` / ``nn.AvgPool2d`` / ``nn.Upsample``;
 - ``GroupOrientationPool`` -> ``Unflatten`` + ``AvgPool3d``/``MaxPool3d`` over orientations + ``Flatten``.
 
@@ -36,19 +38,30 @@ def _conv(layer: GroupConv2d) -> nn.Conv2d:
     return conv
 
 
-def _batch_norm(layer: GroupBatchNorm2d) -> nn.BatchNorm2d:
+def _batch_norm(layer: GroupBatchNorm2d) -> nn.Module:
+    """Eval mode normalizes with the running statistics when the layer has them: then a
+    ``BatchNorm2d(C*S)`` with statistics, scale and shift repeated per orientation is equal.
+    Without them (``track_running_stats=False``) eval mode normalizes with batch statistics
+    per field, which a per-channel ``BatchNorm2d`` would not: then the plain equivalent is
+    ``BatchNorm3d(C)`` on the 5-D view, between ``Unflatten`` and ``Flatten``."""
     order = layer.group.order
     like = next(layer.buffers(), None) if layer.weight is None else layer.weight
-    bn = nn.BatchNorm2d(layer.num_features * order, layer.eps, layer.momentum, layer.affine,
-                        layer.track_running_stats, device=like.device if like is not None else None,
-                        dtype=like.dtype if like is not None else None)
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        source = getattr(layer, name)
-        if source is not None:
-            getattr(bn, name).copy_(source.repeat_interleave(order))
-    if layer.track_running_stats:
-        bn.num_batches_tracked.copy_(layer.num_batches_tracked)
-    return bn
+    factory = {"device": like.device if like is not None else None, "dtype": like.dtype if like is not None else None}
+    running = layer.running_mean is not None and layer.running_var is not None
+    if running:
+        bn = nn.BatchNorm2d(layer.num_features * order, layer.eps, layer.momentum, layer.affine, True, **factory)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            source = getattr(layer, name)
+            if source is not None:
+                getattr(bn, name).copy_(source.repeat_interleave(order))
+        if layer.num_batches_tracked is not None:
+            bn.num_batches_tracked.copy_(layer.num_batches_tracked)
+        return bn
+    bn = nn.BatchNorm3d(layer.num_features, layer.eps, layer.momentum, layer.affine, False, **factory)
+    if layer.affine:
+        bn.weight.copy_(layer.weight)
+        bn.bias.copy_(layer.bias)
+    return nn.Sequential(nn.Unflatten(1, (-1, order)), bn, nn.Flatten(1, 2))
 
 
 def _orientation_pool(layer: GroupOrientationPool) -> nn.Sequential:

@@ -7,7 +7,8 @@ from torch import nn
 from ger_kernels.convert import export
 from ger_kernels.models import GERUNet
 from ger_kernels.nn import (GroupAvgPool2d, GroupBatchNorm2d, GroupConv2d, GroupMaxPool2d, GroupOrientationPool,
-                            GroupUpsample, P4ConvP4, P4MConvP4M, P4MConvZ2)
+                            GroupUpsample, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2)
+from ger_kernels.testing import check_equivariance
 from helpers import max_rel_err
 
 
@@ -43,6 +44,23 @@ def test_single_layer_and_p4():
     assert isinstance(plain, nn.Conv2d) and plain.weight.dtype == torch.float64
     x = torch.randn(1, 8, 6, 6, dtype=torch.float64)
     assert max_rel_err(plain(x), layer(x)) < 1e-14
+
+
+@pytest.mark.parametrize("group,lift", [("p4m", P4MConvZ2), ("p4", P4ConvZ2)])
+@pytest.mark.parametrize("settings", [{"track_running_stats": False}, {"track_running_stats": False, "affine": False},
+                                      {"affine": False}, {"momentum": None}])
+def test_batch_norm_settings_keep_function_and_equivariance_in_eval_mode(group, lift, settings):
+    """Without running statistics eval mode normalizes with batch statistics per field: a
+    per-channel BatchNorm2d would normalize each orientation alone and lose equivariance."""
+    model = randomized(nn.Sequential(lift(3, 2, 3, padding=1), GroupBatchNorm2d(2, group, **settings)).double())
+    with torch.no_grad():
+        for p in model[1].parameters():
+            p.normal_(1, 0.5)
+    plain = export(model)
+    assert package_modules(plain) == [] and not plain.training
+    x = torch.randn(3, 3, 7, 7, dtype=torch.float64)
+    assert max_rel_err(plain(x), model(x)) < 1e-14
+    assert check_equivariance(plain, x, group, "planar", "group") < 1e-13
 
 
 @pytest.mark.parametrize("skip", ["add", "concat"])
