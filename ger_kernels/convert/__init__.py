@@ -1,8 +1,10 @@
 """Adopting the layers in existing models, and shipping models without this package.
 
 - ``set_backend(model, backend)``: switch every group convolution's backend in place.
-- ``from_groupy(model)``: GrouPy (PyTorch port) group convolutions -> ours.
-- ``from_e2cnn(r2conv)``: an e2cnn/escnn ``R2Conv`` on regular p4m/p4 fields -> ours.
+- ``from_groupy(model)``: GrouPy (PyTorch port) group convolutions -> ours, keeping GrouPy's
+  interface and parameter names.
+- ``from_e2cnn(module)``: an e2cnn ``R2Conv`` (or batch norm, pool, nonlinearity, ``SequentialModule``)
+  on regular p4m/p4 fields -> ours; ``e2cnn_to_ours(x, group)`` reorders e2cnn's channels.
 - ``export(model)``: every layer of ours -> plain ``torch.nn`` modules (eval mode).
 """
 

@@ -2,6 +2,8 @@
 compute the same function in eval mode, so the layers need nothing of ``ger_kernels``.
 
 - group convolution -> ``nn.Conv2d`` with the expanded filter ``W~`` and ``bias.repeat_interleave(S)``;
+  one with GrouPy's 5-D interface (``from_groupy``) -> ``Flatten(1, -3)`` + that ``nn.Conv2d`` +
+  ``Unflatten`` to ``(B, C, S, H, W)``;
 - ``GroupBatchNorm2d`` -> ``nn.BatchNorm2d(C*S)`` with running statistics, scale and shift repeated
   per orientation (equal in eval mode; in train mode it would take per-orientation statistics); one
   without running statistics (``track_running_stats=False``, batch statistics per field even in eval
@@ -20,6 +22,7 @@ import copy
 import torch
 from torch import nn
 
+from ger_kernels.convert.groupy import GroupyLayout
 from ger_kernels.nn import (GroupAvgPool2d, GroupBatchNorm2d, GroupConv2d, GroupMaxPool2d, GroupOrientationPool,
                             GroupUpsample)
 from ger_kernels.reference import expand_filter
@@ -73,7 +76,9 @@ def _orientation_pool(layer: GroupOrientationPool) -> nn.Sequential:
 @torch.no_grad()
 def plain_module(module: nn.Module) -> nn.Module | None:
     """The ``torch.nn`` equivalent of one layer of this package, or None for any other module."""
-    if isinstance(module, GroupConv2d):
+    if isinstance(module, GroupyLayout):  # 4-D or 5-D input, 5-D output
+        plain = nn.Sequential(nn.Flatten(1, -3), _conv(module), nn.Unflatten(1, (module.out_channels, module.group.order)))
+    elif isinstance(module, GroupConv2d):
         plain = _conv(module)
     elif isinstance(module, GroupBatchNorm2d):
         plain = _batch_norm(module)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ger_kernels.convert import GroupyLayout, from_groupy
+import ger_kernels
+from ger_kernels.convert import GroupyLayout, export, from_groupy, set_backend
 from ger_kernels.nn import P4ConvP4, P4MConvP4M, P4MConvZ2
 from group_convention import inv_mul_table, matrices, transform_filter
 
@@ -84,9 +85,39 @@ def test_from_groupy_replaces_modules_in_a_tree_and_keeps_the_interface():
     expected = net(x)
     converted = from_groupy(net)
     assert converted is net
-    assert isinstance(net.lift, GroupyLayout) and isinstance(net.lift.layer, P4MConvZ2)
-    assert isinstance(net.body[0].layer, P4MConvP4M) and net.body[0].layer.bias is None
+    assert isinstance(net.lift, GroupyLayout) and isinstance(net.lift, P4MConvZ2)
+    assert isinstance(net.body[0], P4MConvP4M) and net.body[0].bias is None
     assert torch.allclose(net(x), expected, rtol=1e-12, atol=1e-12)
     lone = P4MConvP4MPort(2, 1, 3)
     y = torch.randn(1, 2, 8, 5, 5, dtype=torch.float64)
     assert torch.allclose(from_groupy(lone)(y), lone(y), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(from_groupy(lone)(y.flatten(1, 2)), lone(y), rtol=1e-12, atol=1e-12)
+
+
+def test_the_original_state_dict_loads_into_the_converted_model():
+    net, trained = GroupyNet(), GroupyNet()  # two sets of random weights
+    state = trained.state_dict()
+    converted = from_groupy(net)
+    assert list(converted.state_dict()) == list(state) == ["lift.weight", "lift.bias", "body.0.weight"]
+    converted.load_state_dict(state, strict=True)
+    x = torch.randn(2, 1, 7, 7, dtype=torch.float64)
+    assert torch.allclose(converted(x), trained(x), rtol=1e-12, atol=1e-12)
+
+
+def test_converted_models_switch_backends_and_export_to_plain_torch():
+    net = GroupyNet()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    expected = net(x)
+    from_groupy(net)
+    for name, status in ger_kernels.backends("cpu").items():
+        if status.available:
+            set_backend(net, name)
+            assert net.lift.backend == net.body[0].backend == name
+            assert torch.allclose(net(x), expected, rtol=1e-10, atol=1e-12)
+    plain = export(net)
+    assert [type(m).__name__ for m in plain.modules() if type(m).__module__.startswith("ger_kernels")] == []
+    assert torch.allclose(plain(x), expected, rtol=1e-12, atol=1e-12)
+    lone = from_groupy(P4ConvP4Port(2, 3, 3, padding=1))
+    y = torch.randn(1, 2, 4, 5, 5, dtype=torch.float64)
+    for input in (y, y.flatten(1, 2)):
+        assert torch.allclose(export(lone)(input), lone(input), rtol=1e-12, atol=1e-12)
