@@ -25,7 +25,9 @@ e2cnn's ``c*8 + E2CNN_P4M_PERMUTATION[s]`` (SPEC section 1), the identity for p4
 for e2cnn's default reflection axis ``pi/2`` (the vertical axis; ``pi/2 + k*pi`` is the same
 axis); a ``FlipRot2dOnR2`` with any other axis is refused. The expanded e2cnn filter, so
 reordered, has our structure ``W~[o, t, i, s] = A_t(w[o, i, T[t, s]])`` exactly (checked on
-conversion); ``w`` is its ``t = 0`` block.
+conversion); ``w`` is its ``t = 0`` block. (e2cnn 0.2.3 caches kernel bases by representation,
+not by axis: a default-axis layer built after one of another axis in the same process gets
+that axis's basis and fails this check; build such layers with ``recompute=True``.)
 """
 
 from __future__ import annotations
