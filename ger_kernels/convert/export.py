@@ -50,8 +50,7 @@ def _batch_norm(layer: GroupBatchNorm2d) -> nn.Module:
     order = layer.group.order
     like = next(layer.buffers(), None) if layer.weight is None else layer.weight
     factory = {"device": like.device if like is not None else None, "dtype": like.dtype if like is not None else None}
-    running = layer.running_mean is not None and layer.running_var is not None
-    if running:
+    if layer.running_mean is not None and layer.running_var is not None:
         bn = nn.BatchNorm2d(layer.num_features * order, layer.eps, layer.momentum, layer.affine, True, **factory)
         for name in ("weight", "bias", "running_mean", "running_var"):
             source = getattr(layer, name)
@@ -77,7 +76,8 @@ def _orientation_pool(layer: GroupOrientationPool) -> nn.Sequential:
 def plain_module(module: nn.Module) -> nn.Module | None:
     """The ``torch.nn`` equivalent of one layer of this package, or None for any other module."""
     if isinstance(module, GroupyLayout):  # 4-D or 5-D input, 5-D output
-        plain = nn.Sequential(nn.Flatten(1, -3), _conv(module), nn.Unflatten(1, (module.out_channels, module.group.order)))
+        plain = nn.Sequential(nn.Flatten(1, -3), _conv(module),
+                              nn.Unflatten(1, (module.out_channels, module.group.order)))
     elif isinstance(module, GroupConv2d):
         plain = _conv(module)
     elif isinstance(module, GroupBatchNorm2d):

@@ -18,15 +18,6 @@ from ger_kernels.nn import GroupConv2d, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ
 __all__ = ["GroupyLayout", "GroupyP4MConvZ2", "GroupyP4MConvP4M", "GroupyP4ConvZ2", "GroupyP4ConvP4", "from_groupy",
            "is_groupy_conv"]
 
-_STABILIZER_SIZES = {(1, 4), (4, 4), (1, 8), (8, 8)}  # (input, output) of GrouPy's four layers
-
-
-def is_groupy_conv(module: nn.Module) -> bool:
-    """A GrouPy split group convolution: it has GrouPy's stabilizer sizes and 5-D weight."""
-    sizes = (getattr(module, "input_stabilizer_size", None), getattr(module, "output_stabilizer_size", None))
-    weight = getattr(module, "weight", None)
-    return sizes in _STABILIZER_SIZES and isinstance(weight, torch.Tensor) and weight.dim() == 5
-
 
 class GroupyLayout(GroupConv2d):
     """Base of our group convolutions with GrouPy's interface: 4-D ``(B, C*S_in, H, W)`` or 5-D
@@ -54,7 +45,15 @@ class GroupyP4ConvP4(GroupyLayout, P4ConvP4):
     """``P4ConvP4`` with GrouPy's 5-D interface."""
 
 
+# (input, output) stabilizer sizes of GrouPy's four layers -> ours
 _LAYERS = {(1, 8): GroupyP4MConvZ2, (8, 8): GroupyP4MConvP4M, (1, 4): GroupyP4ConvZ2, (4, 4): GroupyP4ConvP4}
+
+
+def is_groupy_conv(module: nn.Module) -> bool:
+    """A GrouPy split group convolution: it has GrouPy's stabilizer sizes and 5-D weight."""
+    sizes = (getattr(module, "input_stabilizer_size", None), getattr(module, "output_stabilizer_size", None))
+    weight = getattr(module, "weight", None)
+    return sizes in _LAYERS and isinstance(weight, torch.Tensor) and weight.dim() == 5
 
 
 def _convert(module: nn.Module, backend: str) -> GroupyLayout:
