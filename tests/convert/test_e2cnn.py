@@ -17,7 +17,7 @@ from collections import OrderedDict  # noqa: E402
 
 from torch import nn  # noqa: E402
 
-from ger_kernels.convert import E2CNN_P4M_PERMUTATION, e2cnn_to_ours, from_e2cnn  # noqa: E402
+from ger_kernels.convert import E2CNN_P4M_PERMUTATION, e2cnn_to_ours, export, from_e2cnn  # noqa: E402
 from ger_kernels.groups import P4, P4M  # noqa: E402
 from ger_kernels.nn import (GroupBatchNorm2d, GroupMaxPool2d, GroupOrientationPool, P4ConvP4, P4ConvZ2,  # noqa: E402
                             P4MConvP4M, P4MConvZ2)
@@ -174,6 +174,7 @@ def test_a_whole_network_converts_and_matches_e2cnn(group):
     x = torch.randn(2, 3, 12, 12)
     planar = net(enn.GeometricTensor(x, net.in_type)).tensor
     assert planar.shape == (2, 2, 6, 6) and max_rel_err(ours(x), planar) < 1e-5
+    assert max_rel_err(export(ours)(x), planar) < 1e-5  # and on to plain torch.nn
     fields = enn.GeometricTensor(x, net.in_type)
     for module in layers[:-1]:
         fields = module(fields)
