@@ -22,6 +22,6 @@ from ger_kernels.data.phantom import make_phantom_volume, write_phantom_lits
 from ger_kernels.data.preprocess import DEFAULT_LABEL_MAP, DEFAULT_WINDOW, volume_to_slices
 from ger_kernels.data.split import split_volume_ids
 
-__all__ = ["open_dataset", "open_source", "SliceDataset", "SOURCE_FORMS", "DEFAULT_WINDOW", "DEFAULT_LABEL_MAP", "Volume",
-           "read_volume", "volume_to_slices", "write_mask", "make_phantom_volume", "write_phantom_lits",
+__all__ = ["open_dataset", "open_source", "SliceDataset", "SOURCE_FORMS", "DEFAULT_WINDOW", "DEFAULT_LABEL_MAP",
+           "Volume", "read_volume", "volume_to_slices", "write_mask", "make_phantom_volume", "write_phantom_lits",
            "split_volume_ids"]

@@ -3,9 +3,10 @@
 Each volume is preprocessed once. Without a cache folder its slices stay in memory (fine for small sets;
 the full LiTS at 448 x 448 needs ~9 GB as float16). With one, each volume and preprocessing gets an entry
 ``<volume_id>-<key>``: ``.images.npy`` (float16 ``(N, 3, S, S)``), ``.masks.npy`` (uint8 ``(N, S, S)``) and
-``.json`` (slice indices, spacing, number of source slices), each written atomically, the ``.json`` last: an entry exists when all
-three files do. ``key`` hashes the cache format, the volume's identity (for files: absolute path, size and
-mtime, so a changed file gets a new entry) and the preprocessing (size, window, label map, tumor_only).
+``.json`` (slice indices, spacing, number of slices before ``tumor_only``), each written atomically, the
+``.json`` last: an entry exists when all three files do. ``key`` hashes the cache format, the volume's
+identity (for files: absolute path, size and mtime, so a changed file gets a new entry) and the
+preprocessing (size, window, label map, tumor_only).
 Entries are read back memory-mapped, opened on first use. Stale entries are not deleted: remove the folder
 to reclaim the space.
 """

@@ -201,9 +201,9 @@ def folder_cases(root: str) -> list[Case]:
     if not sides:
         return _cases_in(root, None)
     if len(sides) == 1 or os.path.exists(os.path.join(root, "images")):
+        found = [entry for entry in ("images", "train", "test") if os.path.exists(os.path.join(root, entry))]
         raise ValueError(f"folder source {root}: a given split needs both {root}/train and {root}/test (each with "
-                         f"images/ and masks/) and no {root}/images; found "
-                         f"{', '.join(e for e in ('images', 'train', 'test') if os.path.exists(os.path.join(root, e)))}")
+                         f"images/ and masks/) and no {root}/images; found {', '.join(found)}")
     train, test = (_cases_in(os.path.join(root, side), side) for side in ("train", "test"))
     on_both_sides = sorted({case.volume_id for case in train} & {case.volume_id for case in test})
     if on_both_sides:
