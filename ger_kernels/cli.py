@@ -104,6 +104,14 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_source(a: str, b: str) -> bool:
+    """Whether data sources ``a`` and ``b`` share data: paths compared after resolving links; every phantom
+    source holds phantom volumes 0, 1, ..."""
+    (kind_a, _, path_a), (kind_b, _, path_b) = a.partition(":"), b.partition(":")
+    return kind_a == kind_b and (kind_a == "phantom" or path_a == path_b
+                                 or os.path.realpath(path_a) == os.path.realpath(path_b))
+
+
 def _test_set(source: str | None, config, whole: bool = False, cache_dir: str | None = None):
     """The test data of a checkpoint trained with ``config``: the test side of ``source``'s split (by default
     the data it was trained on), or with ``whole`` every volume of ``source``, which must then be another
@@ -112,7 +120,7 @@ def _test_set(source: str | None, config, whole: bool = False, cache_dir: str | 
 
     source = source or config.data
     if whole:
-        if source == config.data:
+        if _same_source(source, config.data):
             raise ValueError(f"--no-split scores every slice of --data, but {source} is what the checkpoint was "
                              f"trained on; give --data a separate test set (e.g. folder:PATH/test, lits:TEST_PATH)")
         return data.open_source(source, config.size, tumor_only=config.tumor_only, cache_dir=cache_dir)
@@ -243,7 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="+")
     p.add_argument("--data", default=None)
     p.add_argument("--slice", type=int, default=0, help="index in the test split")
-    p.add_argument("--element", type=int, default=1, help="p4m element g (1 = quarter turn)")
+    p.add_argument("--element", type=int, default=1, choices=range(8), help="p4m element g (1 = quarter turn)")
     p.add_argument("--out", default="equivariance.png")
     p.add_argument("--all", action="store_true", help="also every test slice under every g = 1..7: totals "
                    "printed and written beside the figure (OUT without .png, plus .md and .json)")

@@ -110,6 +110,10 @@ def test_evaluate_a_given_test_set_whole_with_unique_labels(tmp_path, capsys):
     with pytest.raises(ValueError, match="--no-split scores every slice of --data, but folder:.* is what the "
                                          "checkpoint was trained on"):
         main(["evaluate", first, "--no-split", "--out", str(tmp_path / "leak"), "--device", "cpu"])
+    with pytest.raises(ValueError, match="--no-split scores every slice of --data"):
+        main(["evaluate", first, "--no-split", "--data", f"folder:{tmp_path}/a/../data/", "--out",
+              str(tmp_path / "leak"), "--device", "cpu"])
+    assert not (tmp_path / "leak").exists()
 
 
 def test_equivariance_all_reports_totals_beside_the_figure(tmp_path, capsys):

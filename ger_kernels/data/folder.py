@@ -118,11 +118,12 @@ def _image_files(folder: str) -> dict[str, str]:
             files[key] = candidate
     if skipped:
         _log.warning("%s: skipped %d entries that are not %s images (or lie deeper than one case folder): %s",
-                     folder, len(skipped), "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS), _listing(skipped))
+                     folder, len(skipped), "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS), short_listing(skipped))
     return files
 
 
-def _listing(paths: list[str], limit: int = 10) -> str:
+def short_listing(paths: list[str], limit: int = 10) -> str:
+    """The first ``limit`` of ``paths``, comma-separated, and how many more there are."""
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
     return ", ".join(paths[:limit]) + more
 
@@ -142,10 +143,10 @@ def find_folder_pairs(root: str) -> dict[str, tuple[str, str]]:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
     without_mask = [images[n] for n in sorted(images.keys() - masks.keys())]
     if without_mask:
-        raise ValueError(f"images without mask in {mask_dir}: {_listing(without_mask)}")
+        raise ValueError(f"images without mask in {mask_dir}: {short_listing(without_mask)}")
     without_image = [masks[n] for n in sorted(masks.keys() - images.keys())]
     if without_image:
-        raise ValueError(f"masks without image in {image_dir}: {_listing(without_image)}")
+        raise ValueError(f"masks without image in {image_dir}: {short_listing(without_image)}")
     return {key: (images[key], masks[key]) for key in sorted(images)}
 
 
@@ -208,5 +209,5 @@ def folder_cases(root: str) -> list[Case]:
     on_both_sides = sorted({case.volume_id for case in train} & {case.volume_id for case in test})
     if on_both_sides:
         raise ValueError(f"folder source {root}: cases in both train/ and test/ (slices of one case would be on "
-                         f"both sides of the split): {_listing(on_both_sides)}")
+                         f"both sides of the split): {short_listing(on_both_sides)}")
     return train + test
