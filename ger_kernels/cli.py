@@ -121,7 +121,7 @@ def _test_set(source: str | None, config, whole: bool = False, cache_dir: str | 
     source = source or config.data
     if whole:
         if _same_source(source, config.data):
-            raise ValueError(f"--no-split scores every slice of --data, but {source} is what the checkpoint was "
+            raise ValueError(f"--no-split scores every volume of --data, but {source} is what the checkpoint was "
                              f"trained on; give --data a separate test set (e.g. folder:PATH/test, lits:TEST_PATH)")
         return data.open_source(source, config.size, tumor_only=config.tumor_only, cache_dir=cache_dir)
     return data.open_dataset(source, config.size, tumor_only=config.tumor_only, seed=config.seed,
@@ -244,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--no-split", action="store_true",
-                   help="score every slice of --data (a separate test set), not the test side of its split")
+                   help="score every volume of --data (a separate test set), not the test side of its split")
     p.set_defaults(run=evaluate_command)
 
     p = commands.add_parser("equivariance", help="the paper's Figure 1 as a PNG")

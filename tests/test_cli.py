@@ -107,10 +107,10 @@ def test_evaluate_a_given_test_set_whole_with_unique_labels(tmp_path, capsys):
     assert f"- ger-unet (a/ger-unet): folder:{tmp_path / 'data' / 'test'} all volumes (slices with tumor): 4 slices, " \
            f"2 volumes, 16x16" in text
     assert "| method | slices | Dice | HD (px) |" in text and "| HD (mm) |" not in text  # PNGs have no spacing
-    with pytest.raises(ValueError, match="--no-split scores every slice of --data, but folder:.* is what the "
+    with pytest.raises(ValueError, match="--no-split scores every volume of --data, but folder:.* is what the "
                                          "checkpoint was trained on"):
         main(["evaluate", first, "--no-split", "--out", str(tmp_path / "leak"), "--device", "cpu"])
-    with pytest.raises(ValueError, match="--no-split scores every slice of --data"):
+    with pytest.raises(ValueError, match="--no-split scores every volume of --data"):
         main(["evaluate", first, "--no-split", "--data", f"folder:{tmp_path}/a/../data/", "--out",
               str(tmp_path / "leak"), "--device", "cpu"])
     assert not (tmp_path / "leak").exists()

@@ -11,9 +11,9 @@ Layout, under ``PATH`` (``folder:PATH``):
 - ``train/`` and ``test/``, each holding ``images/`` and ``masks/`` as above: the split is taken as given
   (no random split), and a case id on both sides is an error.
 
-A case is what the splits keep together (train/test and validation): its slices are ordered by name, with
-digit runs compared as numbers (``a_2`` before ``a_10``), and numbered 0, 1, ... in that order. Spacing is
-unknown; multi-frame files give their first frame. Hidden files (``.name``) are skipped; any other file that
+A case is what the splits keep together (train/test and validation); when every image is a case of its own, a
+warning says how to group them. A case's slices are ordered by name, with digit runs compared as numbers
+(``a_2`` before ``a_10``), and numbered 0, 1, ... in that order. Spacing is unknown; multi-frame files give their first frame. Hidden files (``.name``) are skipped; any other file that
 is not an image of these types, and anything nested deeper than one case folder, is skipped with a warning.
 
 Images: grayscale is replicated to 3 channels, colour is used as RGB (alpha dropped, palettes looked up);
@@ -192,6 +192,10 @@ def _cases_in(root: str, side: str | None) -> list[Case]:
         keys.sort(key=_name_order)
         identity = {"slices": [[key, file_identity(pairs[key][0]), file_identity(pairs[key][1])] for key in keys]}
         cases.append(Case(case, identity, functools.partial(_prepare_case, [pairs[key] for key in keys]), side))
+    if len(pairs) > 1 and len(cases) == len(pairs):
+        _log.warning("%s: each of the %d images is a case of its own; if some are slices of one patient, name them "
+                     "<case>_<slice> or put them in images/<case>/ (and masks/<case>/), or they can land on both "
+                     "sides of the split", root, len(pairs))
     return cases
 
 

@@ -189,6 +189,19 @@ def test_the_case_is_the_folder_or_the_name_before_its_last_underscore(key, case
     assert case_id(key) == case
 
 
+def test_images_that_are_all_cases_of_their_own_get_a_warning(tmp_path, caplog):
+    make_folder(str(tmp_path / "single"), 3)
+    for case in ("a", "b"):
+        for z in range(2):
+            write_slice(str(tmp_path / "grouped"), f"{case}_{z}", 10)
+    with caplog.at_level("WARNING", logger="ger_kernels.data.folder"):
+        open_source(f"folder:{tmp_path / 'grouped'}", 16)
+        assert not caplog.text
+        open_source(f"folder:{tmp_path / 'single'}", 16)
+    assert (f"{tmp_path / 'single'}: each of the 3 images is a case of its own; if some are slices of one patient, "
+            f"name them <case>_<slice> or put them in images/<case>/") in caplog.text
+
+
 def test_files_of_one_case_form_one_volume_with_slices_in_name_order(tmp_path):
     levels = {"a_10": 30, "a_2": 20, "a_1": 10, "b_1": 40, "c": 50, "p/x": 60, "p_3": 70}
     for key, level in levels.items():
