@@ -13,8 +13,9 @@ Layout, under ``PATH`` (``folder:PATH``):
 
 A case is what the splits keep together (train/test and validation); when every image is a case of its own, a
 warning says how to group them. A case's slices are ordered by name, with digit runs compared as numbers
-(``a_2`` before ``a_10``), and numbered 0, 1, ... in that order. Spacing is unknown; multi-frame files give their first frame. Hidden files (``.name``) are skipped; any other file that
-is not an image of these types, and anything nested deeper than one case folder, is skipped with a warning.
+(``a_2`` before ``a_10``), and numbered 0, 1, ... in that order. Spacing is unknown; multi-frame files give
+their first frame. Hidden files (``.name``) are skipped; any other file that is not an image of these types,
+and anything nested deeper than one case folder, is skipped with a warning.
 
 Images: grayscale is replicated to 3 channels, colour is used as RGB (alpha dropped, palettes looked up);
 values are scaled to [0, 1] by the bit depth (8-bit / 255, 16-bit / 65535, float images clipped). The HU
