@@ -184,9 +184,10 @@ def _cell(value: float | None, scale: float) -> str:
 
 
 def _columns(rows: dict[str, dict]) -> list[tuple[str, str, bool]]:
-    """The table's columns: Table 1's, with "HD (mm)" after "HD (px)" when a row has ``hd_mm``."""
+    """The table's columns: Table 1's, with "HD (mm)" after "HD (px)" when a row has an ``hd_mm`` key (its
+    slices had a spacing), even if no slice defines it."""
     columns = list(_TABLE_COLUMNS)
-    if any(row.get("hd_mm") is not None for row in rows.values()):
+    if any("hd_mm" in row for row in rows.values()):
         columns.insert(2, ("HD (mm)", "hd_mm", False))
     return columns
 
@@ -199,7 +200,7 @@ def format_table(rows: dict[str, dict], include_paper: bool = True) -> str:
     """Markdown table of ``{method: aggregate(...)}`` rows, then the paper's Table 1 rows when ``include_paper``.
 
     Our ratio metrics (fractions) are printed in percent, HD in pixels ("HD (px)", as in Table 1) and, when
-    a row has ``hd_mm``, in millimetres in an "HD (mm)" column; all with 2 decimals, missing or ``None``
+    a row has an ``hd_mm`` key, in millimetres in an "HD (mm)" column; all with 2 decimals, missing or ``None``
     values as "-"; paper rows (already in percent) are marked "[paper]".
     """
     columns = _columns(rows)

@@ -313,6 +313,9 @@ def test_format_table_rows_in_percent_and_paper_rows():
 
 
 def test_format_table_adds_hd_in_mm_only_when_a_row_has_it():
+    assert "HD (mm)" not in format_table({"px": aggregate([slice_metrics(np.eye(4), np.eye(4))])})
+    no_hd = aggregate([slice_metrics(np.zeros((4, 4)), np.eye(4), spacing=(1.0, 1.0))])
+    assert "| no HD | 0.00 | - | - |" in format_table({"no HD": no_hd}, include_paper=False)
     ours = {"dice": 0.5, "hd": 10.0, "hd_mm": 7.5, "jaccard": 0.4, "precision": 0.5, "recall": 0.5,
             "specificity": 0.9, "f1": 0.5}
     lines = format_table({"mm": ours, "px only": {**ours, "hd_mm": None}}).strip().splitlines()
