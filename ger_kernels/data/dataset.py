@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ger_kernels._validation import check_int
 from ger_kernels.data.cache import DiskSlices, load_slices
-from ger_kernels.data.folder import folder_cases
+from ger_kernels.data.folder import folder_cases, short_listing
 from ger_kernels.data.lits import lits_cases
 from ger_kernels.data.phantom import DEFAULT_PHANTOM_VOLUMES, phantom_cases
 from ger_kernels.data.preprocess import (DEFAULT_LABEL_MAP, DEFAULT_WINDOW, Case, PreparedSlices, Preprocessing,
@@ -109,7 +109,7 @@ def _load(source: str, size: int, tumor_only: bool, window: tuple[float, float],
     empty = [volume_id for volume_id, slices in volumes.items() if not len(slices.slice_indices)]
     if empty:
         _log.info("%s: %d of %d volumes have no %s and are left out: %s", source, len(empty), len(cases), what,
-                  ", ".join(empty))
+                  short_listing(empty))
     return cases, volumes, what
 
 
