@@ -63,7 +63,8 @@ def checkpoint_labels(paths: Sequence[str], models: Sequence[str]) -> list[str]:
     ``" #2"``, ``" #3"``, ... on its later copies."""
     full = [os.path.abspath(path) for path in paths]
     folders = [os.path.dirname(path).strip(os.sep).split(os.sep) for path in full]
-    files = [[os.path.basename(path)] if len({os.path.basename(p) for p in full}) > 1 else [] for path in full]
+    names_differ = len({os.path.basename(path) for path in full}) > 1
+    files = [[os.path.basename(path)] if names_differ else [] for path in full]
     for depth in range(1, max(len(f) for f in folders) + 1):
         labels = [f"{model} ({'/'.join(folder[-depth:] + file)})"
                   for model, folder, file in zip(models, folders, files)]
