@@ -104,41 +104,71 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_command(args: argparse.Namespace) -> int:
+def _same_source(a: str, b: str) -> bool:
+    """Whether data sources ``a`` and ``b`` share data: paths compared after resolving links; every phantom
+    source holds phantom volumes 0, 1, ..."""
+    (kind_a, _, path_a), (kind_b, _, path_b) = a.partition(":"), b.partition(":")
+    return kind_a == kind_b and (kind_a == "phantom" or path_a == path_b
+                                 or os.path.realpath(path_a) == os.path.realpath(path_b))
+
+
+def _test_set(source: str | None, config, whole: bool = False, cache_dir: str | None = None):
+    """The test data of a checkpoint trained with ``config``: the test side of ``source``'s split (by default
+    the data it was trained on), or with ``whole`` every volume of ``source``, which must then be another
+    source than the training data."""
     from ger_kernels import data
-    from ger_kernels.evaluation import evaluate_model, write_metrics
+
+    source = source or config.data
+    if whole:
+        if _same_source(source, config.data):
+            raise ValueError(f"--no-split scores every volume of --data, but {source} is what the checkpoint was "
+                             f"trained on; give --data a separate test set (e.g. folder:PATH/test, lits:TEST_PATH)")
+        return data.open_source(source, config.size, tumor_only=config.tumor_only, cache_dir=cache_dir)
+    return data.open_dataset(source, config.size, tumor_only=config.tumor_only, seed=config.seed,
+                             cache_dir=cache_dir)[1]
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from ger_kernels.evaluation import checkpoint_labels, evaluate_model, write_metrics
     from ger_kernels.training import model_from_checkpoint, resolve_device
 
     device = resolve_device(args.device)
-    rows = {}
-    for path in args.checkpoint:
-        model, config = model_from_checkpoint(path, device)
-        _, test_set = data.open_dataset(args.data or config.data, config.size, tumor_only=config.tumor_only,
-                                        seed=config.seed, cache_dir=args.cache_dir)
-        rows[f"{config.model} ({os.path.basename(os.path.dirname(os.path.abspath(path)))})"], _ = evaluate_model(
-            model, test_set, device, args.batch_size)
-    md_path, json_path = write_metrics(args.out, rows)
+    loaded = [model_from_checkpoint(path, device) for path in args.checkpoint]
+    rows, notes = {}, ["Test data:", ""]
+    for label, (model, config) in zip(checkpoint_labels(args.checkpoint, [c.model for _, c in loaded]), loaded):
+        test_set = _test_set(args.data, config, args.no_split, args.cache_dir)
+        print(f"{label}: {test_set.describe()}")
+        rows[label], _ = evaluate_model(model, test_set, device, args.batch_size)
+        notes.append(f"- {label}: {test_set.describe()}")
+    md_path, json_path = write_metrics(args.out, rows, "\n".join(notes))
     print(open(md_path).read())
     print(f"written: {md_path}, {json_path}")
     return 0
 
 
 def equivariance_command(args: argparse.Namespace) -> int:
-    from ger_kernels import data
+    from ger_kernels.evaluation import checkpoint_labels, prediction_flips, write_flip_report
     from ger_kernels.figures import equivariance_figure
-    from ger_kernels.training import model_from_checkpoint
+    from ger_kernels.training import model_from_checkpoint, resolve_device
 
-    models, configs = {}, []
-    for path in args.checkpoint:
-        model, config = model_from_checkpoint(path)
-        models[f"{config.model} ({os.path.basename(os.path.dirname(os.path.abspath(path)))})"] = model
-        configs.append(config)
-    _, test_set = data.open_dataset(args.data or configs[0].data, configs[0].size, seed=configs[0].seed)
+    device = resolve_device(args.device)
+    loaded = [model_from_checkpoint(path, device) for path in args.checkpoint]
+    models = dict(zip(checkpoint_labels(args.checkpoint, [c.model for _, c in loaded]), (m for m, _ in loaded)))
+    test_set = _test_set(args.data, loaded[0][1])
+    print(f"test data: {test_set.describe()}")
+    if not 0 <= args.slice < len(test_set):
+        raise ValueError(f"--slice {args.slice} is out of range: the test data has {len(test_set)} slices, "
+                         f"0..{len(test_set) - 1}")
     image, mask = test_set[args.slice]
     counts = equivariance_figure(models, image, mask, args.out, args.element)
     for name, count in counts.items():
         print(f"{name}: {count} pixels disagree after transforming back (g={args.element})")
     print(f"written: {args.out}")
+    if args.all:
+        flips = {name: prediction_flips(model, test_set, device, args.batch_size) for name, model in models.items()}
+        md_path, json_path = write_flip_report(os.path.splitext(args.out)[0], flips, test_set)
+        print(open(md_path).read())
+        print(f"written: {md_path}, {json_path}")
     return 0
 
 
@@ -213,14 +243,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--no-split", action="store_true",
+                   help="score every volume of --data (a separate test set), not the test side of its split")
     p.set_defaults(run=evaluate_command)
 
     p = commands.add_parser("equivariance", help="the paper's Figure 1 as a PNG")
     p.add_argument("checkpoint", nargs="+")
     p.add_argument("--data", default=None)
     p.add_argument("--slice", type=int, default=0, help="index in the test split")
-    p.add_argument("--element", type=int, default=1, help="p4m element g (1 = quarter turn)")
+    p.add_argument("--element", type=int, default=1, choices=range(8), help="p4m element g (1 = quarter turn)")
     p.add_argument("--out", default="equivariance.png")
+    p.add_argument("--all", action="store_true", help="also every test slice under every g = 1..7: totals "
+                   "printed and written beside the figure (OUT without .png, plus .md and .json)")
+    p.add_argument("--batch-size", type=int, default=4, help="for --all")
+    p.add_argument("--device", default="auto")
     p.set_defaults(run=equivariance_command)
 
     p = commands.add_parser("predict", help="NIfTI volume in, NIfTI tumor mask out (same affine)")

@@ -20,7 +20,8 @@ Empty-mask conventions. A ratio whose denominator is zero is undefined and repor
   (so 1 when ``P`` is empty).
 
 ``aggregate`` averages every metric over the slices where it is defined, so an undefined
-precision, recall or Hausdorff distance is left out of its mean (not counted as 0 or 1), and
+precision, recall or Hausdorff distance is left out of its mean (not counted as 0 or 1), counts the
+slices in each mean (a model's HD can rest on few slices: those where both masks are non-empty), and
 ``f1 = 2 mean(Precision) mean(Recall) / (mean(Precision) + mean(Recall))`` from those means, as the
 paper does (this reproduces all F1 values of its Table 1); ``f1`` is 0 when both means are 0 and
 ``None`` when either mean is undefined.
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["slice_metrics", "aggregate", "PAPER_TABLE1", "format_table"]
+__all__ = ["slice_metrics", "aggregate", "PAPER_TABLE1", "format_table", "format_counts"]
 
 METRIC_KEYS = ("dice", "jaccard", "precision", "recall", "specificity", "hd", "hd95")
 
@@ -71,7 +72,7 @@ PAPER_TABLE1: dict[str, dict[str, float]] = {
 }
 
 # (column title, key, whether our value is a fraction printed in percent)
-_TABLE_COLUMNS = (("Dice", "dice", True), ("HD", "hd", False), ("Jaccard", "jaccard", True),
+_TABLE_COLUMNS = (("Dice", "dice", True), ("HD (px)", "hd", False), ("Jaccard", "jaccard", True),
                   ("Precision", "precision", True), ("Recall", "recall", True),
                   ("Specificity", "specificity", True), ("F1", "f1", True))
 
@@ -157,8 +158,9 @@ def aggregate(per_slice: list[dict]) -> dict[str, float | int | None]:
     """Means over slices of the dicts of :func:`slice_metrics`, each over the slices where it is defined.
 
     Every key found (at least those of :func:`slice_metrics` without spacing) maps to its mean, ``None``
-    when no slice defines it; plus ``f1`` = 2 mean(precision) mean(recall) / (mean(precision) +
-    mean(recall)), ``slices`` (number of slices) and ``hd_slices`` (slices with a defined ``hd``).
+    when no slice defines it, and ``<key>_slices`` to the number of slices in that mean (so ``hd_slices``
+    counts the slices where both masks are non-empty); plus ``f1`` = 2 mean(precision) mean(recall) /
+    (mean(precision) + mean(recall)) and ``slices`` (number of slices).
     """
     keys = list(METRIC_KEYS)
     for metrics in per_slice:
@@ -167,13 +169,13 @@ def aggregate(per_slice: list[dict]) -> dict[str, float | int | None]:
     for key in keys:
         values = [metrics[key] for metrics in per_slice if metrics.get(key) is not None]
         result[key] = float(np.mean(values)) if values else None
+        result[f"{key}_slices"] = len(values)
     precision, recall = result["precision"], result["recall"]
     if precision is None or recall is None:
         result["f1"] = None
     else:
         result["f1"] = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     result["slices"] = len(per_slice)
-    result["hd_slices"] = sum(metrics.get("hd") is not None for metrics in per_slice)
     return result
 
 
@@ -181,19 +183,44 @@ def _cell(value: float | None, scale: float) -> str:
     return "-" if value is None else f"{scale * value:.2f}"
 
 
+def _columns(rows: dict[str, dict]) -> list[tuple[str, str, bool]]:
+    """The table's columns: Table 1's, with "HD (mm)" after "HD (px)" when a row has an ``hd_mm`` key (its
+    slices had a spacing), even if no slice defines it."""
+    columns = list(_TABLE_COLUMNS)
+    if any("hd_mm" in row for row in rows.values()):
+        columns.insert(2, ("HD (mm)", "hd_mm", False))
+    return columns
+
+
+def _header(first: str, titles: list[str]) -> list[str]:
+    return [f"| {first} | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
+
+
 def format_table(rows: dict[str, dict], include_paper: bool = True) -> str:
     """Markdown table of ``{method: aggregate(...)}`` rows, then the paper's Table 1 rows when ``include_paper``.
 
-    Our ratio metrics (fractions) are printed in percent, HD in pixels, all with 2 decimals, and
-    missing or ``None`` values as "-"; paper rows (already in percent) are marked "[paper]".
+    Our ratio metrics (fractions) are printed in percent, HD in pixels ("HD (px)", as in Table 1) and, when
+    a row has an ``hd_mm`` key, in millimetres in an "HD (mm)" column; all with 2 decimals, missing or ``None``
+    values as "-"; paper rows (already in percent) are marked "[paper]".
     """
-    lines = ["| method | " + " | ".join(title for title, _, _ in _TABLE_COLUMNS) + " |",
-             "|---" * (len(_TABLE_COLUMNS) + 1) + "|"]
+    columns = _columns(rows)
+    lines = _header("method", [title for title, _, _ in columns])
     for method, metrics in rows.items():
-        cells = [_cell(metrics.get(key), 100.0 if percent else 1.0) for _, key, percent in _TABLE_COLUMNS]
+        cells = [_cell(metrics.get(key), 100.0 if percent else 1.0) for _, key, percent in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if include_paper:
         for method, metrics in PAPER_TABLE1.items():
-            cells = [_cell(metrics[key], 1.0) for _, key, _ in _TABLE_COLUMNS]
+            cells = [_cell(metrics.get(key), 1.0) for _, key, _ in columns]
             lines.append(f"| {method} [paper] | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_counts(rows: dict[str, dict]) -> str:
+    """Markdown table of how many slices entered each mean of :func:`format_table` (``<key>_slices`` of
+    :func:`aggregate`), after the total number of slices; F1 has none (it is computed from two means)."""
+    columns = [column for column in _columns(rows) if column[1] != "f1"]
+    lines = _header("method", ["slices"] + [title for title, _, _ in columns])
+    for method, metrics in rows.items():
+        counts = [metrics.get("slices")] + [metrics.get(f"{key}_slices") for _, key, _ in columns]
+        lines.append(f"| {method} | " + " | ".join("-" if n is None else str(n) for n in counts) + " |")
     return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.spatial.distance import directed_hausdorff
 
-from ger_kernels.metrics import METRIC_KEYS, PAPER_TABLE1, aggregate, format_table, slice_metrics
+from ger_kernels.metrics import METRIC_KEYS, PAPER_TABLE1, aggregate, format_counts, format_table, slice_metrics
 
 SHAPES = [(7, 11), (13, 5), (16, 16), (31, 23)]
 DENSITIES = [0.05, 0.3, 0.8]
@@ -244,7 +244,8 @@ def test_aggregate_excludes_none_from_means():
     result = aggregate(per_slice)
     assert result == pytest.approx({
         "dice": 0.5, "jaccard": 1.75 / 3, "precision": 0.5, "recall": 0.8, "specificity": 0.95,
-        "hd": 6.0, "hd95": 4.0, "f1": 2 * 0.5 * 0.8 / 1.3, "slices": 3, "hd_slices": 2})
+        "hd": 6.0, "hd95": 4.0, "f1": 2 * 0.5 * 0.8 / 1.3, "slices": 3, "dice_slices": 3, "jaccard_slices": 3,
+        "precision_slices": 2, "recall_slices": 1, "specificity_slices": 2, "hd_slices": 2, "hd95_slices": 2})
 
 
 def test_aggregate_f1_from_mean_precision_and_recall():
@@ -271,7 +272,7 @@ def test_aggregate_of_slice_metrics_keeps_mm_keys():
     slices = [slice_metrics(*random_mask_pair(rng, (10, 13), 0.3), spacing=(2.0, 2.0)) for _ in range(3)]
     slices.append(slice_metrics(np.zeros((10, 13)), np.zeros((10, 13)), spacing=(2.0, 2.0)))
     result = aggregate(slices)
-    assert result["hd_slices"] == 3 and result["slices"] == 4
+    assert result["hd_slices"] == 3 and result["slices"] == 4 and result["hd_mm_slices"] == 3
     assert result["hd_mm"] == pytest.approx(2.0 * result["hd"])
     assert result["dice"] == pytest.approx(np.mean([s["dice"] for s in slices]))
 
@@ -299,7 +300,7 @@ def test_format_table_rows_in_percent_and_paper_rows():
             "specificity": 0.99951, "f1": None}
     table = format_table({"mine": ours})
     lines = table.strip().splitlines()
-    assert lines[0] == "| method | Dice | HD | Jaccard | Precision | Recall | Specificity | F1 |"
+    assert lines[0] == "| method | Dice | HD (px) | Jaccard | Precision | Recall | Specificity | F1 |"
     assert lines[1] == "|---|---|---|---|---|---|---|---|"
     assert lines[2] == "| mine | 86.63 | 24.79 | 80.31 | 50.00 | - | 99.95 | - |"
     assert len(lines) == 3 + len(PAPER_TABLE1)
@@ -309,3 +310,28 @@ def test_format_table_rows_in_percent_and_paper_rows():
     without_paper = format_table({"mine": ours}, include_paper=False)
     assert "[paper]" not in without_paper
     assert without_paper.strip().splitlines() == lines[:3]
+
+
+def test_format_table_adds_hd_in_mm_only_when_a_row_has_it():
+    assert "HD (mm)" not in format_table({"px": aggregate([slice_metrics(np.eye(4), np.eye(4))])})
+    no_hd = aggregate([slice_metrics(np.zeros((4, 4)), np.eye(4), spacing=(1.0, 1.0))])
+    assert "| no HD | 0.00 | - | - |" in format_table({"no HD": no_hd}, include_paper=False)
+    ours = {"dice": 0.5, "hd": 10.0, "hd_mm": 7.5, "jaccard": 0.4, "precision": 0.5, "recall": 0.5,
+            "specificity": 0.9, "f1": 0.5}
+    lines = format_table({"mm": ours, "px only": {**ours, "hd_mm": None}}).strip().splitlines()
+    assert lines[0] == "| method | Dice | HD (px) | HD (mm) | Jaccard | Precision | Recall | Specificity | F1 |"
+    assert lines[2] == "| mm | 50.00 | 10.00 | 7.50 | 40.00 | 50.00 | 50.00 | 90.00 | 50.00 |"
+    assert lines[3] == "| px only | 50.00 | 10.00 | - | 40.00 | 50.00 | 50.00 | 90.00 | 50.00 |"
+    assert lines[4] == "| U-Net [paper] | 80.27 | 40.13 | - | 71.30 | 74.95 | 89.74 | 99.86 | 81.68 |"
+
+
+def test_format_counts_gives_the_slices_of_each_mean():
+    both_empty = slice_metrics(np.zeros((6, 6)), np.zeros((6, 6)), spacing=(0.5, 0.5))
+    missed = slice_metrics(np.zeros((6, 6)), np.eye(6), spacing=(0.5, 0.5))
+    found = slice_metrics(np.eye(6), np.eye(6), spacing=(0.5, 0.5))
+    table = format_counts({"a": aggregate([both_empty, missed, found, found]), "b": aggregate([found])})
+    assert table.strip().splitlines() == [
+        "| method | slices | Dice | HD (px) | HD (mm) | Jaccard | Precision | Recall | Specificity |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| a | 4 | 4 | 2 | 2 | 4 | 2 | 3 | 4 |",
+        "| b | 1 | 1 | 1 | 1 | 1 | 1 | 1 | 1 |"]

@@ -2,8 +2,9 @@
 
 - ``open_dataset(source, size=448, ...) -> (train, test)``: :class:`SliceDataset` s of one of the sources
   ``"phantom"`` (synthetic, generated in memory), ``"phantom:N"``, ``"lits:PATH"`` (LiTS
-  ``volume-N``/``segmentation-N`` NIfTI files) or ``"folder:PATH"`` (PATH/images + PATH/masks), split 4:1
-  by volume. Items are ``(image (3, S, S) float32 in [0, 1], mask (S, S) int64)``, mask 1 = tumor.
+  ``volume-N``/``segmentation-N`` NIfTI files) or ``"folder:PATH"`` (PATH/images + PATH/masks, grouped into
+  cases; or PATH/train + PATH/test), split 4:1 by volume (case). ``open_source``: every volume, unsplit.
+  Items are ``(image (3, S, S) float32 in [0, 1], mask (S, S) int64)``, mask 1 = tumor.
 - ``read_volume``, ``volume_to_slices``, ``write_mask``: a NIfTI volume in, model input, a NIfTI mask out.
 - ``make_phantom_volume``, ``write_phantom_lits``: the synthetic CT-like data.
 
@@ -15,12 +16,12 @@ Conventions: volumes are ``(D, H, W)`` with D the last NIfTI axis (:mod:`.nifti`
 
 from __future__ import annotations
 
-from ger_kernels.data.dataset import SOURCE_FORMS, SliceDataset, open_dataset
+from ger_kernels.data.dataset import SOURCE_FORMS, SliceDataset, open_dataset, open_source
 from ger_kernels.data.nifti import Volume, read_volume, write_mask
 from ger_kernels.data.phantom import make_phantom_volume, write_phantom_lits
 from ger_kernels.data.preprocess import DEFAULT_LABEL_MAP, DEFAULT_WINDOW, volume_to_slices
 from ger_kernels.data.split import split_volume_ids
 
-__all__ = ["open_dataset", "SliceDataset", "SOURCE_FORMS", "DEFAULT_WINDOW", "DEFAULT_LABEL_MAP", "Volume",
-           "read_volume", "volume_to_slices", "write_mask", "make_phantom_volume", "write_phantom_lits",
+__all__ = ["open_dataset", "open_source", "SliceDataset", "SOURCE_FORMS", "DEFAULT_WINDOW", "DEFAULT_LABEL_MAP",
+           "Volume", "read_volume", "volume_to_slices", "write_mask", "make_phantom_volume", "write_phantom_lits",
            "split_volume_ids"]

@@ -3,9 +3,10 @@
 Each volume is preprocessed once. Without a cache folder its slices stay in memory (fine for small sets;
 the full LiTS at 448 x 448 needs ~9 GB as float16). With one, each volume and preprocessing gets an entry
 ``<volume_id>-<key>``: ``.images.npy`` (float16 ``(N, 3, S, S)``), ``.masks.npy`` (uint8 ``(N, S, S)``) and
-``.json`` (slice indices, spacing), each written atomically, the ``.json`` last: an entry exists when all
-three files do. ``key`` hashes the cache format, the volume's identity (for files: absolute path, size and
-mtime, so a changed file gets a new entry) and the preprocessing (size, window, label map, tumor_only).
+``.json`` (slice indices, spacing, number of slices before ``tumor_only``), each written atomically, the
+``.json`` last: an entry exists when all three files do. ``key`` hashes the cache format, the volume's
+identity (for files: absolute path, size and mtime, so a changed file gets a new entry) and the
+preprocessing (size, window, label map, tumor_only).
 Entries are read back memory-mapped, opened on first use. Stale entries are not deleted: remove the folder
 to reclaim the space.
 """
@@ -24,7 +25,7 @@ from ger_kernels.data.preprocess import Case, PreparedSlices, Preprocessing
 
 __all__ = ["file_identity", "cache_key", "load_slices", "DiskSlices"]
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 def file_identity(path: str) -> list:
@@ -43,10 +44,12 @@ class DiskSlices:
     """The :class:`PreparedSlices` of a cache entry; ``images`` and ``masks`` are memory-mapped on first use
     and pickled as their paths (so DataLoader workers do not copy them)."""
 
-    def __init__(self, entry: str, slice_indices: np.ndarray, spacing: tuple[float, float] | None):
+    def __init__(self, entry: str, slice_indices: np.ndarray, spacing: tuple[float, float] | None,
+                 source_slices: int):
         self.entry = entry
         self.slice_indices = slice_indices
         self.spacing = spacing
+        self.source_slices = source_slices
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def _open(self) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +82,8 @@ def _write_entry(entry: str, slices: PreparedSlices) -> None:
     _save_array(entry + ".images.npy", slices.images)
     _save_array(entry + ".masks.npy", slices.masks)
     meta = {"slice_indices": [int(z) for z in slices.slice_indices],
-            "spacing": None if slices.spacing is None else list(slices.spacing)}
+            "spacing": None if slices.spacing is None else list(slices.spacing),
+            "source_slices": int(slices.source_slices)}
     write_text_atomically(entry + ".json", json.dumps(meta))
 
 
@@ -87,7 +91,7 @@ def _read_entry(entry: str) -> DiskSlices:
     with open(entry + ".json") as f:
         meta = json.load(f)
     spacing = None if meta["spacing"] is None else tuple(meta["spacing"])
-    return DiskSlices(entry, np.asarray(meta["slice_indices"], dtype=np.int64), spacing)
+    return DiskSlices(entry, np.asarray(meta["slice_indices"], dtype=np.int64), spacing, meta["source_slices"])
 
 
 def load_slices(case: Case, options: Preprocessing, cache_dir: str | None) -> PreparedSlices | DiskSlices:

@@ -1,17 +1,20 @@
 """The LiTS data set: ``volume-N.nii[.gz]`` CT volumes with ``segmentation-N.nii[.gz]`` labels
 (0 background, 1 liver, 2 tumor), found anywhere under a folder and paired by N (the official release keeps
 each pair in one folder, some copies keep volumes and segmentations in separate folders). The volume id is
-``volume-N``. Errors name the file: a volume without segmentation or the reverse, two files with one N,
-a segmentation whose shape differs from its volume's, plus :mod:`ger_kernels.data.nifti`'s read errors.
+``volume-N``. Other NIfTI files under the folder are skipped with a warning naming them. Errors name the
+file: a volume without segmentation or the reverse, two files with one N, a segmentation whose shape differs
+from its volume's, plus :mod:`ger_kernels.data.nifti`'s read errors.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 
 from ger_kernels.data.cache import file_identity
+from ger_kernels.data.folder import short_listing
 from ger_kernels.data.nifti import read_labels, read_volume
 from ger_kernels.data.preprocess import Case, PreparedSlices, Preprocessing, prepare_volume
 
@@ -19,21 +22,29 @@ __all__ = ["find_lits_pairs", "lits_cases"]
 
 _LITS_FILE = re.compile(r"^(volume|segmentation)-(\d+)\.nii(\.gz)?$")
 
+_log = logging.getLogger(__name__)
+
 
 def find_lits_pairs(root: str) -> dict[int, tuple[str, str]]:
     """``{N: (volume path, segmentation path)}`` for every pair under ``root`` (searched recursively)."""
     if not os.path.isdir(root):
         raise ValueError(f"LiTS folder {root} does not exist or is not a folder")
     found: dict[str, dict[int, str]] = {"volume": {}, "segmentation": {}}
+    skipped = []
     for folder, _, names in os.walk(root):
         for name in sorted(names):
             match = _LITS_FILE.match(name)
             if match is None:
+                if name.lower().endswith((".nii", ".nii.gz")):
+                    skipped.append(os.path.join(folder, name))
                 continue
             kind, number, path = match.group(1), int(match.group(2)), os.path.join(folder, name)
             if number in found[kind]:
                 raise ValueError(f"two LiTS {kind} files for N={number}: {found[kind][number]} and {path}")
             found[kind][number] = path
+    if skipped:
+        _log.warning("%s: skipped %d NIfTI files not named volume-N.nii[.gz] or segmentation-N.nii[.gz]: %s", root,
+                     len(skipped), short_listing(skipped))
     volumes, segmentations = found["volume"], found["segmentation"]
     if not volumes and not segmentations:
         raise ValueError(f"no LiTS files (volume-N.nii[.gz] with segmentation-N.nii[.gz]) found under {root}")

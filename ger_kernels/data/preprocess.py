@@ -132,22 +132,26 @@ class Preprocessing:
 @dataclass(frozen=True)
 class PreparedSlices:
     """The slices kept from one volume: ``images (N, 3, S, S)`` float16, ``masks (N, S, S)`` uint8 (0/1),
-    ``slice_indices (N,)`` (z in the volume) and the resized ``spacing`` (row_mm, col_mm) or None."""
+    ``slice_indices (N,)`` (z in the volume), the resized ``spacing`` (row_mm, col_mm) or None, and
+    ``source_slices``, the number of slices the volume had before ``tumor_only`` dropped some."""
 
     images: np.ndarray
     masks: np.ndarray
     slice_indices: np.ndarray
     spacing: tuple[float, float] | None
+    source_slices: int
 
 
 @dataclass(frozen=True)
 class Case:
-    """One volume of a data source. ``identity``: JSON-able description of what it is made of (files with
-    size and mtime, or generator parameters), for cache keys; ``prepare`` makes its slices."""
+    """One volume (case, patient) of a data source. ``identity``: JSON-able description of what it is made of
+    (files with size and mtime, or generator parameters), for cache keys; ``prepare`` makes its slices;
+    ``side``: ``"train"`` or ``"test"`` when the source fixes the split, None when it is drawn at random."""
 
     volume_id: str
     identity: dict
     prepare: Callable[[Preprocessing], PreparedSlices]
+    side: str | None = None
 
 
 def _kept(masks: np.ndarray, tumor_only: bool) -> np.ndarray:
@@ -165,7 +169,7 @@ def prepare_volume(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, flo
     kept = _kept(masks, options.tumor_only)
     images = volume_to_slices(hu, options.size, options.window, slices=kept)
     return PreparedSlices(images.numpy().astype(np.float16), masks[kept], kept,
-                          resized_spacing(spacing, hu.shape[1:], options.size))
+                          resized_spacing(spacing, hu.shape[1:], options.size), len(masks))
 
 
 def prepare_image(image: np.ndarray, mask: np.ndarray, options: Preprocessing) -> PreparedSlices:
@@ -174,4 +178,4 @@ def prepare_image(image: np.ndarray, mask: np.ndarray, options: Preprocessing) -
     masks = resize_masks(mask[None], options.size)
     kept = _kept(masks, options.tumor_only)
     images = resize_images(torch.from_numpy(image[None]), options.size)[kept]
-    return PreparedSlices(images.numpy().astype(np.float16), masks[kept], kept, None)
+    return PreparedSlices(images.numpy().astype(np.float16), masks[kept], kept, None, 1)

@@ -16,6 +16,7 @@ def items(dataset):
 
 def assert_same(a, b):
     assert a.volume_ids == b.volume_ids and a.slice_indices == b.slice_indices and a.spacing == b.spacing
+    assert a.describe() == b.describe()  # counts what tumor_only left out, from the cache's source_slices
     for (image_a, mask_a), (image_b, mask_b) in zip(items(a), items(b)):
         assert torch.equal(image_a, image_b) and torch.equal(mask_a, mask_b)
 

@@ -4,7 +4,7 @@ import torch
 from lits_files import SPACING, tiny_case, write_lits_case, write_lits_set
 from torch.utils.data import DataLoader
 
-from ger_kernels.data import SliceDataset, open_dataset
+from ger_kernels.data import SliceDataset, open_dataset, open_source
 
 
 def windowed(hu):
@@ -81,11 +81,55 @@ def test_the_split_does_not_depend_on_the_order_files_were_written(tmp_path):
     assert split_a == split_b
 
 
-def test_describe_is_one_line_with_source_counts_and_size(tmp_path):
-    write_lits_set(tmp_path, 5)
+def test_describe_is_one_line_with_source_counts_size_and_what_was_left_out(tmp_path):
+    write_lits_set(tmp_path, 5)  # 5 slices per volume, 2 with tumor
     train, test = open_dataset(f"lits:{tmp_path}", 16)
-    assert train.describe() == f"lits:{tmp_path} train (slices with tumor): 8 slices, 4 volumes, 16x16"
-    assert test.describe() == f"lits:{tmp_path} test (slices with tumor): 2 slices, 1 volumes, 16x16"
+    assert train.describe() == (f"lits:{tmp_path} train (slices with tumor): 8 slices, 4 volumes, 16x16; "
+                                f"left out: 12 slices without tumor of these volumes")
+    assert test.describe() == (f"lits:{tmp_path} test (slices with tumor): 2 slices, 1 volumes, 16x16; "
+                               f"left out: 3 slices without tumor of these volumes")
+    everything, _ = open_dataset(f"lits:{tmp_path}", 16, tumor_only=False)
+    assert everything.describe() == f"lits:{tmp_path} train (slices): 20 slices, 4 volumes, 16x16"
+
+
+def test_volumes_without_tumor_are_counted_in_both_sides_and_logged(tmp_path, caplog):
+    write_lits_set(tmp_path, 3)
+    hu, labels = tiny_case(seed=9, tumor_slices=())
+    write_lits_case(tmp_path, 3, hu, labels)
+    with caplog.at_level("INFO", logger="ger_kernels.data.dataset"):
+        train, test = open_dataset(f"lits:{tmp_path}", 16, test_fraction=0.34)
+    assert "volume-3" not in train.volume_ids + test.volume_ids
+    for dataset in (train, test):
+        assert dataset.dropped_volumes == 1 and dataset.describe().endswith(", 1 volumes of the source without any")
+    assert train.dropped_slices + test.dropped_slices == 3 * 3
+    assert "1 of 4 volumes have no slices with tumor and are left out: volume-3" in caplog.text
+    assert "volume-0 (1/4): 2 of 5 slices kept" in caplog.text
+
+
+def test_a_slice_index_out_of_range_names_the_valid_range(tmp_path):
+    write_lits_set(tmp_path, 3)
+    _, test = open_dataset(f"lits:{tmp_path}", 16, test_fraction=0.34)
+    assert torch.equal(test[-1][0], test[len(test) - 1][0])
+    with pytest.raises(IndexError, match=r"slice index 2 is out of range for .* test \(slices with tumor\): it has "
+                                         r"2 slices \(valid indices: 0..1\)"):
+        test[2]
+
+
+def test_open_source_keeps_every_volume_unsplit(tmp_path):
+    write_lits_set(tmp_path, 3)
+    hu, labels = tiny_case(seed=9, tumor_slices=())
+    write_lits_case(tmp_path, 3, hu, labels)
+    whole = open_source(f"lits:{tmp_path}", 16)
+    assert sorted(set(whole.volume_ids)) == ["volume-0", "volume-1", "volume-2"] and len(whole) == 6
+    assert whole.describe() == (f"lits:{tmp_path} all volumes (slices with tumor): 6 slices, 3 volumes, 16x16; "
+                                f"left out: 9 slices without tumor of these volumes, 1 volumes of the source "
+                                f"without any")
+    assert len(open_source(f"lits:{tmp_path}", 16, tumor_only=False)) == 20
+    write_lits_set(tmp_path / "one", 1)
+    assert len(open_source(f"lits:{tmp_path / 'one'}", 16)) == 2  # a split would need 2 volumes
+    write_lits_set(tmp_path / "none", 1, tumor_slices=())
+    with pytest.raises(ValueError, match="none of its 1 volumes has slices with tumor"):
+        open_source(f"lits:{tmp_path / 'none'}", 16)
 
 
 def test_the_default_source_is_the_phantom():

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ger_kernels.data import open_dataset
-from ger_kernels.data.folder import find_folder_pairs, read_image, read_mask
+from ger_kernels.data import open_dataset, open_source
+from ger_kernels.data.folder import case_id, find_folder_pairs, read_image, read_mask
+from ger_kernels.training import _split_validation
 
 H, W = 16, 24
 TUMOR = np.zeros((H, W), bool)
@@ -131,8 +132,11 @@ def test_an_empty_folder_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"no images (.png, .tif, .tiff, .jpg, .jpeg, .gif) in "
                                                    f"{tmp_path / 'images'}")):
         find_folder_pairs(str(tmp_path))
-    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'nothing' / 'images'} is missing")):
+    with pytest.raises(ValueError, match=re.escape(f"folder source {tmp_path / 'nothing'} does not exist")):
         find_folder_pairs(str(tmp_path / "nothing"))
+    os.makedirs(tmp_path / "no_masks" / "images")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'no_masks' / 'masks'} is missing")):
+        find_folder_pairs(str(tmp_path / "no_masks"))
 
 
 @pytest.mark.parametrize("removed,kept,name,message", [
@@ -170,3 +174,114 @@ def test_an_image_and_mask_of_different_sizes_are_an_error_naming_both_shapes(tm
     with pytest.raises(ValueError, match=re.escape(f"{image}: image size (16, 24) (H, W) differs from its mask's "
                                                    f"(16, 25) ({tmp_path / 'masks' / 'case1.tif'})")):
         open_dataset(f"folder:{tmp_path}", 16)
+
+
+def write_slice(root, key, level, tumor=True):
+    """``root/images/<key>.png``, a flat gray image of ``level``, with its mask (TUMOR, or empty)."""
+    save(os.path.join(root, "images", f"{key}.png"), Image.fromarray(np.full((H, W), level, np.uint8)))
+    save(os.path.join(root, "masks", f"{key}.png"), Image.fromarray((TUMOR if tumor else ~TUMOR * 0).astype(np.uint8)))
+
+
+@pytest.mark.parametrize("key, case", [("liver7_012", "liver7"), ("ct_scan_a", "ct_scan"), ("case3", "case3"),
+                                       ("_7", "_7"), ("a_", "a"), ("patient 1/slice_5", "patient 1"),
+                                       ("p2/003", "p2")])
+def test_the_case_is_the_folder_or_the_name_before_its_last_underscore(key, case):
+    assert case_id(key) == case
+
+
+def test_images_that_are_all_cases_of_their_own_get_a_warning(tmp_path, caplog):
+    make_folder(str(tmp_path / "single"), 3)
+    for case in ("a", "b"):
+        for z in range(2):
+            write_slice(str(tmp_path / "grouped"), f"{case}_{z}", 10)
+    with caplog.at_level("WARNING", logger="ger_kernels.data.folder"):
+        open_source(f"folder:{tmp_path / 'grouped'}", 16)
+        assert not caplog.text
+        open_source(f"folder:{tmp_path / 'single'}", 16)
+    assert (f"{tmp_path / 'single'}: each of the 3 images is a case of its own; if some are slices of one patient, "
+            f"name them <case>_<slice> or put them in images/<case>/") in caplog.text
+
+
+def test_files_of_one_case_form_one_volume_with_slices_in_name_order(tmp_path):
+    levels = {"a_10": 30, "a_2": 20, "a_1": 10, "b_1": 40, "c": 50, "p/x": 60, "p_3": 70}
+    for key, level in levels.items():
+        write_slice(str(tmp_path), key, level)
+    whole = open_source(f"folder:{tmp_path}", 16, tumor_only=False)
+    order = ["a_1", "a_2", "a_10", "b_1", "c", "p/x", "p_3"]  # case p: its folder and a prefix; "/" < "_"
+    assert whole.volume_ids == ["a", "a", "a", "b", "c", "p", "p"]
+    assert whole.slice_indices == [0, 1, 2, 0, 0, 0, 1]
+    for i, key in enumerate(order):
+        assert whole[i][0].mean().item() == pytest.approx(levels[key] / 255, abs=1e-3)
+
+
+def test_a_case_never_lies_on_both_sides_of_the_test_or_validation_split(tmp_path):
+    for case in range(10):
+        for z in range(3):
+            write_slice(str(tmp_path), f"patient{case}_{z}", 10 * case + z)
+    train, test = open_dataset(f"folder:{tmp_path}", 16, seed=3)
+    assert len(set(train.volume_ids)) == 8 and len(set(test.volume_ids)) == 2 and len(test) == 6
+    assert not set(train.volume_ids) & set(test.volume_ids)
+    fit, validation = _split_validation(train, 0.25, seed=0)
+    fit_cases, validation_cases = ({train.volume_ids[i] for i in part} for part in (fit, validation))
+    assert len(validation_cases) == 2 and len(validation) == 6 and not fit_cases & validation_cases
+
+
+def test_tumor_only_drops_slices_within_a_case_and_counts_them(tmp_path):
+    for z, tumor in enumerate([True, False, True]):
+        write_slice(str(tmp_path), f"a_{z}", 10, tumor)
+    write_slice(str(tmp_path), "b_0", 10, tumor=False)
+    write_slice(str(tmp_path), "c_0", 10)
+    whole = open_source(f"folder:{tmp_path}", 16)
+    assert whole.volume_ids == ["a", "a", "c"] and whole.slice_indices == [0, 2, 0]
+    assert whole.dropped_slices == 1 and whole.dropped_volumes == 1
+
+
+def write_split(root, train_cases, test_cases):
+    for side, cases in (("train", train_cases), ("test", test_cases)):
+        for case in cases:
+            for z in range(2):
+                write_slice(os.path.join(root, side), f"{case}/{z}", 10)
+
+
+def test_train_and_test_folders_give_the_split_as_is(tmp_path):
+    write_split(str(tmp_path), ["p0", "p1", "p2"], ["p3", "p4"])
+    for seed in (0, 1):
+        train, test = open_dataset(f"folder:{tmp_path}", 16, test_fraction=0.2, seed=seed)
+        assert train.volume_ids == ["p0", "p0", "p1", "p1", "p2", "p2"]
+        assert test.volume_ids == ["p3", "p3", "p4", "p4"]
+    whole_test = open_source(f"folder:{tmp_path / 'test'}", 16)
+    assert whole_test.volume_ids == test.volume_ids
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("train only", "a given split needs both {root}/train and {root}/test"),
+    ("images too", "and no {root}/images; found images, train, test"),
+    ("case on both sides", "cases in both train/ and test/ (slices of one case would be on both sides of the "
+                           "split): p1"),
+    ("test without tumor", "none of the 1 cases in test/ has slices with tumor"),
+])
+def test_a_wrong_given_split_is_an_error(tmp_path, layout, message):
+    root = str(tmp_path)
+    write_split(root, ["p0", "p1"], ["p1" if layout == "case on both sides" else "p2"])
+    if layout == "train only":
+        os.rename(tmp_path / "test", tmp_path / "elsewhere")
+    if layout == "images too":
+        write_slice(root, "q_0", 10)
+    if layout == "test without tumor":
+        for z in range(2):
+            write_slice(str(tmp_path / "test"), f"p2/{z}", 10, tumor=False)
+    with pytest.raises(ValueError, match=re.escape(message.format(root=root))):
+        open_dataset(f"folder:{root}", 16)
+
+
+def test_files_that_are_not_images_are_skipped_with_a_warning(tmp_path, caplog):
+    make_folder(str(tmp_path), 2)
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+    (tmp_path / "images" / ".DS_Store").write_text("hidden: skipped without a word")
+    write_slice(str(tmp_path), "deep/er/x", 10)
+    with caplog.at_level("WARNING", logger="ger_kernels.data.folder"):
+        assert sorted(find_folder_pairs(str(tmp_path))) == ["case0", "case1"]
+    images = tmp_path / "images"
+    assert (f"{images}: skipped 2 entries that are not png/tif/tiff/jpg/jpeg/gif images (or lie deeper than one "
+            f"case folder): {images / 'deep' / 'er'}, {images / 'notes.txt'}") in caplog.text
+    assert ".DS_Store" not in caplog.text

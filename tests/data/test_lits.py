@@ -11,13 +11,16 @@ from ger_kernels.data.preprocess import DEFAULT_LABEL_MAP, DEFAULT_WINDOW, Prepr
 OPTIONS = Preprocessing(16, DEFAULT_WINDOW, DEFAULT_LABEL_MAP, True)
 
 
-def test_pairs_are_found_recursively_across_folders_and_extensions(tmp_path):
+def test_pairs_are_found_recursively_across_folders_and_extensions(tmp_path, caplog):
     write_lits_case(tmp_path / "batch1", 3, *tiny_case(), extension=".nii")
     write_lits_case(tmp_path / "volumes", 12, *tiny_case(), extension=".nii.gz",
                     segmentation_folder=tmp_path / "segmentations")
     (tmp_path / "batch1" / "test-volume-5.nii").write_bytes(b"ignored")
     (tmp_path / "notes.txt").write_text("ignored")
-    pairs = find_lits_pairs(str(tmp_path))
+    with caplog.at_level("WARNING", logger="ger_kernels.data.lits"):
+        pairs = find_lits_pairs(str(tmp_path))
+    assert (f"{tmp_path}: skipped 1 NIfTI files not named volume-N.nii[.gz] or segmentation-N.nii[.gz]: "
+            f"{tmp_path / 'batch1' / 'test-volume-5.nii'}") in caplog.text and "notes.txt" not in caplog.text
     assert list(pairs) == [3, 12]
     assert pairs[3] == (str(tmp_path / "batch1" / "volume-3.nii"), str(tmp_path / "batch1" / "segmentation-3.nii"))
     assert pairs[12] == (str(tmp_path / "volumes" / "volume-12.nii.gz"),
