@@ -1,9 +1,43 @@
+import csv
+import os
 import subprocess
 import sys
 
+import nibabel as nib
 import pytest
+import torch
 
+from ger_kernels import training
 from ger_kernels.cli import main
+from ger_kernels.data import write_phantom_lits
+from ger_kernels.training import TrainConfig, build_model, save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """``--threads`` sets torch's threads for the process, as a command should; tests restore them."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def untrained(tmp_path):
+    """The path of a checkpoint of an untrained tiny GER-UNet (16x16 input), trained "on" LiTS files of
+    3 small phantom volumes in tmp_path/lits."""
+    write_phantom_lits(str(tmp_path / "lits"), 3, depth=4, size=32)
+    c = TrainConfig(data=f"lits:{tmp_path / 'lits'}", size=16, widths=(2, 3, 4, 5), out=str(tmp_path / "run"))
+    path = str(tmp_path / "untrained.pt")
+    save_checkpoint(path, {"config": c.to_dict(), "model": build_model(c).state_dict(), "epoch": 0})
+    return path
+
+
+def error_of(capsys, argv, status=2):
+    """The one line ``main(argv)`` prints on stderr, after checking its exit status."""
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
 
 
 def test_check_prints_every_element_and_backend(capsys):
@@ -42,7 +76,8 @@ def test_workflow_train_evaluate_figure_predict(tmp_path, capsys):
     for model, widths in (("ger-unet", ["2", "3", "4", "5"]), ("r-unet", ["4", "5", "6", "7"])):
         runs[model] = tmp_path / model
         assert main(["train", "--model", model, "--data", data, "--out", str(runs[model]), "--size", "16",
-                     "--widths", *widths, "--epochs", "2", "--batch-size", "4", "--quiet", "--device", "cpu"]) == 0
+                     "--widths", *widths, "--epochs", "2", "--batch-size", "4", "--quiet", "--device", "cpu",
+                     "--threads", "1"]) == 0
         assert (runs[model] / "best.pt").exists() and (runs[model] / "log.csv").exists()
     checkpoints = [str(runs[m] / "best.pt") for m in runs]
     assert main(["evaluate", *checkpoints, "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
@@ -52,8 +87,11 @@ def test_workflow_train_evaluate_figure_predict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ger-unet (ger-unet): 0 pixels disagree after transforming back (g=1)" in out
     assert main(["predict", checkpoints[0], str(tmp_path / "lits" / "volume-0.nii.gz"), str(tmp_path / "pred.nii.gz"),
-                 "--device", "cpu"]) == 0
-    assert (tmp_path / "pred.nii.gz").exists()
+                 "--device", "cpu", "--threads", "1"]) == 0
+    assert nib.load(tmp_path / "pred.nii.gz").shape == (32, 32, 4)
+    assert "tumor voxels in 32x32x4 (H x W x D, as stored)" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(runs["ger-unet"] / "log.csv")))
+    assert [row["threads"] for row in rows] == ["1", "1"]
 
 
 def test_info_reports_paper_parameter_counts(capsys):
@@ -61,3 +99,125 @@ def test_info_reports_paper_parameter_counts(capsys):
     out = capsys.readouterr().out
     assert "GER-UNet add     12.74M  widths (23, 45, 91, 181)" in out
     assert "R-UNet add       12.72M  widths (64, 128, 256, 512)" in out
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "--help"])
+    assert exit.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--size SIZE (default: 448)", "--epochs EPOCHS (default: 300)", "--lr LR (default: 0.0002)",
+                 "--model {ger-unet,r-unet} (default: ger-unet)", "run folder (default runs/MODEL)",
+                 "--threads THREADS torch CPU threads (default: torch's, one per core"):
+        assert text in out
+
+
+def test_errors_are_one_line_messages(tmp_path, capsys, untrained):
+    (tmp_path / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    (tmp_path / "out.nii.gz").mkdir()
+    (tmp_path / "run").mkdir()
+    for argv, message in [
+        (["predict", untrained, str(tmp_path / "corrupt.nii.gz"), str(tmp_path / "mask.nii.gz")],
+         f"{tmp_path / 'corrupt.nii.gz'}: cannot read as NIfTI"),
+        (["predict", untrained, str(tmp_path / "lits" / "volume-0.nii.gz"), str(tmp_path / "out.nii.gz")],
+         f"output {tmp_path / 'out.nii.gz'} is a folder; give a file name such as"),
+        (["evaluate", str(tmp_path / "run")], f"checkpoint {tmp_path / 'run'} is a directory, not a checkpoint file\n"),
+        (["train", "--data", "folder:/nonexistent/data", "--out", str(tmp_path / "new")],
+         "--data folder:/nonexistent/data: the folder /nonexistent/data does not exist\n"),
+        (["equivariance", untrained, "--slice", "9999", "--out", str(tmp_path / "f.png")],
+         "--slice 9999 is out of range: the test split has 4 slices (0..3)"),
+        (["equivariance", untrained, "--element", "8"], "--element must be a p4m element 0..7, got 8"),
+    ]:
+        assert error_of(capsys, argv).startswith(f"ger-unet: error: {message}")
+    save_checkpoint(str(tmp_path / "run" / "best.pt"), {"weights": 1})
+    assert error_of(capsys, ["evaluate", str(tmp_path / "run")]).endswith(
+        f"is a directory, not a checkpoint file; did you mean {tmp_path / 'run' / 'best.pt'}?\n")
+    assert sorted(os.listdir(tmp_path)) == ["corrupt.nii.gz", "lits", "out.nii.gz", "run", "untrained.pt"]
+
+
+@pytest.mark.parametrize("where", [0, -1])
+def test_debug_shows_the_traceback(tmp_path, untrained, where):
+    argv = ["predict", untrained, str(tmp_path / "lits" / "volume-0.nii.gz"), str(tmp_path / "mask.png")]
+    argv.insert(len(argv) if where else 0, "--debug")
+    with pytest.raises(ValueError, match="must end in .nii or .nii.gz"):
+        main(argv)
+
+
+def test_a_checkpoint_holding_code_is_refused_by_evaluate(tmp_path, capsys):
+    class RunsCode:
+        def __reduce__(self):
+            return open, (str(tmp_path / "marker"), "w")
+
+    torch.save({"config": {}, "model": {}, "epoch": 1, "x": RunsCode()}, str(tmp_path / "evil.pt"))
+    err = error_of(capsys, ["evaluate", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "eval")])
+    assert "refers to the Python object" in err and "refused unread" in err
+    assert not (tmp_path / "marker").exists() and not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--size", "30"], "size must be a positive multiple of 8 (GER-UNet and R-UNet halve it 3 times), got 30: "
+                       "use a --size divisible by 8"),
+    (["--backend", "foo"], "backend must be one of ('auto', 'reference', 'cpp', 'triton'), got 'foo'"),
+    (["--backend", "triton"], "backend 'triton' cannot run on cpu: triton"),
+    pytest.param(["--device", "cuda"], "device 'cuda': ",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
+    (["--device", "cpu:0:1"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'cpu:0:1'"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--data", "lits:/nonexistent"], "--data lits:/nonexistent: the folder /nonexistent does not exist"),
+    (["--out", "{tmp}/file/run"], "--out {tmp}/file/run: {tmp}/file is a file, not a folder"),
+])
+def test_train_checks_arguments_before_reading_or_creating(tmp_path, monkeypatch, capsys, arguments, message):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr("ger_kernels.data.open_dataset", None)  # reading data would fail differently
+    (tmp_path / "file").write_text("a file")
+    arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
+    out = ["--out", str(tmp_path / "run")] if "--out" not in arguments else []
+    err = error_of(capsys, ["train", *out, "--device", "cpu", *arguments])
+    assert err.startswith("ger-unet: error: " + message.replace("{tmp}", str(tmp_path))), err
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_threads_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", "a.pt", "b.nii", "c.nii", "--threads", "0"])
+    assert exit.value.code == 2 and "argument --threads: must be an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_evaluate_checks_its_out_folder_first(tmp_path, capsys):
+    (tmp_path / "results").write_text("a file")
+    (tmp_path / "model.pt").write_bytes(b"not read: the arguments are checked first")
+    err = error_of(capsys, ["evaluate", str(tmp_path / "model.pt"), "--out", str(tmp_path / "results" / "eval")])
+    results = tmp_path / "results"
+    assert err == f"ger-unet: error: --out {results / 'eval'}: {results} is a file, not a folder\n"
+
+
+def test_predict_refuses_its_input_as_output_before_loading_the_model(tmp_path, capsys):
+    (volume, _), = write_phantom_lits(str(tmp_path), 1, depth=2, size=16)
+    scan = open(volume, "rb").read()
+    (tmp_path / "model.pt").write_bytes(b"not read: the arguments are checked first")
+    os.symlink(volume, tmp_path / "link.nii.gz")
+    err = error_of(capsys, ["predict", str(tmp_path / "model.pt"), volume, str(tmp_path / "link.nii.gz")])
+    assert "is the input" in err and "would overwrite the scan" in err
+    assert open(volume, "rb").read() == scan
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    class Slices:
+        def describe(self):
+            return "stand-in"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ger_kernels.data.open_dataset", lambda *args, **kwargs: (Slices(), None))
+    monkeypatch.setattr(training, "train", interrupted)
+    argv = ["train", "--out", str(tmp_path / "run"), "--size", "16", "--device", "cpu"]
+    assert error_of(capsys, argv, 130) == ("ger-unet: interrupted before the first epoch finished; the same command "
+                                           "starts again\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"")
+    assert error_of(capsys, argv, 130) == (f"ger-unet: interrupted; {tmp_path / 'run' / 'last.pt'} holds the last "
+                                           f"finished epoch: the same command resumes from it\n")
+    assert "the same command without --no-resume resumes" in error_of(capsys, argv + ["--no-resume"], 130)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--debug", *argv])
