@@ -204,8 +204,8 @@ def _load_error(path: str, error: Exception) -> str:
     if unsafe:
         return (f"checkpoint {path} refers to the Python object {unsafe.group(1)}, which a checkpoint of ours never "
                 f"holds; it is refused unread, since loading it could run code")
-    detail = str(error).partition("WeightsUnpickler error:")[2].strip() or str(error)
-    return f"checkpoint {path} is corrupt or not a torch file ({type(error).__name__}: {detail.splitlines()[0]})"
+    detail = (str(error).partition("WeightsUnpickler error:")[2].strip() or str(error)).splitlines()
+    return f"checkpoint {path} is corrupt or not a torch file ({': '.join([type(error).__name__] + detail[:1])})"
 
 
 def load_checkpoint(path: str) -> dict:
@@ -399,9 +399,8 @@ def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict
     write_text_atomically(os.path.join(config.out, "config.json"), json.dumps(config.to_dict(), indent=1))
     threads = torch.get_num_threads()
     if progress:
-        origin = "--threads" if config.threads is not None else "torch's default"
         begin = f"resuming after epoch {state['epoch']}" if state["epoch"] else "from scratch"
-        print(f"{config.model}: {device}, {threads} CPU threads ({origin}), {len(train_idx)} training and "
+        print(f"{config.model}: {device}, {threads} CPU threads, {len(train_idx)} training and "
               f"{len(val_idx)} validation slices, {steps} steps per epoch; {begin} in {config.out}", flush=True)
     while state["epoch"] < config.epochs and state["stale"] < config.patience:
         start = time.perf_counter()

@@ -181,7 +181,7 @@ def test_threads_are_set_logged_and_restored(tmp_path, capsys):
         torch.set_num_threads(previous)
     assert [row["threads"] for row in summary["history"]] == [1]
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("ger-unet: cpu, 1 CPU threads (--threads), 12 training and 4 validation slices, "
+    assert first.startswith("ger-unet: cpu, 1 CPU threads, 12 training and 4 validation slices, "
                             "3 steps per epoch; from scratch in ")
 
 
@@ -264,7 +264,10 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(str(tmp_path))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x02not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt.pt is corrupt or not a torch file"):
+    with pytest.raises(ValueError, match=r"corrupt.pt is corrupt or not a torch file \(UnpicklingError: .+\)$"):
+        load_checkpoint(str(corrupt))
+    corrupt.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"corrupt.pt is corrupt or not a torch file \(EOFError\)$"):
         load_checkpoint(str(corrupt))
     foreign = tmp_path / "foreign.pt"
     save_checkpoint(str(foreign), {"weights": 1})
