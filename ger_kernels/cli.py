@@ -308,18 +308,24 @@ def _check_data_source(source: str | None) -> None:
 def _check_arguments(args: argparse.Namespace) -> None:
     """The checks that need no data, before any is read and before any folder is created."""
     from ger_kernels.prediction import check_prediction_paths
-    from ger_kernels.training import check_checkpoint_path, check_runs_here, check_size, resolve_device
+    from ger_kernels.training import (check_checkpoint_path, check_resumable, check_runs_here, check_size,
+                                      resolve_device)
 
     for name in ("size", "batch_size", "batch", "epochs", "patience", "max_batches"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.command == "train":
-        check_runs_here(_train_config(args))
+        config = _train_config(args)
+        check_runs_here(config)
+        if not args.no_resume:
+            check_resumable(config)
     elif getattr(args, "device", None) is not None:
         resolve_device(args.device)
     if args.command == "demo":
         check_size(args.size)
+    if args.command == "check" and args.size % 2:
+        raise ValueError(f"--size must be even (the check network pools once), got {args.size}")
     _check_data_source(getattr(args, "data", None))
     checkpoints = getattr(args, "checkpoint", [])
     for path in [checkpoints] if isinstance(checkpoints, str) else checkpoints:

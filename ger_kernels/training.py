@@ -48,7 +48,8 @@ from ger_kernels.models import PAPER_WIDTHS, GERUNet, RUNet, group_widths
 from ger_kernels.models.res_unet import DOWNSAMPLINGS
 
 __all__ = ["TrainConfig", "build_model", "train", "save_checkpoint", "load_checkpoint", "check_checkpoint_path",
-           "model_from_checkpoint", "predict_batches", "resolve_device", "check_size", "check_runs_here"]
+           "model_from_checkpoint", "predict_batches", "resolve_device", "check_size", "check_runs_here",
+           "check_resumable"]
 
 MODELS = ("ger-unet", "r-unet")
 GROUPS = ("p4m", "p4")
@@ -346,8 +347,15 @@ def train(config: TrainConfig, train_set, *, resume: bool = True, progress: bool
         torch.set_num_threads(previous[2])
 
 
+def check_resumable(config: TrainConfig) -> None:
+    """That ``config`` may resume ``config.out/last.pt`` if it exists: else ``ValueError`` listing the
+    fields that differ and may not change (``RESUMABLE_CHANGES`` may)."""
+    last = os.path.join(config.out, "last.pt")
+    if os.path.exists(last):
+        _check_resumable(config, load_checkpoint(last), last)
+
+
 def _check_resumable(config: TrainConfig, payload: dict, path: str) -> None:
-    """``ValueError`` listing the fields that differ from ``path``'s and may not change."""
     stored, now = _config_of(payload, path).to_dict(), config.to_dict()
     changed = sorted(k for k in now if stored[k] != now[k] and k not in RESUMABLE_CHANGES)
     if changed:

@@ -177,6 +177,21 @@ def test_train_checks_arguments_before_reading_or_creating(tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
+def test_train_checks_that_it_can_resume_before_reading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("ger_kernels.data.open_dataset", None)
+    c = TrainConfig(out=str(tmp_path / "run"), size=16, lr=1e-3)
+    save_checkpoint(str(tmp_path / "run" / "last.pt"), {"config": c.to_dict(), "model": {}, "epoch": 1})
+    argv = ["train", "--out", str(tmp_path / "run"), "--size", "16", "--epochs", "5", "--device", "cpu"]
+    assert error_of(capsys, argv).startswith(f"ger-unet: error: {tmp_path / 'run' / 'last.pt'} was written with "
+                                             f"another configuration (lr 0.001 there, 0.0002 now; only ")
+
+
+def test_check_and_demo_check_their_size(capsys):
+    assert error_of(capsys, ["check", "--size", "15"]) == "ger-unet: error: --size must be even (the check network " \
+                                                          "pools once), got 15\n"
+    assert "use a --size divisible by 8" in error_of(capsys, ["demo", "--size", "60", "--out", "/nonexistent/demo"])
+
+
 def test_threads_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["predict", "a.pt", "b.nii", "c.nii", "--threads", "0"])
