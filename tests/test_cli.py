@@ -229,8 +229,8 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     argv = ["train", "--out", str(tmp_path / "run"), "--size", "16", "--device", "cpu"]
     assert error_of(capsys, argv, 130) == ("ger-unet: interrupted before the first epoch finished; the same command "
                                            "starts again\n")
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "last.pt").write_bytes(b"")
+    c = TrainConfig(out=str(tmp_path / "run"), size=16, device="cpu")
+    save_checkpoint(str(tmp_path / "run" / "last.pt"), {"config": c.to_dict(), "model": {}, "epoch": 1})
     assert error_of(capsys, argv, 130) == (f"ger-unet: interrupted; {tmp_path / 'run' / 'last.pt'} holds the last "
                                            f"finished epoch: the same command resumes from it\n")
     assert "the same command without --no-resume resumes" in error_of(capsys, argv + ["--no-resume"], 130)
