@@ -11,6 +11,7 @@ from ger_kernels import training
 from ger_kernels.cli import main
 from ger_kernels.data import write_phantom_lits
 from ger_kernels.training import TrainConfig, build_model, save_checkpoint
+from helpers import RunsCode
 
 
 @pytest.fixture(autouse=True)
@@ -144,11 +145,7 @@ def test_debug_shows_the_traceback(tmp_path, untrained, where):
 
 
 def test_a_checkpoint_holding_code_is_refused_by_evaluate(tmp_path, capsys):
-    class RunsCode:
-        def __reduce__(self):
-            return open, (str(tmp_path / "marker"), "w")
-
-    torch.save({"config": {}, "model": {}, "epoch": 1, "x": RunsCode()}, str(tmp_path / "evil.pt"))
+    torch.save({"config": {}, "model": {}, "epoch": 1, "x": RunsCode(tmp_path / "marker")}, str(tmp_path / "evil.pt"))
     err = error_of(capsys, ["evaluate", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "eval")])
     assert "refers to the Python object" in err and "refused unread" in err
     assert not (tmp_path / "marker").exists() and not (tmp_path / "eval").exists()

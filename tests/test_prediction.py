@@ -55,7 +55,7 @@ def _links(tmp_path, volume_path):
 def test_refuses_to_overwrite_its_input(tmp_path):
     (volume_path, _), = write_phantom_lits(str(tmp_path), 1, depth=2, size=16)
     scan = open(volume_path, "rb").read()
-    for how, output in _links(tmp_path, volume_path).items():
+    for output in _links(tmp_path, volume_path).values():
         with pytest.raises(ValueError, match=f"output {re.escape(output)} is the input .* would overwrite the scan"):
             predict_volume(Refuses(), volume_path, output, size=16)
         with pytest.raises(ValueError, match="is the input"):  # also when the link is the input

@@ -10,7 +10,7 @@ import torch
 from ger_kernels import training
 from ger_kernels.training import (TrainConfig, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint,
                                   train)
-from helpers import TinySlices
+from helpers import RunsCode, TinySlices
 
 
 def config(tmp_path, **kwargs):
@@ -107,18 +107,8 @@ def test_checkpoints_hold_only_plain_data(tmp_path):
     assert TrainConfig(**payload["config"]) == c
 
 
-class _RunsCode:
-    """Unpickling it opens (creates) ``marker``: code of the file's choosing would run."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
-
-
 def _crafted_checkpoint(path, marker):
-    payload = {"config": config(path.parent).to_dict(), "model": {}, "epoch": 1, "payload": _RunsCode(marker)}
+    payload = {"config": config(path.parent).to_dict(), "model": {}, "epoch": 1, "payload": RunsCode(marker)}
     torch.save(payload, str(path))
 
 
