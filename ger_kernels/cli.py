@@ -4,12 +4,18 @@
 - ``train`` / ``evaluate`` / ``equivariance`` / ``predict``: the segmentation workflow.
 - ``info``: versions, backends (and why not the others), parameter counts at paper widths.
 - ``check``: equivariance per group element and backend parity of a small p4m network.
+
+Every argument is checked before data is read or a folder created. Errors print one line,
+``ger-unet: error: MESSAGE``, and exit with status 2 (``--debug``: the traceback instead);
+Ctrl-C prints how to resume and exits with 130. Exit status 1: ``check`` found an error
+above the SPEC bound.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import platform
 import sys
@@ -89,18 +95,24 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_command(args: argparse.Namespace) -> int:
-    from ger_kernels import data
-    from ger_kernels.training import TrainConfig, train
+def _train_config(args: argparse.Namespace):
+    from ger_kernels.training import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from ger_kernels import data
+    from ger_kernels.training import train
+
+    config = _train_config(args)
     train_set, _ = data.open_dataset(config.data, config.size, tumor_only=config.tumor_only, seed=config.seed,
                                      cache_dir=args.cache_dir)
     print(f"train: {train_set.describe()}")
     summary = train(config, train_set, resume=not args.no_resume, progress=not args.quiet)
-    print(f"best validation Dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}; "
-          f"checkpoints in {config.out}")
+    print(f"best validation Dice {summary['best_val_dice']:.4f} (loss {summary['best_val_loss']:.4f}) at epoch "
+          f"{summary['best_epoch']}; checkpoints in {config.out}")
     return 0
 
 
@@ -179,16 +191,47 @@ def predict_command(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, config = model_from_checkpoint(args.checkpoint, device)
     mask = predict_volume(model, args.input, args.output, config.size, args.batch_size, device)
-    print(f"{args.output}: {int(mask.sum())} tumor voxels in {tuple(mask.shape)}")
+    depth, height, width = mask.shape
+    print(f"{args.output}: {int(mask.sum())} tumor voxels in {height}x{width}x{depth} (H x W x D, as stored)")
     return 0
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except a flag's and None (their help says it in words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.nargs == 0 or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Gives the options without help a help line, so that ``--help`` shows their defaults too."""
+    for action in parser._actions:
+        if action.help is None and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
     from ger_kernels.training import TrainConfig
 
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="ger-unet", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="ger-unet", description=__doc__.split("\n\n")[0],
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     parser_class=functools.partial(argparse.ArgumentParser,
+                                                                    formatter_class=_HelpFormatter))
     commands.add_parser("info", help="versions, backends, parameter counts").set_defaults(run=info)
 
     p = commands.add_parser("check", help="equivariance and backend parity of a small p4m network")
@@ -215,7 +258,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", type=int, nargs=4, default=None, help="default: the paper's")
     p.add_argument("--skip", choices=["add", "concat"], default=defaults.skip)
     p.add_argument("--group", choices=["p4m", "p4"], default=defaults.group)
-    p.add_argument("--backend", default=defaults.backend)
+    p.add_argument("--backend", default=defaults.backend,
+                   help="auto | reference | cpp | triton: GER-UNet's convolutions (`ger-unet info` lists them)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
@@ -226,8 +270,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="random rotations/flips (default: on for r-unet, off for ger-unet)")
     p.add_argument("--all-slices", dest="tumor_only", action="store_false", help="also slices without tumor")
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default=defaults.device)
-    p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bfloat16 autocast on CUDA")
     p.add_argument("--nondeterministic", dest="deterministic", action="store_false",
                    help="allow nondeterministic (maybe faster) kernels")
     p.add_argument("--max-batches", type=int, default=None, help="per epoch (smoke runs)")
@@ -266,14 +310,108 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.set_defaults(run=predict_command)
+
+    for name, p in commands.choices.items():
+        if name in ("train", "evaluate", "predict", "demo"):
+            p.add_argument("--threads", type=_positive_int, default=None,
+                           help="torch CPU threads (default: torch's, one per core; fewer can be faster on a "
+                                "busy machine)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error")
+        _show_defaults(p)
     return parser
+
+
+def _check_out_folder(path: str, option: str) -> None:
+    """``path`` is a folder or can become one: the nearest existing part of it is a folder."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"{option} {path}: {existing} is a file, not a folder")
+
+
+def _check_data_source(source: str | None) -> None:
+    kind, _, folder = (source or "").partition(":")
+    if kind in ("lits", "folder") and folder and not os.path.isdir(folder):
+        raise FileNotFoundError(f"--data {source}: the folder {folder} does not exist" if not os.path.exists(folder)
+                                else f"--data {source}: {folder} is a file, not a folder")
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The checks that need no data, before any is read and before any folder is created."""
+    from ger_kernels.prediction import check_prediction_paths
+    from ger_kernels.training import (check_checkpoint_path, check_resumable, check_runs_here, check_size,
+                                      resolve_device)
+
+    for name in ("size", "batch_size", "batch", "epochs", "patience", "max_batches"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.command == "train":
+        config = _train_config(args)
+        check_runs_here(config)
+        if not args.no_resume:
+            check_resumable(config)
+    elif getattr(args, "device", None) is not None:
+        resolve_device(args.device)
+    if args.command == "demo":
+        check_size(args.size)
+    if args.command == "check" and args.size % 2:
+        raise ValueError(f"--size must be even (the check network pools once), got {args.size}")
+    _check_data_source(getattr(args, "data", None))
+    checkpoints = getattr(args, "checkpoint", [])
+    for path in [checkpoints] if isinstance(checkpoints, str) else checkpoints:
+        check_checkpoint_path(path)
+    if args.command == "predict":
+        check_prediction_paths(args.input, args.output)
+    if args.command == "equivariance":
+        if args.slice < 0:
+            raise ValueError(f"--slice must be >= 0 (an index in the test split), got {args.slice}")
+        if os.path.isdir(args.out):
+            raise IsADirectoryError(f"--out {args.out} is a folder; give a file name such as "
+                                    f"{os.path.join(args.out, 'equivariance.png')}")
+        _check_out_folder(os.path.dirname(args.out) or ".", "--out")
+    elif args.command in ("train", "evaluate", "demo"):
+        _check_out_folder(args.out, "--out")
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C left behind and how to go on."""
+    if args.command == "train":
+        last = os.path.join(args.out, "last.pt")
+        if os.path.exists(last):
+            again = "the same command without --no-resume" if args.no_resume else "the same command"
+            return f"interrupted; {last} holds the last finished epoch: {again} resumes from it"
+        return "interrupted before the first epoch finished; the same command starts again"
+    if args.command == "demo":
+        return f"interrupted; the same command resumes training from {args.out}/*/last.pt"
+    return "interrupted"
+
+
+# Bad arguments or input (files, data, diverging training): one line, not a traceback.
+_EXPECTED_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train" and args.out is None:
         args.out = os.path.join("runs", args.model)
-    return args.run(args)
+    try:
+        _check_arguments(args)
+        if getattr(args, "threads", None) is not None:
+            torch.set_num_threads(args.threads)
+        return args.run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"ger-unet: {_interrupted(args)}", file=sys.stderr)
+        return 130
+    except _EXPECTED_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"ger-unet: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

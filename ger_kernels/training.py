@@ -6,6 +6,13 @@ elements (on by default for R-UNet, as in the paper), bfloat16 autocast on CUDA,
 deterministic seeds. An output folder holds ``config.json``, ``log.csv``/``log.json``
 (one row per epoch), ``last.pt`` (resumable) and ``best.pt``, all written atomically.
 Validation volumes are taken out of the training split, never out of the test split.
+
+``best.pt`` is the epoch with the highest validation Dice; between equal Dice (e.g. 0 while
+the model predicts no tumor yet) the lower validation loss wins. A non-finite loss stops
+training with an error before anything is saved, so the checkpoints keep the last good epoch.
+Checkpoints hold only tensors and plain data (str, int, float, bool, None, lists, dicts) and
+are loaded with ``torch.load(weights_only=True)``: a file holding other Python objects is
+refused unread, since unpickling them could run code.
 """
 
 from __future__ import annotations
@@ -13,9 +20,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
+import logging
+import math
 import os
+import pickle
 import random
+import re
 import sys
 import time
 
@@ -28,21 +40,48 @@ from tqdm import tqdm
 
 from ger_kernels import metrics
 from ger_kernels._io import write_atomically, write_text_atomically
+from ger_kernels._validation import check_int
+from ger_kernels.backends import BACKENDS, backends
 from ger_kernels.data import split_volume_ids
 from ger_kernels.groups import P4M
 from ger_kernels.models import PAPER_WIDTHS, GERUNet, RUNet, group_widths
+from ger_kernels.models.res_unet import DOWNSAMPLINGS
 
-__all__ = ["TrainConfig", "build_model", "train", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
-           "predict_batches", "resolve_device"]
+__all__ = ["TrainConfig", "build_model", "train", "save_checkpoint", "load_checkpoint", "check_checkpoint_path",
+           "model_from_checkpoint", "predict_batches", "resolve_device", "check_size", "check_runs_here",
+           "check_resumable"]
 
 MODELS = ("ger-unet", "r-unet")
-# Fields a resumed run may change: they set how long and where it runs, not what it learns.
-RESUMABLE_CHANGES = {"epochs", "patience", "device", "backend", "deterministic"}
+GROUPS = ("p4m", "p4")
+SKIPS = ("add", "concat")
+# Fields a resumed run may change: they set how long, where and how fast it runs, not what it learns.
+RESUMABLE_CHANGES = {"out", "epochs", "patience", "device", "backend", "deterministic", "threads"}
+
+_log = logging.getLogger(__name__)
+
+
+def check_size(size) -> int:
+    """``size`` if the models can take ``size`` x ``size`` slices: a positive multiple of 8 (3 poolings)."""
+    factor = 2 ** DOWNSAMPLINGS
+    if not isinstance(size, int) or isinstance(size, bool) or size < factor or size % factor:
+        raise ValueError(f"size must be a positive multiple of {factor} (GER-UNet and R-UNet halve it "
+                         f"{DOWNSAMPLINGS} times), got {size!r}: use a --size divisible by {factor}")
+    return size
+
+
+def _check_number(value, name: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run depends on; stored in every checkpoint. ``widths=None``: the paper's."""
+    """Everything a run depends on; stored in every checkpoint. ``widths=None``: the paper's.
+    ``threads``: torch CPU threads while training (None: leave torch's setting, by default one per
+    core). Invalid values raise ``ValueError`` naming the field."""
     model: str = "ger-unet"
     data: str = "phantom"
     out: str = "runs/ger-unet"
@@ -65,14 +104,39 @@ class TrainConfig:
     amp: bool = True
     deterministic: bool = True
     max_batches: int | None = None
+    threads: int | None = None
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        for name, allowed in (("model", MODELS), ("group", GROUPS), ("skip", SKIPS), ("backend", ("auto",) + BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_size(self.size)
         if self.widths is not None:
             self.widths = tuple(self.widths)
+            if len(self.widths) != DOWNSAMPLINGS + 1:
+                raise ValueError(f"widths must be {DOWNSAMPLINGS + 1} positive ints, got {self.widths!r}")
+            for width in self.widths:
+                check_int(width, "each of widths")
+        for name in ("epochs", "batch_size", "patience"):
+            check_int(getattr(self, name), name)
+        for name in ("max_batches", "threads"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name)
+        _check_number(self.lr, "lr", 0.0)
+        _check_number(self.lr_decay, "lr_decay", 0.0, 1.0, low_open=True)
+        _check_number(self.dice_weight, "dice_weight", 0.0)
+        _check_number(self.val_fraction, "val_fraction", 0.0, 1.0, low_open=True)
+        if self.device != "auto":
+            _parse_device(self.device)
         if self.augment is None:
             self.augment = self.model == "r-unet"
+
+    def to_dict(self) -> dict:
+        """The fields as plain data (str, int, float, bool, None, lists), as stored in checkpoints."""
+        plain = dataclasses.asdict(self)
+        if plain["widths"] is not None:
+            plain["widths"] = list(plain["widths"])
+        return plain
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -82,35 +146,109 @@ def build_model(config: TrainConfig) -> nn.Module:
     return RUNet(3, 2, config.skip, config.widths or PAPER_WIDTHS)
 
 
+def _parse_device(device: str) -> torch.device:
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return parsed
+
+
 def resolve_device(device: str) -> torch.device:
+    """``"auto"``: CUDA when there is a CUDA device, else the CPU. A device this machine lacks raises
+    ``ValueError`` saying why."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    parsed = _parse_device(device)
+    if parsed.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(f"device {device!r}: this torch {torch.__version__} is built without CUDA; "
+                             f"use --device cpu (or auto)")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is visible; use --device cpu (or auto)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return parsed
+
+
+def check_runs_here(config: TrainConfig) -> torch.device:
+    """The device ``config`` trains on, after checking that it and the backend exist on this machine
+    (``ValueError`` otherwise). R-UNet has no group convolutions, so its backend is not used."""
+    device = resolve_device(config.device)
+    if config.model == "ger-unet" and config.backend != "auto":
+        status = backends(device)[config.backend]
+        if not status.available:
+            raise ValueError(f"backend {config.backend!r} cannot run on {device.type}: {status.reason}")
+    return device
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
     write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by ``train``; a clear error for a missing, corrupt or foreign file."""
+def check_checkpoint_path(path: str) -> None:
+    """``path`` is an existing file; else ``FileNotFoundError`` / ``IsADirectoryError`` saying which."""
+    if os.path.isdir(path):
+        best = os.path.join(path, "best.pt")
+        hint = f"; did you mean {best}?" if os.path.isfile(best) else ""
+        raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file{hint}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+
+
+def _load_error(path: str, error: Exception) -> str:
+    """What went wrong, in one sentence, from the error of ``torch.load(path, weights_only=True)``."""
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if unsafe:
+        return (f"checkpoint {path} refers to the Python object {unsafe.group(1)}, which a checkpoint of ours never "
+                f"holds; it is refused unread, since loading it could run code")
+    detail = (str(error).partition("WeightsUnpickler error:")[2].strip() or str(error)).splitlines()
+    return f"checkpoint {path} is corrupt or not a torch file ({': '.join([type(error).__name__] + detail[:1])})"
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by ``train``, loaded with ``weights_only=True`` (tensors and plain data
+    only); ``ValueError`` for a corrupt, foreign or unsafe file, which is never executed."""
+    check_checkpoint_path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises many kinds for a damaged file
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch file ({error})") from None
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as error:
+        raise ValueError(_load_error(path, error)) from None
     if not isinstance(payload, dict) or not {"config", "model", "epoch"} <= payload.keys():
         raise ValueError(f"checkpoint {path} was not written by ger_kernels training (no config/model/epoch)")
     return payload
 
 
+def _config_of(payload: dict, path: str) -> TrainConfig:
+    """The ``TrainConfig`` stored in a checkpoint (fields added since it was written take their defaults)."""
+    stored = payload["config"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(stored, dict) or stored.keys() - known:
+        unknown = sorted(stored.keys() - known) if isinstance(stored, dict) else type(stored).__name__
+        raise ValueError(f"checkpoint {path}: unknown configuration ({unknown}); was it written by a newer "
+                         f"ger_kernels?")
+    try:
+        return TrainConfig(**stored)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint {path}: invalid configuration ({error})") from None
+
+
 def model_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The trained model (eval mode) and its config."""
+    """The trained model (eval mode) on ``device`` and its config. A GER-UNet trained with a backend
+    that cannot run on ``device`` runs the ``auto`` backend (every backend computes the same function)."""
     payload = load_checkpoint(path)
-    config = TrainConfig(**payload["config"])
-    model = build_model(config)
-    model.load_state_dict(payload["model"])
+    config = _config_of(payload, path)
+    device = torch.device(device)
+    runnable = config.backend == "auto" or backends(device)[config.backend].available
+    model = build_model(config if runnable else dataclasses.replace(config, backend="auto"))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {path}: its weights do not fit the {config.model} of its configuration "
+                         f"({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), config
 
 
@@ -179,7 +317,8 @@ def _validate(model, loader, device, amp, dice_weight) -> tuple[float, float]:
 
 def _write_logs(out: str, history: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    columns = list(dict.fromkeys(key for row in history for key in row))  # rows of older versions lack some
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
     write_text_atomically(os.path.join(out, "log.csv"), buffer.getvalue())
@@ -188,79 +327,128 @@ def _write_logs(out: str, history: list[dict]) -> None:
 
 def train(config: TrainConfig, train_set, *, resume: bool = True, progress: bool = True) -> dict:
     """Trains on ``train_set`` (a ``SliceDataset``), resuming from ``out/last.pt`` when it exists.
+    The device, backend and validation split are checked before the run folder is created.
     With ``config.deterministic``, torch's deterministic algorithms are on while it runs (ops
-    without one warn), so a run repeats bit for bit on the same machine.
+    without one warn), so a run repeats bit for bit on the same machine; ``config.threads`` sets
+    torch's CPU threads while it runs. Both global settings are restored afterwards.
 
-    Returns ``{"best_epoch", "best_val_dice", "epochs_run", "seconds", "history"}``.
+    Returns ``{"best_epoch", "best_val_dice", "best_val_loss", "epochs_run", "seconds", "history"}``.
+    Raises ``FloatingPointError`` on a non-finite loss, before the epoch is saved.
     """
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.get_num_threads())
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
         return _train(config, train_set, resume, progress)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.set_num_threads(previous[2])
+
+
+def check_resumable(config: TrainConfig) -> None:
+    """That ``config`` may resume ``config.out/last.pt`` if it exists: else ``ValueError`` listing the
+    fields that differ and may not change (``RESUMABLE_CHANGES`` may)."""
+    last = os.path.join(config.out, "last.pt")
+    if os.path.exists(last):
+        _check_resumable(config, load_checkpoint(last), last)
+
+
+def _check_resumable(config: TrainConfig, payload: dict, path: str) -> None:
+    stored, now = _config_of(payload, path).to_dict(), config.to_dict()
+    changed = sorted(k for k in now if stored[k] != now[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        differences = "; ".join(f"{k} {stored[k]!r} there, {now[k]!r} now" for k in changed)
+        raise ValueError(f"{path} was written with another configuration ({differences}; only "
+                         f"{', '.join(sorted(RESUMABLE_CHANGES))} may change): use the same values, another "
+                         f"--out, or --no-resume")
+
+
+def _non_finite_loss(config: TrainConfig, state: dict, what: str, value: float, images: torch.Tensor | None) -> str:
+    if images is not None and not torch.isfinite(images).all():
+        cause = (f"the batch's images hold {int((~torch.isfinite(images)).sum())} NaN/Inf values: check the "
+                 f"training data")
+    else:
+        cause = "the inputs are finite, so training diverged: try a lower --lr or --no-amp (with --no-resume)"
+    kept = (f"{os.path.join(config.out, 'last.pt')} keeps epoch {state['epoch']} and best.pt epoch "
+            f"{state['best_epoch']}" if state["epoch"] else "no checkpoint was written")
+    return f"training stopped: the {what} is {value} ({cause}); {kept}"
 
 
 def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict:
-    device = resolve_device(config.device)
+    device = check_runs_here(config)
+    train_idx, val_idx = _split_validation(train_set, config.val_fraction, config.seed)
     _seed_everything(config.seed)
-    os.makedirs(config.out, exist_ok=True)
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
-    train_idx, val_idx = _split_validation(train_set, config.val_fraction, config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(Subset(train_set, train_idx), config.batch_size, shuffle=True, generator=generator,
                               drop_last=len(train_idx) > config.batch_size)
     val_loader = DataLoader(Subset(train_set, val_idx), config.batch_size)
-    state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "history": [], "stale": 0, "seconds": 0.0}
+    steps = len(train_loader) if config.max_batches is None else min(len(train_loader), config.max_batches)
+    state = {"epoch": 0, "best_val_dice": -1.0, "best_val_loss": math.inf, "best_epoch": 0, "history": [],
+             "stale": 0, "seconds": 0.0}
     last = os.path.join(config.out, "last.pt")
     if resume and os.path.exists(last):
         payload = load_checkpoint(last)
-        changed = {k for k, v in dataclasses.asdict(config).items() if payload["config"].get(k) != v}
-        if changed - RESUMABLE_CHANGES:
-            raise ValueError(f"{last} was written with another configuration ({', '.join(sorted(changed))} differ; "
-                             f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change): use another --out or "
-                             f"--no-resume")
+        _check_resumable(config, payload, last)
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         generator.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
         state = payload["state"]
-    write_text_atomically(os.path.join(config.out, "config.json"), json.dumps(dataclasses.asdict(config), indent=1))
+        if "best_val_loss" not in state:  # written before the loss broke ties
+            state["best_val_loss"] = state["history"][state["best_epoch"] - 1]["val_loss"] if state["best_epoch"] \
+                else math.inf
+    os.makedirs(config.out, exist_ok=True)
+    write_text_atomically(os.path.join(config.out, "config.json"), json.dumps(config.to_dict(), indent=1))
+    threads = torch.get_num_threads()
+    if progress:
+        begin = f"resuming after epoch {state['epoch']}" if state["epoch"] else "from scratch"
+        print(f"{config.model}: {device}, {threads} CPU threads, {len(train_idx)} training and "
+              f"{len(val_idx)} validation slices, {steps} steps per epoch; {begin} in {config.out}", flush=True)
     while state["epoch"] < config.epochs and state["stale"] < config.patience:
         start = time.perf_counter()
+        epoch = state["epoch"] + 1
         model.train()
         total, seen = 0.0, 0
-        batches = tqdm(train_loader, desc=f"{config.model} epoch {state['epoch'] + 1}/{config.epochs}",
+        batches = tqdm(itertools.islice(train_loader, steps), total=steps,
+                       desc=f"{config.model} epoch {epoch}/{config.epochs}",
                        disable=not (progress and sys.stderr.isatty()), leave=False)
-        for step, (images, masks) in enumerate(batches):
-            if config.max_batches is not None and step >= config.max_batches:
-                break
+        for step, (images, masks) in enumerate(batches, 1):
             if config.augment:
                 images, masks = _augment(images, masks, generator)
             images, masks = images.to(device), masks.to(device)
             with _autocast(device, config.amp):
                 loss = _loss(model(images), masks, config.dice_weight)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(_non_finite_loss(config, state, f"training loss at epoch {epoch}, step "
+                                                          f"{step} of {steps}", value, images))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(images)
+            total += value * len(images)
             seen += len(images)
-            batches.set_postfix(loss=f"{loss.item():.4f}")
+            batches.set_postfix(loss=f"{value:.4f}")
         scheduler.step()
         val_loss, val_dice = _validate(model, val_loader, device, config.amp, config.dice_weight)
-        state["epoch"] += 1
+        if not math.isfinite(val_loss):
+            raise FloatingPointError(_non_finite_loss(config, state, f"validation loss after epoch {epoch}",
+                                                      val_loss, None))
+        state["epoch"] = epoch
         state["seconds"] += time.perf_counter() - start
-        state["history"].append({"epoch": state["epoch"], "train_loss": total / max(seen, 1), "val_loss": val_loss,
+        state["history"].append({"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                                  "val_dice": val_dice, "lr": optimizer.param_groups[0]["lr"],
-                                 "seconds": round(state["seconds"], 2)})
-        improved = val_dice > state["best_val_dice"]
+                                 "seconds": round(state["seconds"], 2), "threads": threads})
+        improved = (val_dice, -val_loss) > (state["best_val_dice"], -state["best_val_loss"])
         state["stale"] = 0 if improved else state["stale"] + 1
         if improved:
-            state["best_val_dice"], state["best_epoch"] = val_dice, state["epoch"]
-        payload = {"config": dataclasses.asdict(config), "model": model.state_dict(), "epoch": state["epoch"],
+            state["best_val_dice"], state["best_val_loss"], state["best_epoch"] = val_dice, val_loss, epoch
+        payload = {"config": config.to_dict(), "model": model.state_dict(), "epoch": epoch,
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "state": state}
         if improved:
@@ -268,7 +456,11 @@ def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict
         save_checkpoint(last, payload)
         _write_logs(config.out, state["history"])
         if progress:
-            print(f"{config.model} epoch {state['epoch']}: train loss {state['history'][-1]['train_loss']:.4f}, "
+            print(f"{config.model} epoch {epoch}: train loss {state['history'][-1]['train_loss']:.4f}, "
                   f"val loss {val_loss:.4f}, val Dice {val_dice:.4f}{' (best)' if improved else ''}", flush=True)
+    if state["best_val_dice"] == 0:
+        _log.warning("%s: the validation Dice stayed 0 in every epoch (no tumor found in the validation slices); "
+                     "best.pt holds the epoch with the lowest validation loss (%d)", config.out, state["best_epoch"])
     return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_val_dice"],
-            "epochs_run": state["epoch"], "seconds": state["seconds"], "history": state["history"]}
+            "best_val_loss": state["best_val_loss"], "epochs_run": state["epoch"], "seconds": state["seconds"],
+            "history": state["history"]}

@@ -46,3 +46,13 @@ class TinySlices(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.images[i], self.masks[i]
+
+
+class RunsCode:
+    """Unpickling it opens (creates) the file ``marker``: a pickle payload that runs code of its choosing."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")

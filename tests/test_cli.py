@@ -1,11 +1,46 @@
+import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
+import nibabel as nib
 import pytest
+import torch
 
+from ger_kernels import training
 from ger_kernels.cli import main
+from ger_kernels.data import write_phantom_lits
+from ger_kernels.training import TrainConfig, build_model, save_checkpoint
+from helpers import RunsCode
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """``--threads`` sets torch's threads for the process, as a command should; tests restore them."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def untrained(tmp_path):
+    """The path of a checkpoint of an untrained tiny GER-UNet (16x16 input), trained "on" LiTS files of
+    3 small phantom volumes in tmp_path/lits."""
+    write_phantom_lits(str(tmp_path / "lits"), 3, depth=4, size=32)
+    c = TrainConfig(data=f"lits:{tmp_path / 'lits'}", size=16, widths=(2, 3, 4, 5), out=str(tmp_path / "run"))
+    path = str(tmp_path / "untrained.pt")
+    save_checkpoint(path, {"config": c.to_dict(), "model": build_model(c).state_dict(), "epoch": 0})
+    return path
+
+
+def error_of(capsys, argv, status=2):
+    """The one line ``main(argv)`` prints on stderr, after checking its exit status."""
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
 
 
 def test_check_prints_every_element_and_backend(capsys):
@@ -44,7 +79,8 @@ def test_workflow_train_evaluate_figure_predict(tmp_path, capsys):
     for model, widths in (("ger-unet", ["2", "3", "4", "5"]), ("r-unet", ["4", "5", "6", "7"])):
         runs[model] = tmp_path / model
         assert main(["train", "--model", model, "--data", data, "--out", str(runs[model]), "--size", "16",
-                     "--widths", *widths, "--epochs", "2", "--batch-size", "4", "--quiet", "--device", "cpu"]) == 0
+                     "--widths", *widths, "--epochs", "2", "--batch-size", "4", "--quiet", "--device", "cpu",
+                     "--threads", "1"]) == 0
         assert (runs[model] / "best.pt").exists() and (runs[model] / "log.csv").exists()
     checkpoints = [str(runs[m] / "best.pt") for m in runs]
     assert main(["evaluate", *checkpoints, "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
@@ -54,8 +90,11 @@ def test_workflow_train_evaluate_figure_predict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ger-unet (ger-unet): 0 pixels disagree after transforming back (g=1)" in out
     assert main(["predict", checkpoints[0], str(tmp_path / "lits" / "volume-0.nii.gz"), str(tmp_path / "pred.nii.gz"),
-                 "--device", "cpu"]) == 0
-    assert (tmp_path / "pred.nii.gz").exists()
+                 "--device", "cpu", "--threads", "1"]) == 0
+    assert nib.load(tmp_path / "pred.nii.gz").shape == (32, 32, 4)
+    assert "tumor voxels in 32x32x4 (H x W x D, as stored)" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(runs["ger-unet"] / "log.csv")))
+    assert [row["threads"] for row in rows] == ["1", "1"]
 
 
 def test_info_reports_paper_parameter_counts(capsys):
@@ -107,12 +146,13 @@ def test_evaluate_a_given_test_set_whole_with_unique_labels(tmp_path, capsys):
     assert f"- ger-unet (a/ger-unet): folder:{tmp_path / 'data' / 'test'} all volumes (slices with tumor): 4 slices, " \
            f"2 volumes, 16x16" in text
     assert "| method | slices | Dice | HD (px) |" in text and "| HD (mm) |" not in text  # PNGs have no spacing
-    with pytest.raises(ValueError, match="--no-split scores every volume of --data, but folder:.* is what the "
-                                         "checkpoint was trained on"):
-        main(["evaluate", first, "--no-split", "--out", str(tmp_path / "leak"), "--device", "cpu"])
-    with pytest.raises(ValueError, match="--no-split scores every volume of --data"):
-        main(["evaluate", first, "--no-split", "--data", f"folder:{tmp_path}/a/../data/", "--out",
-              str(tmp_path / "leak"), "--device", "cpu"])
+    capsys.readouterr()
+    err = error_of(capsys, ["evaluate", first, "--no-split", "--out", str(tmp_path / "leak"), "--device", "cpu"])
+    assert re.match("ger-unet: error: --no-split scores every volume of --data, but folder:.* is what the "
+                    "checkpoint was trained on", err), err
+    err = error_of(capsys, ["evaluate", first, "--no-split", "--data", f"folder:{tmp_path}/a/../data/", "--out",
+                            str(tmp_path / "leak"), "--device", "cpu"])
+    assert err.startswith("ger-unet: error: --no-split scores every volume of --data"), err
     assert not (tmp_path / "leak").exists()
 
 
@@ -128,5 +168,144 @@ def test_equivariance_all_reports_totals_beside_the_figure(tmp_path, capsys):
     assert report["r-unet (r-unet)"]["slices"] == 4 and len(report["r-unet (r-unet)"]["pixels_per_g"]) == 7
     printed = capsys.readouterr().out
     assert "| ger-unet (ger-unet) | 4 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |" in printed
-    with pytest.raises(ValueError, match=r"--slice 4 is out of range: the test data has 4 slices, 0..3"):
-        main(["equivariance", *checkpoints, "--slice", "4", "--out", str(tmp_path / "x.png"), "--device", "cpu"])
+    err = error_of(capsys, ["equivariance", *checkpoints, "--slice", "4", "--out", str(tmp_path / "x.png"),
+                            "--device", "cpu"])
+    assert err.startswith("ger-unet: error: --slice 4 is out of range: the test data has 4 slices, 0..3"), err
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "--help"])
+    assert exit.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--size SIZE (default: 448)", "--epochs EPOCHS (default: 300)", "--lr LR (default: 0.0002)",
+                 "--model {ger-unet,r-unet} (default: ger-unet)", "run folder (default runs/MODEL)",
+                 "--threads THREADS torch CPU threads (default: torch's, one per core"):
+        assert text in out
+
+
+def test_errors_are_one_line_messages(tmp_path, capsys, untrained):
+    (tmp_path / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    (tmp_path / "out.nii.gz").mkdir()
+    (tmp_path / "run").mkdir()
+    for argv, message in [
+        (["predict", untrained, str(tmp_path / "corrupt.nii.gz"), str(tmp_path / "mask.nii.gz")],
+         f"{tmp_path / 'corrupt.nii.gz'}: cannot read as NIfTI"),
+        (["predict", untrained, str(tmp_path / "lits" / "volume-0.nii.gz"), str(tmp_path / "out.nii.gz")],
+         f"output {tmp_path / 'out.nii.gz'} is a folder; give a file name such as"),
+        (["evaluate", str(tmp_path / "run")], f"checkpoint {tmp_path / 'run'} is a directory, not a checkpoint file\n"),
+        (["train", "--data", "folder:/nonexistent/data", "--out", str(tmp_path / "new")],
+         "--data folder:/nonexistent/data: the folder /nonexistent/data does not exist\n"),
+        (["equivariance", untrained, "--slice", "9999", "--out", str(tmp_path / "f.png")],
+         "--slice 9999 is out of range: the test data has 4 slices, 0..3"),
+    ]:
+        assert error_of(capsys, argv).startswith(f"ger-unet: error: {message}")
+    save_checkpoint(str(tmp_path / "run" / "best.pt"), {"weights": 1})
+    assert error_of(capsys, ["evaluate", str(tmp_path / "run")]).endswith(
+        f"is a directory, not a checkpoint file; did you mean {tmp_path / 'run' / 'best.pt'}?\n")
+    assert sorted(os.listdir(tmp_path)) == ["corrupt.nii.gz", "lits", "out.nii.gz", "run", "untrained.pt"]
+
+
+@pytest.mark.parametrize("where", [0, -1])
+def test_debug_shows_the_traceback(tmp_path, untrained, where):
+    argv = ["predict", untrained, str(tmp_path / "lits" / "volume-0.nii.gz"), str(tmp_path / "mask.png")]
+    argv.insert(len(argv) if where else 0, "--debug")
+    with pytest.raises(ValueError, match="must end in .nii or .nii.gz"):
+        main(argv)
+
+
+def test_a_checkpoint_holding_code_is_refused_by_evaluate(tmp_path, capsys):
+    torch.save({"config": {}, "model": {}, "epoch": 1, "x": RunsCode(tmp_path / "marker")}, str(tmp_path / "evil.pt"))
+    err = error_of(capsys, ["evaluate", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "eval")])
+    assert "refers to the Python object" in err and "refused unread" in err
+    assert not (tmp_path / "marker").exists() and not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--size", "30"], "size must be a positive multiple of 8 (GER-UNet and R-UNet halve it 3 times), got 30: "
+                       "use a --size divisible by 8"),
+    (["--backend", "foo"], "backend must be one of ('auto', 'reference', 'cpp', 'triton'), got 'foo'"),
+    (["--backend", "triton"], "backend 'triton' cannot run on cpu: triton"),
+    pytest.param(["--device", "cuda"], "device 'cuda': ",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
+    (["--device", "cpu:0:1"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'cpu:0:1'"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--data", "lits:/nonexistent"], "--data lits:/nonexistent: the folder /nonexistent does not exist"),
+    (["--out", "{tmp}/file/run"], "--out {tmp}/file/run: {tmp}/file is a file, not a folder"),
+])
+def test_train_checks_arguments_before_reading_or_creating(tmp_path, monkeypatch, capsys, arguments, message):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr("ger_kernels.data.open_dataset", None)  # reading data would fail differently
+    (tmp_path / "file").write_text("a file")
+    arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
+    out = ["--out", str(tmp_path / "run")] if "--out" not in arguments else []
+    err = error_of(capsys, ["train", *out, "--device", "cpu", *arguments])
+    assert err.startswith("ger-unet: error: " + message.replace("{tmp}", str(tmp_path))), err
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_train_checks_that_it_can_resume_before_reading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("ger_kernels.data.open_dataset", None)
+    c = TrainConfig(out=str(tmp_path / "run"), size=16, lr=1e-3)
+    save_checkpoint(str(tmp_path / "run" / "last.pt"), {"config": c.to_dict(), "model": {}, "epoch": 1})
+    argv = ["train", "--out", str(tmp_path / "run"), "--size", "16", "--epochs", "5", "--device", "cpu"]
+    assert error_of(capsys, argv).startswith(f"ger-unet: error: {tmp_path / 'run' / 'last.pt'} was written with "
+                                             f"another configuration (lr 0.001 there, 0.0002 now; only ")
+
+
+def test_check_and_demo_check_their_size(capsys):
+    assert error_of(capsys, ["check", "--size", "15"]) == "ger-unet: error: --size must be even (the check network " \
+                                                          "pools once), got 15\n"
+    assert "use a --size divisible by 8" in error_of(capsys, ["demo", "--size", "60", "--out", "/nonexistent/demo"])
+
+
+def test_threads_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", "a.pt", "b.nii", "c.nii", "--threads", "0"])
+    assert exit.value.code == 2 and "argument --threads: must be an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_evaluate_checks_its_out_folder_first(tmp_path, capsys):
+    (tmp_path / "results").write_text("a file")
+    (tmp_path / "model.pt").write_bytes(b"not read: the arguments are checked first")
+    err = error_of(capsys, ["evaluate", str(tmp_path / "model.pt"), "--out", str(tmp_path / "results" / "eval")])
+    results = tmp_path / "results"
+    assert err == f"ger-unet: error: --out {results / 'eval'}: {results} is a file, not a folder\n"
+
+
+def test_predict_refuses_its_input_as_output_before_loading_the_model(tmp_path, capsys):
+    (volume, _), = write_phantom_lits(str(tmp_path), 1, depth=2, size=16)
+    scan = open(volume, "rb").read()
+    (tmp_path / "model.pt").write_bytes(b"not read: the arguments are checked first")
+    os.symlink(volume, tmp_path / "link.nii.gz")
+    err = error_of(capsys, ["predict", str(tmp_path / "model.pt"), volume, str(tmp_path / "link.nii.gz")])
+    assert "is the input" in err and "would overwrite the scan" in err
+    assert open(volume, "rb").read() == scan
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    class Slices:
+        def describe(self):
+            return "stand-in"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ger_kernels.data.open_dataset", lambda *args, **kwargs: (Slices(), None))
+    monkeypatch.setattr(training, "train", interrupted)
+    argv = ["train", "--out", str(tmp_path / "run"), "--size", "16", "--device", "cpu"]
+    assert error_of(capsys, argv, 130) == ("ger-unet: interrupted before the first epoch finished; the same command "
+                                           "starts again\n")
+    c = TrainConfig(out=str(tmp_path / "run"), size=16, device="cpu")
+    save_checkpoint(str(tmp_path / "run" / "last.pt"), {"config": c.to_dict(), "model": {}, "epoch": 1})
+    assert error_of(capsys, argv, 130) == (f"ger-unet: interrupted; {tmp_path / 'run' / 'last.pt'} holds the last "
+                                           f"finished epoch: the same command resumes from it\n")
+    assert "the same command without --no-resume resumes" in error_of(capsys, argv + ["--no-resume"], 130)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--debug", *argv])
+
+
+def test_equivariance_element_must_be_a_p4m_element(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["equivariance", "a.pt", "--element", "8"])
+    assert exit.value.code == 2 and "argument --element: invalid choice: 8" in capsys.readouterr().err

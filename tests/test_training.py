@@ -1,13 +1,16 @@
+import csv
 import dataclasses
 import json
 import os
+import shutil
 
 import pytest
 import torch
 
+from ger_kernels import training
 from ger_kernels.training import (TrainConfig, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint,
                                   train)
-from helpers import TinySlices
+from helpers import RunsCode, TinySlices
 
 
 def config(tmp_path, **kwargs):
@@ -50,9 +53,181 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert resumed["epochs_run"] == 3
     # identical to an uninterrupted run, since the data order and RNG states are restored
     assert [r["train_loss"] for r in resumed["history"]] == pytest.approx([r["train_loss"] for r in full["history"]])
-    with pytest.raises(ValueError, match=r"was written with another configuration \(epochs, lr differ"):
+    with pytest.raises(ValueError, match=r"another configuration \(lr 0.0002 there, 0.001 now; only backend, "
+                                         r"deterministic, device, epochs, out, patience, threads may change\)"):
         train(config(tmp_path / "b", epochs=4, lr=1e-3), TinySlices(), progress=False)
     assert json.load(open(tmp_path / "b" / "run" / "config.json"))["lr"] == config(tmp_path).lr
+
+
+def test_resume_does_not_depend_on_how_the_folder_is_spelled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train(config(tmp_path, out="run", epochs=1), TinySlices(), progress=False)
+    absolute = train(config(tmp_path, out=str(tmp_path / "run"), epochs=2), TinySlices(), progress=False)
+    assert absolute["epochs_run"] == 2 and len(absolute["history"]) == 2
+    shutil.copytree(tmp_path / "run", tmp_path / "copied")
+    copied = train(config(tmp_path, out="./copied/", epochs=3, patience=5, threads=1), TinySlices(), progress=False)
+    assert copied["epochs_run"] == 3 and [r["epoch"] for r in copied["history"]] == [1, 2, 3]
+    assert json.load(open(tmp_path / "copied" / "config.json"))["out"] == "./copied/"
+
+
+def test_resumes_checkpoints_of_the_previous_version(tmp_path):
+    c = config(tmp_path, epochs=1)
+    train(c, TinySlices(), progress=False)
+    last = os.path.join(c.out, "last.pt")
+    payload = torch.load(last, weights_only=True)
+    # as the previous version wrote it: widths a tuple, no threads, no best_val_loss, no threads column
+    payload["config"] = {k: v for k, v in dataclasses.asdict(c).items() if k != "threads"}
+    assert isinstance(payload["config"]["widths"], tuple)
+    del payload["state"]["best_val_loss"]
+    for row in payload["state"]["history"]:
+        del row["threads"]
+    save_checkpoint(last, payload)
+    first_loss = payload["state"]["history"][0]["val_loss"]
+    summary = train(config(tmp_path, epochs=2), TinySlices(), progress=False)
+    assert summary["epochs_run"] == 2
+    assert summary["best_val_loss"] == min(first_loss, summary["history"][1]["val_loss"])
+    rows = list(csv.DictReader(open(os.path.join(c.out, "log.csv"))))
+    assert [row["threads"] for row in rows] == ["", str(torch.get_num_threads())]
+
+
+def test_checkpoints_hold_only_plain_data(tmp_path):
+    c = config(tmp_path, epochs=1)
+    train(c, TinySlices(), progress=False)
+    payload = torch.load(os.path.join(c.out, "last.pt"), weights_only=True)
+
+    def plain(value):
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (str, int, float, bool))
+
+    assert plain(payload["config"]) and plain(payload["state"])
+    assert payload["config"]["widths"] == [2, 3, 4, 5]
+    assert TrainConfig(**payload["config"]) == c
+
+
+def _crafted_checkpoint(path, marker):
+    payload = {"config": config(path.parent).to_dict(), "model": {}, "epoch": 1, "payload": RunsCode(marker)}
+    torch.save(payload, str(path))
+
+
+def test_a_checkpoint_holding_code_is_refused_unread(tmp_path):
+    _crafted_checkpoint(tmp_path / "live.pt", tmp_path / "live-marker")
+    torch.load(tmp_path / "live.pt", weights_only=False)  # the payload is live: an unsafe load runs it
+    assert (tmp_path / "live-marker").exists()
+    _crafted_checkpoint(tmp_path / "evil.pt", tmp_path / "marker")
+    for load in (load_checkpoint, model_from_checkpoint):
+        with pytest.raises(ValueError, match=r"evil.pt refers to the Python object \S*open, .* refused unread, "
+                                             r"since loading it could run code"):
+            load(str(tmp_path / "evil.pt"))
+    assert not (tmp_path / "marker").exists()
+
+
+def test_non_finite_loss_stops_without_touching_the_checkpoints(tmp_path, monkeypatch):
+    c = config(tmp_path, epochs=1)
+    train(c, TinySlices(), progress=False)
+    before = {name: open(os.path.join(c.out, name), "rb").read() for name in ("best.pt", "last.pt", "log.json")}
+    monkeypatch.setattr(training, "_loss", lambda scores, masks, weight: scores.sum() * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"the training loss at epoch 2, step 1 of 3 is nan \(the inputs "
+                                                 r"are finite.*last.pt keeps epoch 1 and best.pt epoch 1"):
+        train(config(tmp_path, epochs=2), TinySlices(), progress=False)
+    assert {name: open(os.path.join(c.out, name), "rb").read() for name in before} == before
+
+
+def test_non_finite_data_stops_training(tmp_path):
+    data = TinySlices()
+    data.images[3, 1, 2, 2] = float("inf")
+    data.images[5, 0, 4, 4] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step \d of 3 is nan \(the batch's images hold 1 "
+                                                 r"NaN/Inf values: check the training data\); no checkpoint"):
+        train(config(tmp_path), data, progress=False)
+    assert not os.path.exists(os.path.join(config(tmp_path).out, "last.pt"))
+
+
+@pytest.mark.parametrize("scores, best", [
+    ([(0.5, 0.0), (0.4, 0.0), (0.6, 0.0)], 2),   # Dice stays 0: the lowest loss
+    ([(0.5, 0.2), (0.4, 0.1), (0.3, 0.2)], 3),   # Dice first, then the lower loss
+    ([(0.5, 0.2), (0.4, 0.3), (0.3, 0.1)], 2),
+])
+def test_best_epoch_by_dice_then_loss(tmp_path, monkeypatch, caplog, scores, best):
+    scripted = iter(scores)
+    monkeypatch.setattr(training, "_validate", lambda *args: next(scripted))
+    c = config(tmp_path, epochs=3)
+    summary = train(c, TinySlices(), progress=False)
+    assert summary["best_epoch"] == best and load_checkpoint(os.path.join(c.out, "best.pt"))["epoch"] == best
+    assert (summary["best_val_loss"], summary["best_val_dice"]) == scores[best - 1]
+    warned = "the validation Dice stayed 0 in every epoch" in caplog.text
+    assert warned == (summary["best_val_dice"] == 0)
+
+
+def test_threads_are_set_logged_and_restored(tmp_path, capsys):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        summary = train(config(tmp_path, epochs=1, threads=1), TinySlices())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert [row["threads"] for row in summary["history"]] == [1]
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("ger-unet: cpu, 1 CPU threads, 12 training and 4 validation slices, "
+                            "3 steps per epoch; from scratch in ")
+
+
+def test_progress_bar_counts_max_batches(tmp_path, monkeypatch):
+    bars = []
+
+    class Bar:
+        def __init__(self, iterable, total, **kwargs):
+            self.items, self.total = list(iterable), total
+            bars.append(self)
+
+        def __iter__(self):
+            return iter(self.items)
+
+        def set_postfix(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(training, "tqdm", Bar)
+    train(config(tmp_path, epochs=2, max_batches=2), TinySlices(), progress=False)
+    assert [(bar.total, len(bar.items)) for bar in bars] == [(2, 2), (2, 2)]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("size", 30, r"size must be a positive multiple of 8 .* got 30: use a --size divisible by 8"),
+    ("size", 0, "use a --size divisible by 8"),
+    ("widths", (1, 2, 3), r"widths must be 4 positive ints, got \(1, 2, 3\)"),
+    ("widths", (1, 2, 0, 4), "each of widths must be an int >= 1, got 0"),
+    ("epochs", 0, "epochs must be an int >= 1, got 0"),
+    ("batch_size", 2.5, "batch_size must be an int >= 1, got 2.5"),
+    ("max_batches", 0, "max_batches must be an int >= 1, got 0"),
+    ("threads", -1, "threads must be an int >= 1, got -1"),
+    ("lr", -1e-3, r"lr must be a number in \[0, inf\), got -0.001"),
+    ("lr_decay", 0.0, r"lr_decay must be a number in \(0, 1\], got 0.0"),
+    ("val_fraction", 1.5, r"val_fraction must be a number in \(0, 1\], got 1.5"),
+    ("dice_weight", float("nan"), "dice_weight must be a number"),
+    ("backend", "foo", r"backend must be one of \('auto', 'reference', 'cpp', 'triton'\), got 'foo'"),
+    ("group", "p8", "group must be one of"),
+    ("skip", "sum", "skip must be one of"),
+    ("device", "gpu", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+])
+def test_config_checks_every_field(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, **{field: value})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(backend="triton"), r"backend 'triton' cannot run on cpu: triton .* interpreter"),
+    pytest.param(dict(device="cuda"), r"device 'cuda': (this torch .* is built without CUDA|no CUDA device)",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
+])
+def test_device_and_backend_are_checked_before_the_run_folder(tmp_path, monkeypatch, kwargs, message):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    c = config(tmp_path, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        train(c, TinySlices(), progress=False)
+    assert not os.path.exists(c.out)
 
 
 def test_repeats_bit_for_bit_and_restores_the_global_flag(tmp_path):
@@ -72,9 +247,17 @@ def test_early_stopping(tmp_path):
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(str(tmp_path / "missing.pt"))
+    with pytest.raises(IsADirectoryError, match=r"checkpoint \S+ is a directory, not a checkpoint file$"):
+        load_checkpoint(str(tmp_path))
+    (tmp_path / "best.pt").write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match=r"is a directory, not a checkpoint file; did you mean \S+/best.pt\?"):
+        load_checkpoint(str(tmp_path))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x02not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt.pt is corrupt or not a torch file"):
+    with pytest.raises(ValueError, match=r"corrupt.pt is corrupt or not a torch file \(UnpicklingError: .+\)$"):
+        load_checkpoint(str(corrupt))
+    corrupt.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"corrupt.pt is corrupt or not a torch file \(EOFError\)$"):
         load_checkpoint(str(corrupt))
     foreign = tmp_path / "foreign.pt"
     save_checkpoint(str(foreign), {"weights": 1})
@@ -86,6 +269,23 @@ def test_validation_needs_two_volumes(tmp_path):
     data = TinySlices(4)
     with pytest.raises(ValueError, match="the training split has 1 volume"):
         train(config(tmp_path), data, progress=False)
+    assert not os.path.exists(config(tmp_path).out)
+
+
+def test_a_checkpoint_of_a_backend_missing_here_runs_auto(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    c = config(tmp_path, backend="triton")
+    weights = build_model(config(tmp_path)).state_dict()
+    save_checkpoint(str(tmp_path / "gpu.pt"), {"config": c.to_dict(), "model": weights, "epoch": 1})
+    model, restored = model_from_checkpoint(str(tmp_path / "gpu.pt"))
+    assert restored == c and model(torch.rand(1, 3, 16, 16)).shape == (1, 2, 16, 16)
+
+
+def test_a_checkpoint_whose_weights_do_not_fit(tmp_path):
+    save_checkpoint(str(tmp_path / "odd.pt"), {"config": config(tmp_path, widths=(2, 3, 4, 6)).to_dict(),
+                                               "model": build_model(config(tmp_path)).state_dict(), "epoch": 1})
+    with pytest.raises(ValueError, match="odd.pt: its weights do not fit the ger-unet of its configuration"):
+        model_from_checkpoint(str(tmp_path / "odd.pt"))
 
 
 def test_build_model_paper_widths():

@@ -6,7 +6,7 @@ the first (i) gives the rows H and the second (j) the columns W; nothing is reor
 the affine is kept to write results in the input's space. ``spacing = (row_mm, col_mm, slice_mm)`` are the
 header's voxel sizes along i, j, k. CT values are HU after the header's ``scl_slope``/``scl_inter``.
 Files are ``.nii`` or ``.nii.gz``; a trailing axis of length 1 (``(H, W, D, 1)``) is dropped.
-Every error names the file.
+A CT volume with NaN or infinite voxels is refused. Every error names the file.
 """
 
 from __future__ import annotations
@@ -54,8 +54,13 @@ def _read(path: str, as_hu: bool) -> tuple[np.ndarray, nib.spatialimages.Spatial
 
 
 def read_volume(path: str) -> Volume:
-    """The CT volume at ``path``, ``array`` (D, H, W) float32 in HU."""
+    """The CT volume at ``path``, ``array`` (D, H, W) float32 in HU; ``ValueError`` if a voxel is not finite."""
     array, image = _read(path, as_hu=True)
+    if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):  # NaN propagates to both
+        bad = np.argwhere(~np.isfinite(array))
+        d, h, w = bad[0]
+        raise ValueError(f"{path}: {len(bad)} voxels are NaN or infinite, the first at (i, j, k) = ({h}, {w}, {d}); "
+                         f"a CT volume must hold finite values")
     zooms = image.header.get_zooms()
     return Volume(array, np.asarray(image.affine, dtype=np.float64), tuple(float(z) for z in zooms[:3]))
 

@@ -36,6 +36,17 @@ def test_volume_values_are_hu_after_the_header_scaling(tmp_path):
     np.testing.assert_array_equal(read_volume(str(tmp_path / "scaled.nii.gz")).array.ravel(), [-1024, 0, 976])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxels_are_refused(tmp_path, bad):
+    data = np.zeros((6, 5, 4), np.float32)
+    data[2, 3, 1] = bad
+    data[4, 0, 3] = np.nan
+    nib.Nifti1Image(data, np.eye(4)).to_filename(str(tmp_path / "ct.nii.gz"))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'ct.nii.gz'}: 2 voxels are NaN or infinite, the "
+                                                   f"first at (i, j, k) = (2, 3, 1)")):
+        read_volume(str(tmp_path / "ct.nii.gz"))
+
+
 def test_labels_keep_their_stored_dtype(tmp_path):
     labels = np.array([[[0, 1], [2, 1]]], np.uint8)
     labels_back = read_labels(write_nifti_file(tmp_path / "seg.nii.gz", labels))
