@@ -31,9 +31,9 @@ from ger_kernels._validation import conv_output_size
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton import interpreting
 from ger_kernels.triton.jit import Kernel
-from ger_kernels.triton.tuning import Config, Tuner, dtype_class, size_bucket
+from ger_kernels.triton.tuning import Config, Tuner, arch_name, dtype_class, size_bucket
 
-__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "tables", "precision", "TF32_ENV"]
+__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "tables", "precision", "problem_class", "TF32_ENV"]
 
 TF32_ENV = "GER_KERNELS_TRITON_TF32"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -278,11 +278,25 @@ def _out_size(input_size, k: int, stride: int, padding: int, dilation: int) -> l
     return size
 
 
+def problem_class(family: str, dtype: torch.dtype, input_shape, weight_shape, stride: int, padding: int,
+                  dilation: int, order: int) -> tuple:
+    """The tuning key of ``family``'s kernel for an input ``(B, C_in*S_in, H, W)`` and a weight
+    ``(C_out, C_in, S_in, k, k)``: dtype, group, S_in, k, stride, precision and the power-of-two
+    buckets of the GEMM's (M, N, K) (forward: pixels, output channels, C*k*k; input_grad: input
+    pixels, C, C_out*S*k*k; weight_grad: C_out, C, pixels)."""
+    batch, channels, height, width = input_shape
+    c_out, _, s_in, k, _ = weight_shape
+    h_out, w_out = _out_size(input_shape, k, stride, padding, dilation)
+    n, pixels = c_out * order, batch * h_out * w_out
+    gemm = {"forward": (pixels, n, channels * k * k), "input_grad": (batch * height * width, channels, n * k * k),
+            "weight_grad": (c_out, channels, pixels)}[family]
+    return (dtype, order, s_in, k, stride, precision(dtype), *map(size_bucket, gemm))
+
+
 def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.device):
-    """``launch(config)`` with the tuned (or forced) config of ``family`` for ``dtype`` and
-    problem class ``key``."""
-    if device.type == "cuda":
-        key = _device_key(device) + key
+    """``launch(config)`` with the forced, cached, default or tuned config of ``family`` for
+    ``dtype`` and problem class ``key``."""
+    gpu = _device_key(device) if device.type == "cuda" else ()
 
     def time_ms(config: Config) -> float:
         try:
@@ -292,7 +306,7 @@ def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.devi
 
     # Triton launches on the current device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms))
+        return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms, device=gpu, arch=arch_name(device)))
 
 
 def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: int, relu: bool) -> torch.Tensor:
@@ -306,6 +320,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     if out.numel() == 0:
         return out
     _check_offsets(x, out)
+    key = problem_class("forward", x.dtype, x.shape, weight.shape, stride, padding, dilation, order)
     weight = _tap_major(weight)
     table = tables(get_group(order), k, x.device)
     pixels, n = batch * h_out * w_out, c_out * order
@@ -319,8 +334,6 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu,
             ALIGN=_alignment(x), PRECISION=precision(x.dtype), **config.meta())
 
-    key = (x.dtype, order, s_in, k, stride, precision(x.dtype), size_bucket(pixels), size_bucket(n),
-           size_bucket(channels * k * k))
     _run("forward", x.dtype, key, launch, x.device)
     return out
 
@@ -336,6 +349,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
     if dx.numel() == 0:
         return dx
     _check_offsets(grad, dx)
+    key = problem_class("input_grad", grad.dtype, input_size, weight.shape, stride, padding, dilation, order)
     weight = _tap_major(weight)
     table = tables(get_group(order), k, grad.device)
     h_out, w_out = grad.shape[-2:]
@@ -353,8 +367,6 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),
             PRECISION=precision(grad.dtype), **config.meta())
 
-    key = (grad.dtype, order, s_in, k, stride, precision(grad.dtype), size_bucket(batch * height * width),
-           size_bucket(channels), size_bucket(n * k * k))
     _run("input_grad", grad.dtype, key, launch, grad.device)
     return dx
 
@@ -407,8 +419,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             PRECISION=precision(x.dtype), **config.meta())
         return partials
 
-    key = (x.dtype, order, in_orientations, kernel_size, stride, precision(x.dtype), size_bucket(c_out),
-           size_bucket(channels), size_bucket(pixels))
+    key = problem_class("weight_grad", x.dtype, x.shape, shape, stride, padding, dilation, order)
     return _run("weight_grad", x.dtype, key, launch, x.device).sum(0).view(shape).to(x.dtype)
 
 

@@ -93,3 +93,71 @@ def test_cache_path(monkeypatch, tmp_path):
 
 def test_size_bucket():
     assert [tuning.size_bucket(n) for n in (1, 2, 3, 64, 65, 1000)] == [1, 2, 4, 64, 128, 1024]
+
+
+def write_defaults(directory, arch, entries):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"configs_{arch}.json").write_text(json.dumps({"arch": arch, "entries": entries}))
+
+
+def test_default_table_is_used_without_timing(tmp_path):
+    configs = CONFIGS["half"]["forward"]
+    write_defaults(tmp_path / "defaults", "sm90", {"forward|half|torch.bfloat16|8|1024": {"config": configs[1].name}})
+    tuner = Tuner(tmp_path / "cache.json", defaults_dir=tmp_path / "defaults")
+
+    def never(config):
+        raise AssertionError("a problem class of the default table must not be timed")
+
+    assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 1024), never, ("H200", "3.6"), "sm90") == configs[1]
+    assert not (tmp_path / "cache.json").exists()  # the table is not copied into the tuning cache
+    # another architecture, family, dtype class or problem class has no entry: timed and cached
+    timed = []
+    assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 1024), lambda c: timed.append(c) or 1.0,
+                        ("A100", "3.6"), "sm80") == configs[0]
+    assert timed == configs
+    assert tuner.choose("input_grad", "half", ("torch.bfloat16", 8, 1024), lambda c: 1.0, (), "sm90") \
+        == CONFIGS["half"]["input_grad"][0]
+    assert set(json.loads((tmp_path / "cache.json").read_text())) == {
+        "forward|half|A100|3.6|torch.bfloat16|8|1024", "input_grad|half|torch.bfloat16|8|1024"}
+
+
+def test_tuning_cache_wins_over_the_default_table(tmp_path):
+    configs = CONFIGS["half"]["weight_grad"]
+    write_defaults(tmp_path, "sm90", {"weight_grad|half|k": {"config": configs[1].name}})
+    (tmp_path / "cache.json").write_text(json.dumps({"weight_grad|half|H200|k": configs[2].name}))
+    assert Tuner(tmp_path / "cache.json", tmp_path).choose("weight_grad", "half", ("k",), None, ("H200",), "sm90") \
+        == configs[2]
+
+
+def test_default_naming_a_config_no_longer_listed_is_timed(tmp_path):
+    write_defaults(tmp_path, "sm90", {"forward|float32|k": {"config": "m1n1k1w1s1"}})
+    configs = CONFIGS["float32"]["forward"]
+    chosen = Tuner(tmp_path / "cache.json", tmp_path).choose("forward", "float32", ("k",),
+                                                             lambda c: 1.0 if c == configs[1] else 2.0, (), "sm90")
+    assert chosen == configs[1]
+
+
+def test_invalid_default_table_is_a_clear_error(tmp_path):
+    (tmp_path / "configs_sm90.json").write_text("{")
+    with pytest.raises(ValueError, match=r"configs_sm90.json is not valid JSON"):
+        tuning.read_defaults("sm90", tmp_path)
+    write_defaults(tmp_path, "sm90", {"forward|half|k": "m64n64k32w4s3"})
+    with pytest.raises(ValueError, match=r"configs_sm90.json needs an object 'entries'"):
+        tuning.read_defaults("sm90", tmp_path)
+    assert tuning.read_defaults("sm75", tmp_path) == {}
+
+
+@pytest.mark.parametrize("arch", ["sm90", "sm80"])
+def test_shipped_default_tables_name_listed_configs(arch):
+    """The checked-in tables parse and every entry names a config of its family's list."""
+    table = json.loads(tuning.defaults_path(arch).read_text())
+    assert table["arch"] == arch and table["note"]
+    for name, found in tuning.read_defaults(arch).items():
+        family, kind = name.split("|")[:2]
+        assert found["config"] in {c.name for c in CONFIGS[kind][family]}, name
+
+
+def test_arch_name():
+    import torch
+
+    assert tuning.arch_name(torch.device("cpu")) == "cpu"
