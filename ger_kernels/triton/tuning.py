@@ -64,12 +64,19 @@ class Config(NamedTuple):
 # weight_grad: M = output fields, N = base input channels, K = pixels.
 # float32 runs on FMA units (IEEE) and needs smaller tiles per thread than the tensor-core
 # dtypes. Every config compiles for sm_90 without register spills (ger_kernels.triton.aot).
+# Hopper-sized configs (BLOCK_K 64: 128-byte rows of 16-bit elements, wgmma's widest shared-memory
+# swizzle) with 128x64 tiles and 8 warps fit in registers. Left out because they spill (triton 3.9,
+# sm_90, bf16, 8 or 16 warps, 3 or 4 stages): forward and input_grad at 128x128 (BLOCK_K 32 or 64:
+# 250 to 450 bytes per thread) and every kernel at 128x256 (1.0 to 2.8 KiB); weight_grad at 128x128
+# fits with BLOCK_K 32 only (48 bytes at 64). The weight tile's per-element gather through the
+# orientation table holds an address per element: that, not the accumulator, fills the registers.
 _HALF_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
-                    Config(64, 64, 16, 4, 4)]
+                    Config(64, 64, 16, 4, 4), Config(128, 64, 64, 8, 3), Config(64, 64, 64, 4, 4)]
 _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
                 Config(64, 32, 32, 4, 3)]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
-    "half": {"forward": _HALF_PIXEL_GEMM, "input_grad": _HALF_PIXEL_GEMM, "weight_grad": _WEIGHT_GRAD},
+    "half": {"forward": _HALF_PIXEL_GEMM, "input_grad": _HALF_PIXEL_GEMM,
+             "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 64, 8, 3), Config(128, 128, 32, 8, 3)]},
     "float32": {
         "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
         "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],

@@ -83,8 +83,10 @@ def assert_half_parity(x, w, b, stride, padding, dilation, group, dtype):
         assert err <= min(2 * torch_errs[name], 1e-2), (name, err, torch_errs[name])
 
 
-@pytest.mark.parametrize("kind,dtype", [("float32", torch.float32), ("half", torch.float16)])
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("kind,dtype,index", [(kind, dtype, index) for kind, dtype in
+                                               [("float32", torch.float32), ("half", torch.float16)]
+                                               for index in range(max(map(len, CONFIGS[kind].values())))],
+                         ids=lambda v: str(v).removeprefix("torch."))
 def test_every_config(device, monkeypatch, kind, dtype, index):
     """Config ``index`` of every list of the dtype class (lists without one use their first)."""
     names = [configs[index].name for configs in CONFIGS[kind].values() if index < len(configs)]
