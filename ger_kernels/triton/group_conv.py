@@ -193,6 +193,69 @@ def weight_grad_kernel(
     tl.store(dw_ptrs, acc, mask=o_ok[:, None] & q_ok[None, :])
 
 
+@Kernel.specializing(("sdc", "sxc"))
+def weight_grad_channels_kernel(
+    dy_ptr, x_ptr, dw_ptr, orient_ptr, taps_ptr,
+    B, C, H, W, N, H_out, W_out, pixels_per_split, blocks_per_split,
+    sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
+    stride, padding, dilation,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The weight gradient's other GEMM (config variant "channels"): one split of the pixels of
+    dW~ tiles, folded to the base weight in the epilogue. Per tap, the tile dW~[n, c, tap] =
+    sum_p dy[p, n] x[p shifted by tap, c] (rows: output channels n = o*S + t, full tiles;
+    columns: input channels c = i*S_IN + s; reduction: the split's pixels, BLOCK_K at a time);
+    then, one t at a time, its rows o*S + t are added to dw_ptr[split, o, i*S_IN + T[t, s],
+    taps[t, tap]] (float32, zero-initialized; T[t, s] replaced by s when S_IN = 1). BLOCK_M is a
+    multiple of S and BLOCK_N of S_IN, so a program owns whole fields of rows and columns: its
+    read-add-writes race with no other program and run in a fixed order (deterministic). No
+    W~-sized buffer: the partials hold one base-weight gradient per split."""
+    TAPS: tl.constexpr = KSIZE * KSIZE
+    FIELDS: tl.constexpr = BLOCK_M // S
+    tiles_c = (C + BLOCK_N - 1) // BLOCK_N
+    rn = tl.program_id(0) // tiles_c * BLOCK_M + tl.arange(0, BLOCK_M)
+    rc = tl.program_id(0) % tiles_c * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    n_ok = rn < N
+    c_ok = rc < C
+    ro = tl.program_id(0) // tiles_c * FIELDS + tl.arange(0, FIELDS)  # the fields o of rows o*S + t
+    fold_ok = (ro < N // S)[:, None] & c_ok[None, :]
+    split = tl.program_id(1)
+    pixels = B * H_out * W_out
+    dw_fields = dw_ptr + split * (N // S * C * TAPS) + ro[:, None] * (C * TAPS)
+    for tap in range(TAPS):
+        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+        for block in range(blocks_per_split):
+            p = split * pixels_per_split + block * BLOCK_K + rk
+            p_ok = p < pixels
+            ow = p % W_out
+            oh = (p // W_out) % H_out
+            batch = (p // (W_out * H_out)).to(tl.int64)
+            ih = oh * stride - padding + (tap // KSIZE) * dilation
+            iw = ow * stride - padding + (tap % KSIZE) * dilation
+            pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(dy_ptr + (batch * sdb + oh * sdh + ow * sdw)[None, :] + (rn * sdc)[:, None],
+                        mask=n_ok[:, None] & p_ok[None, :], other=0.0)
+            b = tl.load(x_ptr + (batch * sxb + ih * sxh + iw * sxw)[:, None] + (rc * sxc)[None, :],
+                        mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        by_t = tl.permute(tl.reshape(acc, (FIELDS, S, BLOCK_N)), (0, 2, 1))  # (field, c, t)
+        for fold in tl.static_range(S):  # the fold, one t at a time
+            rows = by_t
+            for level in tl.static_range(3):  # rows[:, :, fold]: select bit `level` of t (S <= 8)
+                if (S >> level) > 1:
+                    even, odd = tl.split(tl.reshape(rows, (FIELDS, BLOCK_N, (S >> level) // 2, 2)))
+                    rows = odd if (fold >> level) & 1 else even
+            if S_IN > 1:
+                q = rc // S_IN * S_IN + tl.load(orient_ptr + fold * S + rc % S_IN)
+            else:
+                q = rc
+            ptrs = dw_fields + (q * TAPS)[None, :] + tl.load(taps_ptr + fold * TAPS + tap)
+            tl.store(ptrs, tl.load(ptrs, mask=fold_ok, other=0.0) + tl.reshape(rows, (FIELDS, BLOCK_N)), mask=fold_ok)
+            tl.debug_barrier()  # these writes are visible to the threads that read them next
+
+
 # --------------------------------------------------------------------------- launchers
 
 # (order, k, device) -> index tables; a plain dict (SPEC: O(S^2 + S*k^2) entries).
@@ -392,7 +455,8 @@ def _splits(device: torch.device, programs: int, pixels: int, block_k: int) -> i
 def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, padding: int, dilation: int,
                 order: int) -> torch.Tensor:
     """Gradient w.r.t. the base weight ``(C_out, C_in, S_in, k, k)``; partial sums over pixel
-    ranges are float32, added in a fixed order (deterministic)."""
+    ranges are float32, added in a fixed order (deterministic). Configs of variant "channels"
+    run ``weight_grad_channels_kernel`` (GEMM rows C_out*S), the others ``weight_grad_kernel``."""
     _check(x)
     batch, channels, height, width = x.shape
     c_out = grad.shape[1] // order
@@ -406,6 +470,8 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
     pixels = batch * h_out * w_out
 
     def launch(config: Config) -> torch.Tensor:
+        if config.variant == "channels":
+            return launch_channels(config)
         tiles = triton.cdiv(c_out, config.block_m) * triton.cdiv(channels, config.block_n)
         splits = _splits(x.device, tiles * taps, pixels, config.block_k)
         per_split = triton.cdiv(triton.cdiv(pixels, splits), config.block_k) * config.block_k
@@ -414,6 +480,20 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
         weight_grad_kernel[(tiles, taps, partials.shape[0])](
             grad, x, partials, table["source"], table["inverse_taps"],
             batch, channels, height, width, c_out, h_out, w_out, per_split, per_split // config.block_k * order,
+            *grad.stride(), *x.stride(),
+            stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
+            PRECISION=precision(x.dtype), **config.meta())
+        return partials
+
+    def launch_channels(config: Config) -> torch.Tensor:
+        tiles = triton.cdiv(c_out * order, config.block_m) * triton.cdiv(channels, config.block_n)
+        splits = _splits(x.device, tiles, pixels, config.block_k)
+        per_split = triton.cdiv(triton.cdiv(pixels, splits), config.block_k) * config.block_k
+        partials = torch.zeros((triton.cdiv(pixels, per_split), c_out, channels, taps), dtype=torch.float32,
+                               device=x.device)
+        weight_grad_channels_kernel[(tiles, partials.shape[0])](
+            grad, x, partials, table["orient"], table["taps"],
+            batch, channels, height, width, c_out * order, h_out, w_out, per_split, per_split // config.block_k,
             *grad.stride(), *x.stride(),
             stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
             PRECISION=precision(x.dtype), **config.meta())

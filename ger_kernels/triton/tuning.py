@@ -42,16 +42,19 @@ DEFAULTS_DIR = pathlib.Path(__file__).resolve().parent
 
 
 class Config(NamedTuple):
-    """Tiles ``BLOCK_M x BLOCK_N`` of the GEMM result, ``BLOCK_K`` of its reduction."""
+    """Tiles ``BLOCK_M x BLOCK_N`` of the GEMM result, ``BLOCK_K`` of its reduction; ``variant``
+    names another kernel of the family ("channels": the weight gradient with rows C_out*S)."""
     block_m: int
     block_n: int
     block_k: int
     num_warps: int
     num_stages: int
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return f"m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+        name = f"m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+        return f"{name}-{self.variant}" if self.variant else name
 
     def meta(self) -> dict:
         """Keyword arguments of a launch: the tile constexprs, warps and stages."""
@@ -61,7 +64,9 @@ class Config(NamedTuple):
 
 # forward and input_grad: M = pixels, N = channels, K = channels of one tap (a multiple of the
 # group order, which the kernels rely on; 16 suits lifting layers with few input channels).
-# weight_grad: M = output fields, N = base input channels, K = pixels.
+# weight_grad: M = output fields, N = base input channels, K = pixels; its "channels" variant:
+# M = output channels C_out*S (full tiles), N = input channels, K = pixels, per tap (BLOCK_M a
+# multiple of S, BLOCK_N of S_in).
 # float32 runs on FMA units (IEEE) and needs smaller tiles per thread than the tensor-core
 # dtypes. Every config compiles for sm_90 without register spills (ger_kernels.triton.aot).
 # Hopper-sized configs (BLOCK_K 64: 128-byte rows of 16-bit elements, wgmma's widest shared-memory
@@ -76,11 +81,13 @@ _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 
                 Config(64, 32, 32, 4, 3)]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
     "half": {"forward": _HALF_PIXEL_GEMM, "input_grad": _HALF_PIXEL_GEMM,
-             "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 64, 8, 3), Config(128, 128, 32, 8, 3)]},
+             "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 64, 8, 3), Config(128, 128, 32, 8, 3),
+                                            Config(128, 128, 32, 8, 3, "channels"),
+                                            Config(128, 64, 64, 8, 3, "channels")]},
     "float32": {
         "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
         "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
-        "weight_grad": _WEIGHT_GRAD,
+        "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 16, 8, 3, "channels")],
     },
 }
 

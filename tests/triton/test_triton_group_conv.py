@@ -99,6 +99,18 @@ def test_every_config(device, monkeypatch, kind, dtype, index):
         assert_half_parity(x, w, b, 2, 1, 1, P4M, dtype)
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[9], CASES[12]], ids=["lift", "p4-s2-d2", "lift-k5-s2",
+                                                                         "splits"])
+def test_weight_gradient_with_output_channel_rows(device, monkeypatch, case):
+    """The "channels" variant of the weight gradient (rows C_out*S, the fold in the epilogue)."""
+    group, lifting, k, stride, padding, dilation, height, width, batch = case
+    variant = [c for c in CONFIGS["float32"]["weight_grad"] if c.variant == "channels"][0]
+    monkeypatch.setenv(FORCE_ENV, variant.name)
+    x, w, b = conv_args(group, lifting, k, height, width, batch, device=device)
+    errs = parity(x, w, b, stride, padding, dilation, group)
+    assert errs["dw"] <= 1e-5, errs
+
+
 def test_weight_gradient_reduction_is_split():
     assert group_conv._splits(torch.device("cpu"), 9, 2 * 12 * 11, 32) == 2
     assert group_conv._splits(torch.device("cpu"), 9, 2 * 9 * 7, 32) == 1
@@ -132,7 +144,7 @@ def test_empty_batch_launches_nothing(device, monkeypatch):
         def __getitem__(self, grid):
             raise AssertionError("a kernel was launched for an empty batch")
 
-    for name in ("forward_kernel", "input_grad_kernel", "weight_grad_kernel"):
+    for name in ("forward_kernel", "input_grad_kernel", "weight_grad_kernel", "weight_grad_channels_kernel"):
         monkeypatch.setattr(group_conv, name, NoLaunch())
     x, w, b = (t.float().requires_grad_(True) for t in conv_args(P4M, False, 3, 9, 7, batch=0, device=device))
     out = group_conv2d(x, w, b, 1, 1, 1, P4M)
