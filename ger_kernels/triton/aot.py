@@ -56,7 +56,7 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
     pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _POINTERS[family]]
     constexprs = {"S": 8, "S_IN": 8, "KSIZE": 3, "PRECISION": group_conv.precision(dtype)}
     constexprs.update({name: 1 for name in ("sxc", "soc", "sdc") if name in fn.arg_names})
-    if not family.startswith("weight_grad"):
+    if family != "weight_grad":
         constexprs["ALIGN"] = 8  # strides of a channels_last map with a multiple of 8 channels
     if family == "forward":
         constexprs.update(HAS_BIAS=True, RELU=False)

@@ -199,7 +199,7 @@ def weight_grad_channels_kernel(
     B, C, H, W, N, H_out, W_out, pixels_per_split, blocks_per_split,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
-    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """The weight gradient's other GEMM (config variant "channels"): one split of the pixels of
@@ -210,15 +210,16 @@ def weight_grad_channels_kernel(
     taps[t, tap]] (float32, zero-initialized; T[t, s] replaced by s when S_IN = 1). BLOCK_M is a
     multiple of S and BLOCK_N of S_IN, so a program owns whole fields of rows and columns: its
     read-add-writes race with no other program and run in a fixed order (deterministic). No
-    W~-sized buffer: the partials hold one base-weight gradient per split."""
+    W~-sized buffer: the partials hold one base-weight gradient per split. ALIGN divides N, C and
+    the strides of dy and x but the channels' (vector loads along channels of channels_last maps)."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_M // S
     tiles_c = (C + BLOCK_N - 1) // BLOCK_N
     rn = tl.program_id(0) // tiles_c * BLOCK_M + tl.arange(0, BLOCK_M)
     rc = tl.program_id(0) % tiles_c * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    n_ok = rn < N
-    c_ok = rc < C
+    n_ok = rn // ALIGN < N // ALIGN  # = rn < N, constant over ALIGN channels (vector loads)
+    c_ok = rc // ALIGN < C // ALIGN
     ro = tl.program_id(0) // tiles_c * FIELDS + tl.arange(0, FIELDS)  # the fields o of rows o*S + t
     fold_ok = (ro < N // S)[:, None] & c_ok[None, :]
     split = tl.program_id(1)
@@ -235,10 +236,12 @@ def weight_grad_channels_kernel(
             ih = oh * stride - padding + (tap // KSIZE) * dilation
             iw = ow * stride - padding + (tap % KSIZE) * dilation
             pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(dy_ptr + (batch * sdb + oh * sdh + ow * sdw)[None, :] + (rn * sdc)[:, None],
-                        mask=n_ok[:, None] & p_ok[None, :], other=0.0)
-            b = tl.load(x_ptr + (batch * sxb + ih * sxh + iw * sxw)[:, None] + (rc * sxc)[None, :],
-                        mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+            dy_rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
+            x_rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
+            a = tl.load(dy_ptr + dy_rows[None, :] + (rn * sdc)[:, None], mask=n_ok[:, None] & p_ok[None, :],
+                        other=0.0)
+            b = tl.load(x_ptr + x_rows[:, None] + (rc * sxc)[None, :], mask=pix_ok[:, None] & c_ok[None, :],
+                        other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         by_t = tl.permute(tl.reshape(acc, (FIELDS, S, BLOCK_N)), (0, 2, 1))  # (field, c, t)
         for fold in tl.static_range(S):  # the fold, one t at a time
@@ -496,7 +499,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             batch, channels, height, width, c_out * order, h_out, w_out, per_split, per_split // config.block_k,
             *grad.stride(), *x.stride(),
             stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
-            PRECISION=precision(x.dtype), **config.meta())
+            ALIGN=min(_alignment(x), _alignment(grad)), PRECISION=precision(x.dtype), **config.meta())
         return partials
 
     key = problem_class("weight_grad", x.dtype, x.shape, shape, stride, padding, dilation, order)

@@ -75,6 +75,8 @@ class Config(NamedTuple):
 # 250 to 450 bytes per thread) and every kernel at 128x256 (1.0 to 2.8 KiB); weight_grad at 128x128
 # fits with BLOCK_K 32 only (48 bytes at 64). The weight tile's per-element gather through the
 # orientation table holds an address per element: that, not the accumulator, fills the registers.
+# The "channels" weight gradient loads both operands as vectors: 128x128x64 fits, 128x256 and
+# 256x128 spill (24 to 128 bytes).
 _HALF_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
                     Config(64, 64, 16, 4, 4), Config(128, 64, 64, 8, 3), Config(64, 64, 64, 4, 4)]
 _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
@@ -82,6 +84,7 @@ _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 
 CONFIGS: dict[str, dict[str, list[Config]]] = {
     "half": {"forward": _HALF_PIXEL_GEMM, "input_grad": _HALF_PIXEL_GEMM,
              "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 64, 8, 3), Config(128, 128, 32, 8, 3),
+                                            Config(128, 128, 64, 8, 3, "channels"),
                                             Config(128, 128, 32, 8, 3, "channels"),
                                             Config(128, 64, 64, 8, 3, "channels")]},
     "float32": {

@@ -111,6 +111,18 @@ def test_weight_gradient_with_output_channel_rows(device, monkeypatch, case):
     assert errs["dw"] <= 1e-5, errs
 
 
+def test_weight_gradient_with_output_channel_rows_channels_last(device, monkeypatch):
+    """... on channels_last maps: vector loads of 8 channels (ALIGN 8)."""
+    variant = [c for c in CONFIGS["float32"]["weight_grad"] if c.variant == "channels"][0]
+    monkeypatch.setenv(FORCE_ENV, variant.name)
+    x, w, b = conv_args(P4M, False, 3, 7, 5, c_out=5, device=device)
+    view = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    grad = view(torch.randn(2, 40, 7, 5, dtype=torch.float64, device=device))
+    assert group_conv._alignment(view(x)) == group_conv._alignment(grad) == 8
+    errs = parity(x, w, b, 1, 1, 1, P4M, x_view=view, grad=grad)
+    assert errs["dw"] <= 1e-5, errs
+
+
 def test_weight_gradient_reduction_is_split():
     assert group_conv._splits(torch.device("cpu"), 9, 2 * 12 * 11, 32) == 2
     assert group_conv._splits(torch.device("cpu"), 9, 2 * 9 * 7, 32) == 1
