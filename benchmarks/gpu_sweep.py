@@ -167,7 +167,8 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['layer']} | {r['dtype']} | {r['pass']} | {r['config']} | {r['ms']:.3f} | {r['cudnn_ms']:.3f} | "
               f"{r['x_cudnn']:.2f} | {r['tflops']:.1f} | {r['cudnn_tflops']:.1f} |" for r in report["best"]]
-    lines += ["", "Every config:", "", "| layer | dtype | pass | config | ms | x cuDNN | TFLOP/s | rel. diff | status |",
+    lines += ["", "Every config:", "",
+              "| layer | dtype | pass | config | ms | x cuDNN | TFLOP/s | rel. diff | status |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if "error" in r:
