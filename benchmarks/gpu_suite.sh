@@ -4,9 +4,13 @@
 #   parity   the GPU parity tests of the CUDA and Triton kernels against the float64 reference
 #   triton   each Triton kernel per pass against cuDNN on the expanded filter (benchmarks/bench_triton.py)
 #   layers   every backend per layer and per GER-UNet training step, bf16 and fp32 (benchmarks/run.py)
+#   sweep    every Triton config per pass and layer against cuDNN, bf16 and fp32, in 450 s
+#            (benchmarks/gpu_sweep.py; not in the default stages: a device call of its own). Copy
+#            OUT/sweep/configs_sm90.json to ger_kernels/triton/ to make its best configs the defaults
 # Everything is written to OUT (copy it back to benchmarks/results/); short tables are printed.
 #   bash benchmarks/gpu_suite.sh OUT                 # all stages (up to 14 minutes: the timeouts below)
 #   bash benchmarks/gpu_suite.sh OUT build parity    # then `OUT triton layers`: two 10-minute device calls
+#   bash benchmarks/gpu_suite.sh OUT sweep           # the config sweep: one device call (8 minutes)
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [triton] [layers]}
 shift
@@ -49,6 +53,11 @@ for stage in $STAGES; do
         echo "== $dtype, forward+backward =="
         grep "forward+backward" "$OUT/$dtype/results.md" 2>/dev/null | cut -d'|' -f2-6 || true
       done
+      ;;
+    sweep)
+      timeout 500 python benchmarks/gpu_sweep.py --out "$OUT/sweep" --budget-s 450 > "$OUT/sweep.log" 2>&1 \
+        || echo "config sweep FAILED: see $OUT/sweep.log"
+      sed -n '1,/^Every config/p' "$OUT/sweep/sweep.md" 2>/dev/null || true
       ;;
     *) echo "unknown stage $stage (build, parity, triton, layers)"; exit 2 ;;
   esac

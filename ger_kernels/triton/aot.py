@@ -30,11 +30,12 @@ __all__ = ["Resources", "compile_config", "report", "format_table", "DTYPES"]
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input_grad_kernel,
-            "weight_grad": group_conv.weight_grad_kernel}
+            "weight_grad": group_conv.weight_grad_kernel,
+            "weight_grad-channels": group_conv.weight_grad_channels_kernel}  # family-variant of a Config
 # Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table.
 _POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"],
              "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
-             "weight_grad": ["x", "x", "fp32", "i32", "i32"]}
+             "weight_grad": ["x", "x", "fp32", "i32", "i32"], "weight_grad-channels": ["x", "x", "fp32", "i32", "i32"]}
 
 
 class Resources(NamedTuple):
@@ -68,10 +69,11 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
 
 
 def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 90) -> Resources:
-    """Compiles ``family``'s kernel with ``config`` for ``dtype`` and sm_``arch``."""
-    signature, constexprs, attrs = _signature(family, dtype)
+    """Compiles ``family``'s kernel (of ``config.variant``) with ``config`` for ``dtype`` and sm_``arch``."""
+    kernel = f"{family}-{config.variant}" if config.variant else family
+    signature, constexprs, attrs = _signature(kernel, dtype)
     constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
-    source = triton.compiler.ASTSource(fn=_KERNELS[family].jit, signature=signature, constexprs=constexprs,
+    source = triton.compiler.ASTSource(fn=_KERNELS[kernel].jit, signature=signature, constexprs=constexprs,
                                        attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": config.num_warps, "num_stages": config.num_stages})
@@ -90,7 +92,7 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
 def report(arch: int = 90, workers: int | None = None) -> list[Resources]:
     """Every config of every kernel in every dtype, compiled for sm_``arch`` by ``workers``
     processes (default: one per CPU core)."""
-    jobs = [(family, config, dtype, arch) for family in _KERNELS for dtype in DTYPES
+    jobs = [(family, config, dtype, arch) for family in ("forward", "input_grad", "weight_grad") for dtype in DTYPES
             for config in CONFIGS[dtype_class(dtype)][family]]
     with concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count(),
                                                 mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -31,9 +31,9 @@ from ger_kernels._validation import conv_output_size
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton import interpreting
 from ger_kernels.triton.jit import Kernel
-from ger_kernels.triton.tuning import Config, Tuner, dtype_class, size_bucket
+from ger_kernels.triton.tuning import Config, Tuner, arch_name, dtype_class, size_bucket
 
-__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "tables", "precision", "TF32_ENV"]
+__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "tables", "precision", "problem_class", "TF32_ENV"]
 
 TF32_ENV = "GER_KERNELS_TRITON_TF32"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -193,6 +193,72 @@ def weight_grad_kernel(
     tl.store(dw_ptrs, acc, mask=o_ok[:, None] & q_ok[None, :])
 
 
+@Kernel.specializing(("sdc", "sxc"))
+def weight_grad_channels_kernel(
+    dy_ptr, x_ptr, dw_ptr, orient_ptr, taps_ptr,
+    B, C, H, W, N, H_out, W_out, pixels_per_split, blocks_per_split,
+    sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
+    stride, padding, dilation,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The weight gradient's other GEMM (config variant "channels"): one split of the pixels of
+    dW~ tiles, folded to the base weight in the epilogue. Per tap, the tile dW~[n, c, tap] =
+    sum_p dy[p, n] x[p shifted by tap, c] (rows: output channels n = o*S + t, full tiles;
+    columns: input channels c = i*S_IN + s; reduction: the split's pixels, BLOCK_K at a time);
+    then, one t at a time, its rows o*S + t are added to dw_ptr[split, o, i*S_IN + T[t, s],
+    taps[t, tap]] (float32, zero-initialized; T[t, s] replaced by s when S_IN = 1). BLOCK_M is a
+    multiple of S and BLOCK_N of S_IN, so a program owns whole fields of rows and columns: its
+    read-add-writes race with no other program and run in a fixed order (deterministic). No
+    W~-sized buffer: the partials hold one base-weight gradient per split. ALIGN divides N, C and
+    the strides of dy and x but the channels' (vector loads along channels of channels_last maps)."""
+    TAPS: tl.constexpr = KSIZE * KSIZE
+    FIELDS: tl.constexpr = BLOCK_M // S
+    tiles_c = (C + BLOCK_N - 1) // BLOCK_N
+    rn = tl.program_id(0) // tiles_c * BLOCK_M + tl.arange(0, BLOCK_M)
+    rc = tl.program_id(0) % tiles_c * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    n_ok = rn // ALIGN < N // ALIGN  # = rn < N, constant over ALIGN channels (vector loads)
+    c_ok = rc // ALIGN < C // ALIGN
+    ro = tl.program_id(0) // tiles_c * FIELDS + tl.arange(0, FIELDS)  # the fields o of rows o*S + t
+    fold_ok = (ro < N // S)[:, None] & c_ok[None, :]
+    split = tl.program_id(1)
+    pixels = B * H_out * W_out
+    dw_fields = dw_ptr + split * (N // S * C * TAPS) + ro[:, None] * (C * TAPS)
+    for tap in range(TAPS):
+        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+        for block in range(blocks_per_split):
+            p = split * pixels_per_split + block * BLOCK_K + rk
+            p_ok = p < pixels
+            ow = p % W_out
+            oh = (p // W_out) % H_out
+            batch = (p // (W_out * H_out)).to(tl.int64)
+            ih = oh * stride - padding + (tap // KSIZE) * dilation
+            iw = ow * stride - padding + (tap % KSIZE) * dilation
+            pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            dy_rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
+            x_rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
+            a = tl.load(dy_ptr + dy_rows[None, :] + (rn * sdc)[:, None], mask=n_ok[:, None] & p_ok[None, :],
+                        other=0.0)
+            b = tl.load(x_ptr + x_rows[:, None] + (rc * sxc)[None, :], mask=pix_ok[:, None] & c_ok[None, :],
+                        other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        by_t = tl.permute(tl.reshape(acc, (FIELDS, S, BLOCK_N)), (0, 2, 1))  # (field, c, t)
+        for fold in tl.static_range(S):  # the fold, one t at a time
+            rows = by_t
+            for level in tl.static_range(3):  # rows[:, :, fold]: select bit `level` of t (S <= 8)
+                if (S >> level) > 1:
+                    even, odd = tl.split(tl.reshape(rows, (FIELDS, BLOCK_N, (S >> level) // 2, 2)))
+                    rows = odd if (fold >> level) & 1 else even
+            if S_IN > 1:
+                q = rc // S_IN * S_IN + tl.load(orient_ptr + fold * S + rc % S_IN)
+            else:
+                q = rc
+            ptrs = dw_fields + (q * TAPS)[None, :] + tl.load(taps_ptr + fold * TAPS + tap)
+            tl.store(ptrs, tl.load(ptrs, mask=fold_ok, other=0.0) + tl.reshape(rows, (FIELDS, BLOCK_N)), mask=fold_ok)
+            tl.debug_barrier()  # these writes are visible to the threads that read them next
+
+
 # --------------------------------------------------------------------------- launchers
 
 # (order, k, device) -> index tables; a plain dict (SPEC: O(S^2 + S*k^2) entries).
@@ -278,11 +344,25 @@ def _out_size(input_size, k: int, stride: int, padding: int, dilation: int) -> l
     return size
 
 
+def problem_class(family: str, dtype: torch.dtype, input_shape, weight_shape, stride: int, padding: int,
+                  dilation: int, order: int) -> tuple:
+    """The tuning key of ``family``'s kernel for an input ``(B, C_in*S_in, H, W)`` and a weight
+    ``(C_out, C_in, S_in, k, k)``: dtype, group, S_in, k, stride, precision and the power-of-two
+    buckets of the GEMM's (M, N, K) (forward: pixels, output channels, C*k*k; input_grad: input
+    pixels, C, C_out*S*k*k; weight_grad: C_out, C, pixels)."""
+    batch, channels, height, width = input_shape
+    c_out, _, s_in, k, _ = weight_shape
+    h_out, w_out = _out_size(input_shape, k, stride, padding, dilation)
+    n, pixels = c_out * order, batch * h_out * w_out
+    gemm = {"forward": (pixels, n, channels * k * k), "input_grad": (batch * height * width, channels, n * k * k),
+            "weight_grad": (c_out, channels, pixels)}[family]
+    return (dtype, order, s_in, k, stride, precision(dtype), *map(size_bucket, gemm))
+
+
 def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.device):
-    """``launch(config)`` with the tuned (or forced) config of ``family`` for ``dtype`` and
-    problem class ``key``."""
-    if device.type == "cuda":
-        key = _device_key(device) + key
+    """``launch(config)`` with the forced, cached, default or tuned config of ``family`` for
+    ``dtype`` and problem class ``key``."""
+    gpu = _device_key(device) if device.type == "cuda" else ()
 
     def time_ms(config: Config) -> float:
         try:
@@ -292,7 +372,7 @@ def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.devi
 
     # Triton launches on the current device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms))
+        return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms, device=gpu, arch=arch_name(device)))
 
 
 def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: int, relu: bool) -> torch.Tensor:
@@ -306,6 +386,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     if out.numel() == 0:
         return out
     _check_offsets(x, out)
+    key = problem_class("forward", x.dtype, x.shape, weight.shape, stride, padding, dilation, order)
     weight = _tap_major(weight)
     table = tables(get_group(order), k, x.device)
     pixels, n = batch * h_out * w_out, c_out * order
@@ -319,8 +400,6 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu,
             ALIGN=_alignment(x), PRECISION=precision(x.dtype), **config.meta())
 
-    key = (x.dtype, order, s_in, k, stride, precision(x.dtype), size_bucket(pixels), size_bucket(n),
-           size_bucket(channels * k * k))
     _run("forward", x.dtype, key, launch, x.device)
     return out
 
@@ -336,6 +415,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
     if dx.numel() == 0:
         return dx
     _check_offsets(grad, dx)
+    key = problem_class("input_grad", grad.dtype, input_size, weight.shape, stride, padding, dilation, order)
     weight = _tap_major(weight)
     table = tables(get_group(order), k, grad.device)
     h_out, w_out = grad.shape[-2:]
@@ -353,8 +433,6 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),
             PRECISION=precision(grad.dtype), **config.meta())
 
-    key = (grad.dtype, order, s_in, k, stride, precision(grad.dtype), size_bucket(batch * height * width),
-           size_bucket(channels), size_bucket(n * k * k))
     _run("input_grad", grad.dtype, key, launch, grad.device)
     return dx
 
@@ -380,7 +458,8 @@ def _splits(device: torch.device, programs: int, pixels: int, block_k: int) -> i
 def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, padding: int, dilation: int,
                 order: int) -> torch.Tensor:
     """Gradient w.r.t. the base weight ``(C_out, C_in, S_in, k, k)``; partial sums over pixel
-    ranges are float32, added in a fixed order (deterministic)."""
+    ranges are float32, added in a fixed order (deterministic). Configs of variant "channels"
+    run ``weight_grad_channels_kernel`` (GEMM rows C_out*S), the others ``weight_grad_kernel``."""
     _check(x)
     batch, channels, height, width = x.shape
     c_out = grad.shape[1] // order
@@ -394,6 +473,8 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
     pixels = batch * h_out * w_out
 
     def launch(config: Config) -> torch.Tensor:
+        if config.variant == "channels":
+            return launch_channels(config)
         tiles = triton.cdiv(c_out, config.block_m) * triton.cdiv(channels, config.block_n)
         splits = _splits(x.device, tiles * taps, pixels, config.block_k)
         per_split = triton.cdiv(triton.cdiv(pixels, splits), config.block_k) * config.block_k
@@ -407,8 +488,21 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             PRECISION=precision(x.dtype), **config.meta())
         return partials
 
-    key = (x.dtype, order, in_orientations, kernel_size, stride, precision(x.dtype), size_bucket(c_out),
-           size_bucket(channels), size_bucket(pixels))
+    def launch_channels(config: Config) -> torch.Tensor:
+        tiles = triton.cdiv(c_out * order, config.block_m) * triton.cdiv(channels, config.block_n)
+        splits = _splits(x.device, tiles, pixels, config.block_k)
+        per_split = triton.cdiv(triton.cdiv(pixels, splits), config.block_k) * config.block_k
+        partials = torch.zeros((triton.cdiv(pixels, per_split), c_out, channels, taps), dtype=torch.float32,
+                               device=x.device)
+        weight_grad_channels_kernel[(tiles, partials.shape[0])](
+            grad, x, partials, table["orient"], table["taps"],
+            batch, channels, height, width, c_out * order, h_out, w_out, per_split, per_split // config.block_k,
+            *grad.stride(), *x.stride(),
+            stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
+            ALIGN=min(_alignment(x), _alignment(grad)), PRECISION=precision(x.dtype), **config.meta())
+        return partials
+
+    key = problem_class("weight_grad", x.dtype, x.shape, shape, stride, padding, dilation, order)
     return _run("weight_grad", x.dtype, key, launch, x.device).sum(0).view(shape).to(x.dtype)
 
 

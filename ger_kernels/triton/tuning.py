@@ -6,7 +6,15 @@ warps, pipeline stages). A problem class (the ``key``: dtype, group, filter, str
 power-of-two buckets of the GEMM sizes) is tuned once: every config is timed, the fastest
 is kept in memory and in a JSON file ``triton_tuning.json`` under the cache directory
 (``$GER_KERNELS_CACHE_DIR``, else ``$XDG_CACHE_HOME/ger_kernels``, else
-``~/.cache/ger_kernels``), written atomically, so a second process does not tune again. Callers put the GPU name and Triton version in the key.
+``~/.cache/ger_kernels``), written atomically, so a second process does not tune again. Callers
+name the device (GPU name and Triton version) apart from the problem class.
+
+Before timing, the tuner looks the problem class up in the default-config table of the GPU
+architecture, ``configs_<arch>.json`` beside this module (``arch`` as ``sm90``), which
+``benchmarks/gpu_sweep.py`` writes from measurements: first calls on those GPUs need no tuning.
+Its ``entries`` map ``family|kind|problem class`` to ``{"config": name, ...}`` (the other fields
+are the sweep's measurements); a problem class without an entry, or whose config is no longer in
+the list, is timed.
 
 ``GER_KERNELS_TRITON_CONFIG`` forces configs, for tests and reproducible runs: an index
 (that config in every list), or comma-separated names (each forces the lists holding it;
@@ -26,22 +34,27 @@ import torch
 from ger_kernels._io import write_text_atomically
 from ger_kernels.triton import interpreting
 
-__all__ = ["Config", "CONFIGS", "FORCE_ENV", "Tuner", "cache_path", "dtype_class", "forced_config", "size_bucket"]
+__all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "Tuner", "arch_name", "cache_path", "defaults_path",
+           "dtype_class", "entry", "forced_config", "read_defaults", "size_bucket"]
 
 FORCE_ENV = "GER_KERNELS_TRITON_CONFIG"
+DEFAULTS_DIR = pathlib.Path(__file__).resolve().parent
 
 
 class Config(NamedTuple):
-    """Tiles ``BLOCK_M x BLOCK_N`` of the GEMM result, ``BLOCK_K`` of its reduction."""
+    """Tiles ``BLOCK_M x BLOCK_N`` of the GEMM result, ``BLOCK_K`` of its reduction; ``variant``
+    names another kernel of the family ("channels": the weight gradient with rows C_out*S)."""
     block_m: int
     block_n: int
     block_k: int
     num_warps: int
     num_stages: int
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return f"m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+        name = f"m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+        return f"{name}-{self.variant}" if self.variant else name
 
     def meta(self) -> dict:
         """Keyword arguments of a launch: the tile constexprs, warps and stages."""
@@ -51,19 +64,33 @@ class Config(NamedTuple):
 
 # forward and input_grad: M = pixels, N = channels, K = channels of one tap (a multiple of the
 # group order, which the kernels rely on; 16 suits lifting layers with few input channels).
-# weight_grad: M = output fields, N = base input channels, K = pixels.
+# weight_grad: M = output fields, N = base input channels, K = pixels; its "channels" variant:
+# M = output channels C_out*S (full tiles), N = input channels, K = pixels, per tap (BLOCK_M a
+# multiple of S, BLOCK_N of S_in).
 # float32 runs on FMA units (IEEE) and needs smaller tiles per thread than the tensor-core
 # dtypes. Every config compiles for sm_90 without register spills (ger_kernels.triton.aot).
+# Hopper-sized configs (BLOCK_K 64: 128-byte rows of 16-bit elements, wgmma's widest shared-memory
+# swizzle) with 128x64 tiles and 8 warps fit in registers. Left out because they spill (triton 3.9,
+# sm_90, bf16, 8 or 16 warps, 3 or 4 stages): forward and input_grad at 128x128 (BLOCK_K 32 or 64:
+# 250 to 450 bytes per thread) and every kernel at 128x256 (1.0 to 2.8 KiB); weight_grad at 128x128
+# fits with BLOCK_K 32 only (48 bytes at 64). The weight tile's per-element gather through the
+# orientation table holds an address per element: that, not the accumulator, fills the registers.
+# The "channels" weight gradient loads both operands as vectors: 128x128x64 fits, 128x256 and
+# 256x128 spill (24 to 128 bytes).
 _HALF_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
-                    Config(64, 64, 16, 4, 4)]
+                    Config(64, 64, 16, 4, 4), Config(128, 64, 64, 8, 3), Config(64, 64, 64, 4, 4)]
 _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
                 Config(64, 32, 32, 4, 3)]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
-    "half": {"forward": _HALF_PIXEL_GEMM, "input_grad": _HALF_PIXEL_GEMM, "weight_grad": _WEIGHT_GRAD},
+    "half": {"forward": _HALF_PIXEL_GEMM, "input_grad": _HALF_PIXEL_GEMM,
+             "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 64, 8, 3), Config(128, 128, 32, 8, 3),
+                                            Config(128, 128, 64, 8, 3, "channels"),
+                                            Config(128, 128, 32, 8, 3, "channels"),
+                                            Config(128, 64, 64, 8, 3, "channels")]},
     "float32": {
         "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
         "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
-        "weight_grad": _WEIGHT_GRAD,
+        "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 16, 8, 3, "channels")],
     },
 }
 
@@ -107,16 +134,56 @@ def cache_path() -> pathlib.Path:
     return pathlib.Path(root) / "triton_tuning.json"
 
 
+def entry(family: str, kind: str, *keys: tuple) -> str:
+    """The name of a table entry: ``family|kind|`` and the parts of ``keys``, joined by ``|``."""
+    return "|".join(map(str, (family, kind) + tuple(part for key in keys for part in key)))
+
+
+def arch_name(device: torch.device) -> str:
+    """``sm<major><minor>`` of a CUDA device (``sm90`` for H100/H200), ``cpu`` otherwise."""
+    if device.type != "cuda":
+        return "cpu"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm{major}{minor}"
+
+
+def defaults_path(arch: str, directory: pathlib.Path | None = None) -> pathlib.Path:
+    """The default-config table of GPU architecture ``arch`` (e.g. ``sm90``)."""
+    return (directory or DEFAULTS_DIR) / f"configs_{arch}.json"
+
+
+def read_defaults(arch: str, directory: pathlib.Path | None = None) -> dict[str, dict]:
+    """The ``entries`` of ``arch``'s default-config table; empty when there is no table."""
+    path = defaults_path(arch, directory)
+    try:
+        table = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as error:
+        raise ValueError(f"the default-config table {path} is not valid JSON: {error}") from error
+    entries = table.get("entries") if isinstance(table, dict) else None
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) and "config" in e for e in entries.values()):
+        raise ValueError(f"the default-config table {path} needs an object 'entries' mapping "
+                         "'family|kind|problem class' to {\"config\": name, ...}")
+    return entries
+
+
 class Tuner:
-    """Best config per ``(family, key)``, in memory and in the JSON file at ``path``."""
+    """Best config per ``(family, key)``, in memory and in the JSON file at ``path``, with the
+    default-config tables in ``defaults_dir`` (default ``DEFAULTS_DIR``) consulted before timing."""
 
-    def __init__(self, path: pathlib.Path | None = None):
+    def __init__(self, path: pathlib.Path | None = None, defaults_dir: pathlib.Path | None = None):
         self.path = path or cache_path()
+        self.defaults_dir = defaults_dir
         self.memory: dict[str, str] = {}
+        self._defaults: dict[str, dict[str, dict]] = {}
 
-    @staticmethod
-    def _entry(family: str, key: tuple) -> str:
-        return "|".join(map(str, (family,) + tuple(key)))
+    def default(self, family: str, kind: str, key: tuple, arch: str) -> str | None:
+        """The config name ``arch``'s default-config table gives ``family`` for problem class ``key``."""
+        if arch not in self._defaults:
+            self._defaults[arch] = read_defaults(arch, self.defaults_dir)
+        found = self._defaults[arch].get(entry(family, kind, key))
+        return found["config"] if found else None
 
     def _read_file(self) -> dict[str, str]:
         try:
@@ -134,18 +201,22 @@ class Tuner:
         except OSError:
             pass  # a read-only cache directory only costs tuning again in the next process
 
-    def choose(self, family: str, kind: str, key: tuple, time_ms: Callable[[Config], float]) -> Config:
-        """The forced config, else the cached one, else the fastest by ``time_ms(config)``,
-        among ``CONFIGS[kind][family]``."""
+    def choose(self, family: str, kind: str, key: tuple, time_ms: Callable[[Config], float], device: tuple = (),
+               arch: str | None = None) -> Config:
+        """The forced config, else the cached one for ``device`` (e.g. GPU name and Triton
+        version), else the default of architecture ``arch``, else the fastest by
+        ``time_ms(config)``, among ``CONFIGS[kind][family]``, for problem class ``key``."""
         configs = CONFIGS[kind][family]
         forced = forced_config(family, kind)
         if forced is not None or interpreting():
             return forced or configs[0]
         by_name = {c.name: c for c in configs}
-        entry = self._entry(family, (kind,) + tuple(key))
-        name = self.memory.get(entry) or self._read_file().get(entry)
+        cached = entry(family, kind, device, key)
+        name = self.memory.get(cached) or self._read_file().get(cached)
+        if name not in by_name and arch is not None:
+            name = self.default(family, kind, key, arch)
         if name not in by_name:
             name = min(configs, key=time_ms).name
-            self._write_file(entry, name)
-        self.memory[entry] = name
+            self._write_file(cached, name)
+        self.memory[cached] = name
         return by_name[name]

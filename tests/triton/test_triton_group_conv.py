@@ -83,8 +83,10 @@ def assert_half_parity(x, w, b, stride, padding, dilation, group, dtype):
         assert err <= min(2 * torch_errs[name], 1e-2), (name, err, torch_errs[name])
 
 
-@pytest.mark.parametrize("kind,dtype", [("float32", torch.float32), ("half", torch.float16)])
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("kind,dtype,index", [(kind, dtype, index) for kind, dtype in
+                                               [("float32", torch.float32), ("half", torch.float16)]
+                                               for index in range(max(map(len, CONFIGS[kind].values())))],
+                         ids=lambda v: str(v).removeprefix("torch."))
 def test_every_config(device, monkeypatch, kind, dtype, index):
     """Config ``index`` of every list of the dtype class (lists without one use their first)."""
     names = [configs[index].name for configs in CONFIGS[kind].values() if index < len(configs)]
@@ -95,6 +97,30 @@ def test_every_config(device, monkeypatch, kind, dtype, index):
         assert max(errs.values()) <= 1e-5, errs
     else:
         assert_half_parity(x, w, b, 2, 1, 1, P4M, dtype)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[9], CASES[12]], ids=["lift", "p4-s2-d2", "lift-k5-s2",
+                                                                         "splits"])
+def test_weight_gradient_with_output_channel_rows(device, monkeypatch, case):
+    """The "channels" variant of the weight gradient (rows C_out*S, the fold in the epilogue)."""
+    group, lifting, k, stride, padding, dilation, height, width, batch = case
+    variant = [c for c in CONFIGS["float32"]["weight_grad"] if c.variant == "channels"][0]
+    monkeypatch.setenv(FORCE_ENV, variant.name)
+    x, w, b = conv_args(group, lifting, k, height, width, batch, device=device)
+    errs = parity(x, w, b, stride, padding, dilation, group)
+    assert errs["dw"] <= 1e-5, errs
+
+
+def test_weight_gradient_with_output_channel_rows_channels_last(device, monkeypatch):
+    """... on channels_last maps: vector loads of 8 channels (ALIGN 8)."""
+    variant = [c for c in CONFIGS["float32"]["weight_grad"] if c.variant == "channels"][0]
+    monkeypatch.setenv(FORCE_ENV, variant.name)
+    x, w, b = conv_args(P4M, False, 3, 7, 5, c_out=5, device=device)
+    view = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    grad = view(torch.randn(2, 40, 7, 5, dtype=torch.float64, device=device))
+    assert group_conv._alignment(view(x)) == group_conv._alignment(grad) == 8
+    errs = parity(x, w, b, 1, 1, 1, P4M, x_view=view, grad=grad)
+    assert errs["dw"] <= 1e-5, errs
 
 
 def test_weight_gradient_reduction_is_split():
@@ -130,7 +156,7 @@ def test_empty_batch_launches_nothing(device, monkeypatch):
         def __getitem__(self, grid):
             raise AssertionError("a kernel was launched for an empty batch")
 
-    for name in ("forward_kernel", "input_grad_kernel", "weight_grad_kernel"):
+    for name in ("forward_kernel", "input_grad_kernel", "weight_grad_kernel", "weight_grad_channels_kernel"):
         monkeypatch.setattr(group_conv, name, NoLaunch())
     x, w, b = (t.float().requires_grad_(True) for t in conv_args(P4M, False, 3, 9, 7, batch=0, device=device))
     out = group_conv2d(x, w, b, 1, 1, 1, P4M)

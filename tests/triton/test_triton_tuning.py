@@ -18,11 +18,14 @@ def compiled(monkeypatch):
 def test_configs_fit_the_kernels():
     for kind, lists in CONFIGS.items():
         for family, configs in lists.items():
-            assert 2 <= len(configs) <= 5 and len({c.name for c in configs}) == len(configs)
+            assert 2 <= len(configs) <= 10 and len({c.name for c in configs}) == len(configs)
             for c in configs:
                 if family != "weight_grad":  # channel blocks must hold whole orientation groups
                     assert c.block_k % 8 == 0
                 assert min(c.block_m, c.block_n, c.block_k) >= 16 and c.num_warps in (4, 8)
+                # the "channels" weight gradient: tiles of whole fields (S <= 8 rows, S_in <= 8 columns)
+                assert c.variant == "" or (c.variant == "channels" and family == "weight_grad"
+                                           and c.block_m % 8 == 0 and c.block_n % 8 == 0)
 
 
 def test_forced_config(monkeypatch):
@@ -36,7 +39,7 @@ def test_forced_config(monkeypatch):
             assert tuning.forced_config(family, kind) == (named[0] if named else configs[0])
     assert tuning.forced_config("forward", "half") == CONFIGS["half"]["forward"][2]
     monkeypatch.setenv(FORCE_ENV, "7")
-    with pytest.raises(ValueError, match=r"GER_KERNELS_TRITON_CONFIG=7: forward \(half\) has configs 0..3"):
+    with pytest.raises(ValueError, match=r"GER_KERNELS_TRITON_CONFIG=7: forward \(half\) has configs 0..5"):
         tuning.forced_config("forward", "half")
     monkeypatch.setenv(FORCE_ENV, "m1n1k1w1s1")
     with pytest.raises(ValueError, match=r"unknown config names \['m1n1k1w1s1'\]"):
@@ -93,3 +96,71 @@ def test_cache_path(monkeypatch, tmp_path):
 
 def test_size_bucket():
     assert [tuning.size_bucket(n) for n in (1, 2, 3, 64, 65, 1000)] == [1, 2, 4, 64, 128, 1024]
+
+
+def write_defaults(directory, arch, entries):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"configs_{arch}.json").write_text(json.dumps({"arch": arch, "entries": entries}))
+
+
+def test_default_table_is_used_without_timing(tmp_path):
+    configs = CONFIGS["half"]["forward"]
+    write_defaults(tmp_path / "defaults", "sm90", {"forward|half|torch.bfloat16|8|1024": {"config": configs[1].name}})
+    tuner = Tuner(tmp_path / "cache.json", defaults_dir=tmp_path / "defaults")
+
+    def never(config):
+        raise AssertionError("a problem class of the default table must not be timed")
+
+    assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 1024), never, ("H200", "3.6"), "sm90") == configs[1]
+    assert not (tmp_path / "cache.json").exists()  # the table is not copied into the tuning cache
+    # another architecture, family, dtype class or problem class has no entry: timed and cached
+    timed = []
+    assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 1024), lambda c: timed.append(c) or 1.0,
+                        ("A100", "3.6"), "sm80") == configs[0]
+    assert timed == configs
+    assert tuner.choose("input_grad", "half", ("torch.bfloat16", 8, 1024), lambda c: 1.0, (), "sm90") \
+        == CONFIGS["half"]["input_grad"][0]
+    assert set(json.loads((tmp_path / "cache.json").read_text())) == {
+        "forward|half|A100|3.6|torch.bfloat16|8|1024", "input_grad|half|torch.bfloat16|8|1024"}
+
+
+def test_tuning_cache_wins_over_the_default_table(tmp_path):
+    configs = CONFIGS["half"]["weight_grad"]
+    write_defaults(tmp_path, "sm90", {"weight_grad|half|k": {"config": configs[1].name}})
+    (tmp_path / "cache.json").write_text(json.dumps({"weight_grad|half|H200|k": configs[2].name}))
+    assert Tuner(tmp_path / "cache.json", tmp_path).choose("weight_grad", "half", ("k",), None, ("H200",), "sm90") \
+        == configs[2]
+
+
+def test_default_naming_a_config_no_longer_listed_is_timed(tmp_path):
+    write_defaults(tmp_path, "sm90", {"forward|float32|k": {"config": "m1n1k1w1s1"}})
+    configs = CONFIGS["float32"]["forward"]
+    chosen = Tuner(tmp_path / "cache.json", tmp_path).choose("forward", "float32", ("k",),
+                                                             lambda c: 1.0 if c == configs[1] else 2.0, (), "sm90")
+    assert chosen == configs[1]
+
+
+def test_invalid_default_table_is_a_clear_error(tmp_path):
+    (tmp_path / "configs_sm90.json").write_text("{")
+    with pytest.raises(ValueError, match=r"configs_sm90.json is not valid JSON"):
+        tuning.read_defaults("sm90", tmp_path)
+    write_defaults(tmp_path, "sm90", {"forward|half|k": "m64n64k32w4s3"})
+    with pytest.raises(ValueError, match=r"configs_sm90.json needs an object 'entries'"):
+        tuning.read_defaults("sm90", tmp_path)
+    assert tuning.read_defaults("sm75", tmp_path) == {}
+
+
+@pytest.mark.parametrize("arch", ["sm90", "sm80"])
+def test_shipped_default_tables_name_listed_configs(arch):
+    """The checked-in tables parse and every entry names a config of its family's list."""
+    table = json.loads(tuning.defaults_path(arch).read_text())
+    assert table["arch"] == arch and table["note"]
+    for name, found in tuning.read_defaults(arch).items():
+        family, kind = name.split("|")[:2]
+        assert found["config"] in {c.name for c in CONFIGS[kind][family]}, name
+
+
+def test_arch_name():
+    import torch
+
+    assert tuning.arch_name(torch.device("cpu")) == "cpu"

@@ -1,0 +1,257 @@
+"""Every launch config of the Triton group-conv kernels, per pass and GER-UNet layer shape, timed
+against cuDNN on the expanded filter, in one GPU call of at most --budget-s seconds.
+
+For each dtype (bfloat16 first), each p4m layer of GER-UNet (batch 4, channels_last, k = 3,
+padding 1: lifting 3->23 fields @448, 23->23 @448, 45->45 @224, 91->91 @112, 181->181 @56) and
+each pass (forward, input_grad, weight_grad), every config of ``tuning.CONFIGS`` is forced in
+turn (``GER_KERNELS_TRITON_CONFIG``), its first result checked against cuDNN's (``F.conv2d`` and
+its backward on ``W~`` expanded once, ``cudnn.benchmark``, TF32 off; the weight gradient folded
+to the base weight), then timed (``triton.testing.do_bench``, median). A config that fails to
+compile or run, or whose result differs from cuDNN's by more than ``TOLERANCE`` (relative to the
+largest magnitude), is recorded as wrong and never chosen.
+
+Writes to --out, atomically after every layer (a timeout keeps the layers done): sweep.md and
+sweep.json (every config's milliseconds, TFLOP/s, ratio to cuDNN, relative difference) and
+``configs_<arch>.json``: the default-config table of ``ger_kernels/triton/`` with the fastest
+correct config per (pass, problem class) merged in. Copying that file over
+``ger_kernels/triton/configs_<arch>.json`` and committing it updates the defaults.
+
+    python benchmarks/gpu_sweep.py --out OUT [--budget-s 450] [--dtypes bfloat16 float32]
+    TRITON_INTERPRET=1 python benchmarks/gpu_sweep.py --device cpu --quick --dtypes float32 \\
+        --max-configs 2 --out /tmp/sweep      # a smoke test of the script, without a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import pathlib
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_triton import LAYERS, QUICK_LAYERS, rel_diff  # noqa: E402
+from run import label  # noqa: E402
+
+from ger_kernels import reference  # noqa: E402
+from ger_kernels._io import write_text_atomically  # noqa: E402
+from ger_kernels.groups import P4M  # noqa: E402
+from ger_kernels.machine import machine_description  # noqa: E402
+from ger_kernels.roofline import ConvShape, conv_flops  # noqa: E402
+from ger_kernels.triton import tuning  # noqa: E402
+
+PASSES = ("forward", "input_grad", "weight_grad")
+# largest |triton - cuDNN| / max |cuDNN| of a correct config; a wrong index map is off by O(1)
+TOLERANCE = {"float32": 1e-3, "half": 3e-2}
+
+
+@contextlib.contextmanager
+def forced(config: tuning.Config):
+    """Launches inside use ``config`` (in the lists that hold it)."""
+    previous = os.environ.get(tuning.FORCE_ENV)
+    os.environ[tuning.FORCE_ENV] = config.name
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[tuning.FORCE_ENV]
+        else:
+            os.environ[tuning.FORCE_ENV] = previous
+
+
+def time_ms(step, device: torch.device) -> float:
+    """Median milliseconds of ``step()``: CUDA events over repeats on a GPU (L2 flushed between
+    runs), one wall-clock run elsewhere (the interpreter: a smoke test, not a measurement)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(step, warmup=10, rep=40, return_mode="median")
+    start = time.perf_counter()
+    step()
+    return (time.perf_counter() - start) * 1e3
+
+
+def layer_passes(shape: ConvShape, dtype: torch.dtype, device: torch.device) -> dict[str, tuple]:
+    """Per pass: (fused step, cuDNN step, cuDNN's result as the fused step returns it)."""
+    from ger_kernels.triton import group_conv
+
+    c_in, s_in, c_out, k = shape.in_fields, shape.in_orientations, shape.out_fields, shape.kernel_size
+    conv = (shape.stride, shape.padding, shape.dilation)
+    x = torch.randn(shape.batch, c_in * s_in, shape.height, shape.width, device=device, dtype=dtype)
+    x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(c_out, c_in, s_in, k, k, device=device, dtype=dtype) / (c_in * s_in * k * k) ** 0.5
+    b = torch.randn(c_out, device=device, dtype=dtype)
+    expanded = reference.expand_filter(w, P4M)
+    expanded_bias = b.repeat_interleave(P4M.order)
+    dy = torch.randn_like(F.conv2d(x, expanded, expanded_bias, *conv))
+
+    def cudnn_grad(mask):
+        return torch.ops.aten.convolution_backward(dy, x, expanded, None, [shape.stride] * 2, [shape.padding] * 2,
+                                                   [shape.dilation] * 2, False, [0, 0], 1, mask)
+
+    cudnn = {"forward": lambda: F.conv2d(x, expanded, expanded_bias, *conv),
+             "input_grad": lambda: cudnn_grad([True, False, False])[0],
+             "weight_grad": lambda: cudnn_grad([False, True, False])[1]}
+    fold = torch.func.vjp(lambda v: reference.expand_filter(v, P4M), w.float())[1]
+    expected = {name: step() for name, step in cudnn.items()}
+    expected["weight_grad"] = fold(expected["weight_grad"].float())[0]  # dW~ folded to the base weight
+    fused = {"forward": lambda: group_conv.forward(x, w, b, *conv, P4M.order, False),
+             "input_grad": lambda: group_conv.input_grad(dy, w, list(x.shape), True, *conv, P4M.order),
+             "weight_grad": lambda: group_conv.weight_grad(dy, x, k, s_in, *conv, P4M.order)}
+    return {name: (fused[name], cudnn[name], expected[name]) for name in PASSES}
+
+
+def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, configs: list[tuning.Config],
+               device: torch.device, deadline: float) -> list[dict]:
+    """One row per config of ``family`` tried before ``deadline`` (``time.monotonic()``)."""
+    fused, cudnn, expected = steps
+    kind = tuning.dtype_class(dtype)
+    cudnn_ms = time_ms(cudnn, device)
+    flops = conv_flops(shape, family)
+    rows = []
+    for config in configs:
+        if time.monotonic() > deadline:
+            break
+        row = {"layer": label(shape), "dtype": str(dtype).split(".")[-1], "pass": family, "config": config.name,
+               "cudnn_ms": cudnn_ms, "cudnn_tflops": flops / (cudnn_ms * 1e9)}
+        try:
+            with forced(config):
+                row["rel_diff"] = rel_diff(fused(), expected)
+                row["ms"] = time_ms(fused, device)
+        except Exception as error:  # a config that does not compile or run here is recorded, not fatal
+            row.update(ok=False, error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        else:
+            row.update(ok=row["rel_diff"] <= TOLERANCE[kind], tflops=flops / (row["ms"] * 1e9),
+                       x_cudnn=cudnn_ms / row["ms"])
+        rows.append(row)
+    return rows
+
+
+def best_rows(rows: list[dict]) -> list[dict]:
+    """The fastest correct row per (layer, dtype, pass), in order of first appearance."""
+    best: dict[tuple, dict] = {}
+    for row in rows:
+        group = (row["layer"], row["dtype"], row["pass"])
+        if row["ok"] and (group not in best or row["ms"] < best[group]["ms"]):
+            best[group] = row
+    return list(best.values())
+
+
+def default_table(best: list[dict], arch: str, source: str, date: str) -> dict:
+    """The shipped default-config table of ``arch`` with the ``best`` rows merged in (each row
+    carries its problem class as ``"entry"``)."""
+    path = tuning.defaults_path(arch)
+    table = json.loads(path.read_text()) if path.exists() else {"arch": arch, "entries": {}}
+    table["note"] = (f"Best configs measured by benchmarks/gpu_sweep.py ({source}; each entry says when); "
+                     "problem classes without an entry are tuned by timing on first use.")
+    for row in best:
+        table["entries"][row["entry"]] = {"config": row["config"], "ms": round(row["ms"], 4),
+                                          "cudnn_ms": round(row["cudnn_ms"], 4), "layer": row["layer"],
+                                          "measured": f"{source}, {date}"}
+    table["entries"] = dict(sorted(table["entries"].items()))
+    return table
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Triton config sweep: {report['machine']}", "",
+             f"{report['date']}, budget {report['budget_s']} s, "
+             + ("complete" if report["complete"] else "STOPPED at the budget: layers or configs missing"), "",
+             "Best correct config per layer and pass (x cuDNN > 1: faster than cuDNN on W~):", "",
+             "| layer | dtype | pass | best config | ms | cuDNN ms | x cuDNN | TFLOP/s | cuDNN TFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['dtype']} | {r['pass']} | {r['config']} | {r['ms']:.3f} | {r['cudnn_ms']:.3f} | "
+              f"{r['x_cudnn']:.2f} | {r['tflops']:.1f} | {r['cudnn_tflops']:.1f} |" for r in report["best"]]
+    lines += ["", "Every config:", "",
+              "| layer | dtype | pass | config | ms | x cuDNN | TFLOP/s | rel. diff | status |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['layer']} | {r['dtype']} | {r['pass']} | {r['config']} | | | | | {r['error']} |")
+        else:
+            lines.append(f"| {r['layer']} | {r['dtype']} | {r['pass']} | {r['config']} | {r['ms']:.3f} | "
+                         f"{r['x_cudnn']:.2f} | {r['tflops']:.1f} | {r['rel_diff']:.1e} | "
+                         f"{'ok' if r['ok'] else 'WRONG'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, out: pathlib.Path) -> None:
+    report["best"] = best_rows(report["rows"])
+    source = f"{report['gpu']}, triton {report['triton']}"
+    table = default_table(report["best"], report["arch"], source, report["date"])
+    write_text_atomically(str(out / "sweep.json"), json.dumps(report, indent=1))
+    write_text_atomically(str(out / "sweep.md"), markdown(report))
+    write_text_atomically(str(out / f"configs_{report['arch']}.json"), json.dumps(table, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=pathlib.Path, required=True,
+                        help="folder for sweep.md, sweep.json and configs_<arch>.json")
+    parser.add_argument("--budget-s", type=float, default=450,
+                        help="stop starting configs after this many seconds (results so far are kept)")
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
+                        choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--max-configs", type=int, default=None, help="only the first N configs of each list")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (smoke test)")
+    args = parser.parse_args(argv)
+    if args.budget_s <= 0:
+        parser.error(f"--budget-s must be positive, got {args.budget_s}")
+    if args.max_configs is not None and args.max_configs < 1:
+        parser.error(f"--max-configs must be at least 1, got {args.max_configs}")
+    deadline = time.monotonic() + args.budget_s
+    device = torch.device(args.device)
+    from ger_kernels.triton import status
+
+    available, reason = status(device.type)
+    if not available:
+        print(f"gpu_sweep: skipped, the Triton kernels cannot run on {device.type}: {reason}")
+        return 0
+    import triton
+
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    report = {"machine": machine_description(device), "date": datetime.date.today().isoformat(),
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
+              "arch": tuning.arch_name(device), "triton": triton.__version__, "budget_s": args.budget_s,
+              "complete": False, "rows": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    from ger_kernels.triton import group_conv
+
+    complete = True
+    for name in args.dtypes:
+        dtype = getattr(torch, name)
+        kind = tuning.dtype_class(dtype)
+        for shape in QUICK_LAYERS if args.quick else LAYERS:
+            if time.monotonic() > deadline:
+                complete = False
+                break
+            weight_shape = (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
+                            shape.kernel_size)
+            input_shape = (shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width)
+            for family, steps in layer_passes(shape, dtype, device).items():
+                configs = tuning.CONFIGS[kind][family][:args.max_configs]
+                key = group_conv.problem_class(family, dtype, input_shape, weight_shape, shape.stride, shape.padding,
+                                               shape.dilation, P4M.order)
+                rows = sweep_pass(shape, dtype, family, steps, configs, device, deadline)
+                complete &= len(rows) == len(configs)
+                for row in rows:
+                    row["entry"] = tuning.entry(family, kind, key)
+                    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                                   if k != "entry"), flush=True)
+                report["rows"] += rows
+            write(report, args.out)
+    report["complete"] = complete
+    write(report, args.out)
+    print(markdown(report).split("\n\nEvery config:")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

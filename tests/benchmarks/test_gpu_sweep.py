@@ -1,0 +1,104 @@
+"""The config sweep in the interpreter (a smoke test, so it cannot rot before a GPU runs it), and
+its rules: wrong or failing configs are recorded and never chosen, the budget stops it, and the
+table it writes is the default-config table the launchers look up."""
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+import gpu_sweep  # noqa: E402
+
+from ger_kernels.triton import tuning  # noqa: E402
+from ger_kernels.triton.tuning import CONFIGS, Config, Tuner  # noqa: E402
+
+
+class RecordingTuner:
+    """Stands in for the launchers' tuner: records the table entry each launch looks up."""
+
+    def __init__(self):
+        self.entries = []
+
+    def choose(self, family, kind, key, time_ms, device=(), arch=None):
+        self.entries.append(tuning.entry(family, kind, key))
+        return CONFIGS[kind][family][0]
+
+
+def test_quick_sweep_in_the_interpreter_writes_the_default_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert gpu_sweep.main(["--device", "cpu", "--quick", "--dtypes", "float32", "--max-configs", "2",
+                           "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert report["complete"] and report["arch"] == "cpu"
+    assert [(r["layer"], r["pass"], r["config"]) for r in report["rows"]] == [
+        (gpu_sweep.label(shape), family, config.name) for shape in gpu_sweep.QUICK_LAYERS
+        for family in gpu_sweep.PASSES for config in CONFIGS["float32"][family][:2]]
+    assert all(r["ok"] and r["rel_diff"] < 1e-5 for r in report["rows"])
+    assert "| best config |" in (tmp_path / "sweep.md").read_text()
+
+    # the table's entries are the problem classes the launchers look up, with the fastest config
+    recorder = RecordingTuner()
+    from ger_kernels.triton import group_conv
+
+    monkeypatch.setattr(group_conv, "_TUNER", recorder)
+    for shape in gpu_sweep.QUICK_LAYERS:
+        for step in gpu_sweep.layer_passes(shape, torch.float32, torch.device("cpu")).values():
+            step[0]()
+    entries = tuning.read_defaults("cpu", tmp_path)
+    assert sorted(entries) == sorted(recorder.entries)
+    for row in report["best"]:
+        same = [r for r in report["rows"] if (r["layer"], r["pass"]) == (row["layer"], row["pass"])]
+        assert row["ms"] == min(r["ms"] for r in same)
+        assert entries[row["entry"]]["config"] == row["config"]
+
+    # and a tuner reading that table picks its config without timing
+    monkeypatch.delenv("TRITON_INTERPRET")
+    family, kind, *key = report["best"][0]["entry"].split("|")
+    chosen = Tuner(tmp_path / "cache.json", tmp_path).choose(family, kind, tuple(key), None, (), "cpu")
+    assert chosen.name == report["best"][0]["config"]
+
+
+def test_wrong_and_failing_configs_are_recorded_never_chosen(monkeypatch):
+    monkeypatch.delenv(tuning.FORCE_ENV, raising=False)
+    shape = gpu_sweep.QUICK_LAYERS[1]
+    configs = CONFIGS["float32"]["forward"][:3]
+    expected = torch.ones(3)
+
+    def fused():
+        name = os.environ[tuning.FORCE_ENV]
+        if name == configs[0].name:
+            return expected + 0.5  # fast but wrong
+        if name == configs[1].name:
+            raise RuntimeError("out of resources\nmore detail")
+        time.sleep(0.01)
+        return expected.clone()
+
+    rows = gpu_sweep.sweep_pass(shape, torch.float32, "forward", (fused, expected.clone, expected),
+                                configs, torch.device("cpu"), time.monotonic() + 60)
+    assert [r["ok"] for r in rows] == [False, False, True]
+    assert rows[0]["rel_diff"] == pytest.approx(0.5) and rows[0]["ms"] < rows[2]["ms"]
+    assert rows[1]["error"] == "RuntimeError: out of resources"
+    assert gpu_sweep.best_rows(rows) == [rows[2]]
+    assert "WRONG" in gpu_sweep.markdown({"machine": "m", "date": "d", "budget_s": 1, "complete": True,
+                                          "rows": rows, "best": gpu_sweep.best_rows(rows)})
+    assert tuning.FORCE_ENV not in os.environ
+
+
+def test_budget_stops_before_the_next_config():
+    never = Config(1, 1, 1, 1, 1)
+    assert gpu_sweep.sweep_pass(gpu_sweep.QUICK_LAYERS[0], torch.float32, "forward",
+                                (None, lambda: None, None), [never], torch.device("cpu"), time.monotonic() - 1) == []
+
+
+@pytest.mark.parametrize("argv,message", [(["--budget-s", "0"], "--budget-s must be positive"),
+                                          (["--max-configs", "0"], "--max-configs must be at least 1")])
+def test_bad_arguments(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        gpu_sweep.main(["--out", str(tmp_path)] + argv)
+    assert message in capsys.readouterr().err
