@@ -3,7 +3,8 @@ compute the same function in eval mode, so the layers need nothing of ``ger_kern
 
 - group convolution -> ``nn.Conv2d`` with the expanded filter ``W~`` and ``bias.repeat_interleave(S)``;
 - ``GroupBatchNorm2d`` -> ``nn.BatchNorm2d(C*S)`` with statistics, scale and shift repeated per
-  orientation (equal in eval mode; in train mode it would take per-orientation statistics);
+  orientation (equal in eval mode; in train mode it would take per-orientation statistics),
+  then ``nn.ReLU`` if the layer fuses one;
 - spatial pools and upsampling -> ``nn.MaxPool2d`` / ``nn.AvgPool2d`` / ``nn.Upsample``;
 - ``GroupOrientationPool`` -> ``Unflatten`` + ``AvgPool3d``/``MaxPool3d`` over orientations + ``Flatten``.
 
@@ -36,7 +37,8 @@ def _conv(layer: GroupConv2d) -> nn.Conv2d:
     return conv
 
 
-def _batch_norm(layer: GroupBatchNorm2d) -> nn.BatchNorm2d:
+def _batch_norm(layer: GroupBatchNorm2d) -> nn.Module:
+    """``nn.BatchNorm2d``, followed by ``nn.ReLU`` for a layer with a fused ReLU."""
     order = layer.group.order
     like = next(layer.buffers(), None) if layer.weight is None else layer.weight
     bn = nn.BatchNorm2d(layer.num_features * order, layer.eps, layer.momentum, layer.affine,
@@ -48,7 +50,7 @@ def _batch_norm(layer: GroupBatchNorm2d) -> nn.BatchNorm2d:
             getattr(bn, name).copy_(source.repeat_interleave(order))
     if layer.track_running_stats:
         bn.num_batches_tracked.copy_(layer.num_batches_tracked)
-    return bn
+    return nn.Sequential(bn, nn.ReLU()) if layer.relu else bn
 
 
 def _orientation_pool(layer: GroupOrientationPool) -> nn.Sequential:
