@@ -4,13 +4,14 @@
 #   parity   the GPU parity tests of the CUDA and Triton kernels against the float64 reference
 #   triton   each Triton kernel per pass against cuDNN on the expanded filter (benchmarks/bench_triton.py)
 #   layers   every backend per layer and per GER-UNet training step, bf16 and fp32 (benchmarks/run.py)
+#   groupbn  fused group batch norm against BatchNorm3d, bf16, GB/s (benchmarks/bench_group_bn.py)
 # Everything is written to OUT (copy it back to benchmarks/results/); short tables are printed.
 #   bash benchmarks/gpu_suite.sh OUT                 # all stages (up to 14 minutes: the timeouts below)
 #   bash benchmarks/gpu_suite.sh OUT build parity    # then `OUT triton layers`: two 10-minute device calls
 set -euo pipefail
-OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [triton] [layers]}
+OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [triton] [layers] [groupbn]}
 shift
-STAGES=${*:-build parity triton layers}
+STAGES=${*:-build parity triton layers groupbn}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 PYTHONPATH=$PWD
@@ -50,6 +51,11 @@ for stage in $STAGES; do
         grep "forward+backward" "$OUT/$dtype/results.md" 2>/dev/null | cut -d'|' -f2-6 || true
       done
       ;;
-    *) echo "unknown stage $stage (build, parity, triton, layers)"; exit 2 ;;
+    groupbn)
+      timeout 120 python benchmarks/bench_group_bn.py --out "$OUT/group_bn" > "$OUT/group_bn.log" 2>&1 \
+        || echo "group batch norm benchmark FAILED: see $OUT/group_bn.log"
+      cat "$OUT/group_bn/results.md" 2>/dev/null || true
+      ;;
+    *) echo "unknown stage $stage (build, parity, triton, layers, groupbn)"; exit 2 ;;
   esac
 done
