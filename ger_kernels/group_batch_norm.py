@@ -243,8 +243,8 @@ def _group_batch_norm(input: torch.Tensor, weight: Optional[torch.Tensor], bias:
     elif input.numel() == 0:  # as BatchNorm3d: an empty output
         mean, var = input.new_zeros(fields, dtype=dtype), input.new_zeros(fields, dtype=dtype)
     else:
-        _, mean, m2 = _statistics(input, order)
-        var = m2 / (input.numel() // fields)
+        _, mean, m2 = _statistics(input, order).unbind(0)
+        mean, var = mean.clone(), m2 / (input.numel() // fields)  # outputs own their storage
     invstd = torch.rsqrt(var + eps)
     scale = invstd * weight.to(dtype) if weight is not None else invstd
     shift = bias.to(dtype) if bias is not None else torch.zeros_like(scale)
