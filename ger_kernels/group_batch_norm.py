@@ -19,8 +19,9 @@ points where a synchronized batch norm reduces over processes:
         [all_reduce(SUM) of the sums]
     input_grad(grad, x, y, mean, a, b, c, residual_grad) -> [dx] or [dx, g]: dx = g*a + (x - mean)*b + c
 
-The variance never subtracts large sums of squares: every kernel tile's M2 is taken about the
-tile's own mean and tiles merge with Chan et al.'s formula (also used across processes).
+The variance never subtracts large sums of squares: the kernels take each tile's M2 about the
+tile's own mean, of the values less a shift (a value of the field, so that float32 partial means
+keep the spread's digits), and merge tiles with Chan et al.'s formula (also used across processes).
 ``group_batch_norm`` is the differentiable single-process op made of them (``GroupBatchNorm2d``
 calls it); ``min_bytes`` counts what each kernel must move, for bandwidth figures.
 """
@@ -103,7 +104,9 @@ def _statistics(x: torch.Tensor, order: int) -> torch.Tensor:
     if x.numel() == 0:
         return x.new_zeros((3, fields), dtype=_accumulation_dtype(x))
     if _on_triton(x):
-        return merge_statistics(_kernels().statistics_partials(x, order))
+        partials, shift = _kernels().statistics_partials(x, order)
+        count, mean, m2 = merge_statistics(partials)
+        return torch.stack([count, mean + shift, m2])
     x5 = x.unflatten(1, (fields, order)).to(_accumulation_dtype(x))
     var, mean = torch.var_mean(x5, dim=_DIMS, correction=0)
     count = x5.numel() // fields

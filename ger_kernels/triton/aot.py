@@ -43,7 +43,7 @@ _POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"],
 # Group batch norm kernels and their pointer arguments ("x" the map's dtype, "fp32" per-field vectors, partials)
 BN_KERNELS = {"bn_statistics": batch_norm.statistics_kernel, "bn_normalize": batch_norm.normalize_kernel,
               "bn_grad_sums": batch_norm.grad_sums_kernel, "bn_input_grad": batch_norm.input_grad_kernel}
-_BN_POINTERS = {"bn_statistics": ["x", "fp32"], "bn_normalize": ["x", "x", "x", "fp32", "fp32", "fp32"],
+_BN_POINTERS = {"bn_statistics": ["x", "fp32", "fp32"], "bn_normalize": ["x", "x", "x", "fp32", "fp32", "fp32"],
                 "bn_grad_sums": ["x", "x", "x", "fp32", "fp32"],
                 "bn_input_grad": ["x", "x", "x", "x", "x", "fp32", "fp32", "fp32", "fp32"]}
 BN_LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}

@@ -8,9 +8,9 @@ A feature map ``(B, C*S, H, W)`` in either memory format is read as a contiguous
 
 Kernels (float32, float16 or bfloat16 maps; per-field vectors and all arithmetic float32):
 
-- ``statistics_kernel``: partial (count, mean, M2) over tiles of each row (NCHW) or column
-  (channels_last), Chan-merged tile by tile (a tile's own M2 is taken about its own mean, so
-  no sum of squares of large values is ever subtracted);
+- ``statistics_kernel``: partial (count, mean, M2) of ``x - shift[f]`` (a value of the field)
+  over tiles of each row (NCHW) or column (channels_last), Chan-merged tile by tile (a tile's
+  own M2 is taken about its own mean, so no sum of squares of large values is ever subtracted);
 - ``normalize_kernel``: ``y = (x - mean[f]) * scale[f] + shift[f]`` (+ residual) (ReLU);
 - ``grad_sums_kernel``: partial ``sum g`` and ``sum g * (x - mean[f])``, ``g`` = the output
   gradient, zeroed where a fused ReLU clipped (``y <= 0``);
@@ -44,24 +44,30 @@ _SUM = tl.standard._sum_combine  # tl.sum is a @jit function; the interpreter re
 
 
 @Kernel
-def statistics_kernel(x_ptr, partials_ptr, R, L, plane,
-                      FIELDS_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+def statistics_kernel(x_ptr, shift_ptr, partials_ptr, R, L, C, plane,
+                      S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
                       ITERS: tl.constexpr):
-    """(count, mean, M2) of ITERS tiles: NCHW (FIELDS_ON_ROWS) program (i, j) covers rows
-    i*BLOCK_R.. over columns j*ITERS*BLOCK_L.. and writes partials[k, row, j]; channels_last
-    program (i, j) covers columns j*BLOCK_L.. over rows i*ITERS*BLOCK_R.. and writes
-    partials[k, i, column]; k = 0, 1, 2 planes ``plane`` elements apart."""
+    """(count, mean, M2) of ``x - shift[f]`` over ITERS tiles: NCHW (FIELDS_ON_ROWS) program
+    (i, j) covers rows i*BLOCK_R.. over columns j*ITERS*BLOCK_L.. and writes partials[k, row, j];
+    channels_last program (i, j) covers columns j*BLOCK_L.. over rows i*ITERS*BLOCK_R.. and
+    writes partials[k, i, column]; k = 0, 1, 2 planes ``plane`` elements apart. A shift near
+    the field's values keeps the partial means small, so that float32 rounds them finely."""
     AXIS: tl.constexpr = 1 if FIELDS_ON_ROWS else 0  # the axis reduced within a tile
     if FIELDS_ON_ROWS:
         kept = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         kept_ok = kept < R
+        field = kept % C
         count = tl.full((BLOCK_R,), 0.0, tl.float32)
+        mean = tl.full((BLOCK_R,), 0.0, tl.float32)
+        m2 = tl.full((BLOCK_R,), 0.0, tl.float32)
     else:
         kept = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
         kept_ok = kept < L
+        field = tl.where(kept_ok, kept // S, 0)
         count = tl.full((BLOCK_L,), 0.0, tl.float32)
-    mean = count
-    m2 = count
+        mean = tl.full((BLOCK_L,), 0.0, tl.float32)
+        m2 = tl.full((BLOCK_L,), 0.0, tl.float32)
+    shift = tl.expand_dims(tl.load(shift_ptr + field), AXIS)
     for i in range(ITERS):
         if FIELDS_ON_ROWS:
             rows = kept
@@ -71,6 +77,7 @@ def statistics_kernel(x_ptr, partials_ptr, R, L, plane,
             cols = kept
         mask = (rows < R)[:, None] & (cols < L)[None, :]
         x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * L + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.where(mask, x - shift, 0.0)
         tile_count = tl.reduce(mask.to(tl.float32), AXIS, _SUM)
         tile_mean = tl.reduce(x, AXIS, _SUM) / tl.maximum(tile_count, 1.0)
         centered = tl.where(mask, x - tl.expand_dims(tile_mean, AXIS), 0.0)
@@ -231,12 +238,15 @@ def _per_field(partials: torch.Tensor, t: Tiles, fields: int, order: int) -> tor
     return partials.view(planes, partials.shape[1], fields, order).permute(1, 3, 0, 2).reshape(-1, planes, fields)
 
 
-def statistics_partials(x: torch.Tensor, order: int) -> torch.Tensor:
-    """(P, 3, C) float32 partial (count, mean, M2) of each field of ``x`` (one memory format, non-empty)."""
+def statistics_partials(x: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, 3, C) float32 partial (count, mean, M2) of ``x - shift`` per field, and the (C,)
+    shift: each field's first value (``x`` in one memory format, non-empty)."""
     t = Tiles(x, order)
+    shift = x[0, ::order, 0, 0].float().contiguous()
     partials = torch.empty(t.partials_shape(3), dtype=torch.float32, device=x.device)
-    statistics_kernel[t.reduce_grid](x, partials, t.R, t.L, partials[0].numel(), ITERS=t.iters, **t.meta())
-    return _per_field(partials, t, x.shape[1] // order, order)
+    statistics_kernel[t.reduce_grid](x, shift, partials, t.R, t.L, x.shape[1] // order, partials[0].numel(),
+                                     S=order, ITERS=t.iters, **t.meta())
+    return _per_field(partials, t, x.shape[1] // order, order), shift
 
 
 def normalize(x, residual, mean, scale, shift, order: int, relu: bool) -> torch.Tensor:
