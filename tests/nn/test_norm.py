@@ -69,3 +69,30 @@ def test_bad_input():
         bn(torch.randn(2, 2, 8, 3, 3))
     with pytest.raises(ValueError, match="num_fields must be an int >= 1"):
         GroupBatchNorm2d(0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_residual_and_relu(channels_last):
+    bn = randomize_affine(GroupBatchNorm2d(2, relu=True).double())
+    plain = randomize_affine(GroupBatchNorm2d(2).double())
+    plain.load_state_dict(bn.state_dict())
+    x = torch.randn(2, 16, 5, 3, dtype=torch.float64)
+    r = torch.randn_like(x)
+    if channels_last:
+        x, r = x.to(memory_format=torch.channels_last), r.to(memory_format=torch.channels_last)
+    out = bn(x, r)
+    assert max_rel_err(out, torch.relu(plain(x) + r)) < 1e-15
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert max_rel_err(bn(x, relu=False), plain(x)) < 1e-15  # the call's relu overrides the layer's
+    assert repr(bn).endswith("relu=True)")
+
+
+def test_state_dict_loads_into_batchnorm3d():
+    bn = randomize_affine(GroupBatchNorm2d(3).double())
+    bn(torch.randn(2, 24, 3, 3, dtype=torch.float64))
+    reference = nn.BatchNorm3d(3).double()
+    reference.load_state_dict(bn.state_dict())
+    x = torch.randn(2, 24, 3, 3, dtype=torch.float64)
+    bn.eval()
+    reference.eval()
+    assert max_rel_err(bn(x), reference(x.unflatten(1, (3, 8))).flatten(1, 2)) < 1e-15
