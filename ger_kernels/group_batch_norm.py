@@ -37,7 +37,7 @@ from torch._prims_common import suggest_memory_format
 from ger_kernels import triton as triton_backend  # imports no triton until its kernels are used
 
 __all__ = ["group_batch_norm", "statistics", "merge_statistics", "normalize", "grad_sums", "input_grad",
-           "input_grad_coefficients", "update_running_statistics", "min_bytes", "KERNELS"]
+           "input_grad_coefficients", "running_statistics", "min_bytes", "KERNELS"]
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DIMS = (0, 2, 3, 4)  # the 5-D view's dims reduced per field
@@ -220,73 +220,153 @@ def input_grad_coefficients(invstd: torch.Tensor, weight: Optional[torch.Tensor]
     return a, -a * invstd * invstd * sums[1] / count, -a * sums[0] / count
 
 
-def update_running_statistics(running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
-                              var: torch.Tensor, count: int, factor) -> None:
-    """BatchNorm's update, in place: ``running = (1 - factor) * running + factor * batch``, with
-    the unbiased variance ``var * count / (count - 1)``; ``factor`` a float (momentum) or a
-    0-d tensor (``1 / num_batches_tracked``: the cumulative average of momentum=None)."""
-    with torch.no_grad():
-        running_mean.mul_(1 - factor).add_(mean.to(running_mean.dtype) * factor)
-        running_var.mul_(1 - factor).add_((var * (count / (count - 1))).to(running_var.dtype) * factor)
+def running_statistics(running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
+                       var: torch.Tensor, count: int, factor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm's update of the running statistics, out of place: ``(1 - factor) * running +
+    factor * batch``, with the unbiased variance ``var * count / (count - 1)``; ``factor`` a
+    float (momentum) or a 0-d tensor (``1 / num_batches_tracked``, momentum=None)."""
+    new_mean = running_mean * (1 - factor) + mean.to(running_mean.dtype) * factor
+    new_var = running_var * (1 - factor) + (var * (count / (count - 1))).to(running_var.dtype) * factor
+    return new_mean, new_var
 
 
 # --------------------------------------------------------------------------- the single-process op
 
-@torch.library.custom_op("ger_kernels::group_batch_norm", mutates_args=())
-def _group_batch_norm(input: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                      residual: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
-                      running_var: Optional[torch.Tensor], eps: float, order: int,
-                      relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output, mean, var): normalized with the running statistics if given, else with the
-    batch's (then also returned, var biased, for the caller's running update)."""
+def _updates(input: torch.Tensor, running_mean: Optional[torch.Tensor], training: bool) -> bool:
+    return training and running_mean is not None and input.numel() > 0
+
+
+def _native_forward(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum,
+                    eps, order):
+    """ATen's batch norm on the 5-D view (BatchNorm3d's kernels): (output 5-D, mean, invstd, new
+    running mean, new running var); the plain-torch path of the single-process op."""
+    x5 = _dense(input).unflatten(1, (-1, order))
+    aten = torch.ops.aten
+    if _updates(input, running_mean, training):
+        factor = momentum if momentum is not None else 1.0 / num_batches_tracked.item()
+        return aten._native_batch_norm_legit_functional(x5, weight, bias, running_mean, running_var, True, factor,
+                                                        eps)
+    none = input.new_empty(0), input.new_empty(0)
+    if training or running_mean is None:
+        return *aten.native_batch_norm(x5, weight, bias, None, None, True, 0.0, eps), *none
     dtype = _accumulation_dtype(input)
-    fields = input.shape[1] // order
-    if running_mean is not None:
-        mean, var = running_mean.to(dtype, copy=True), running_var.to(dtype, copy=True)
-    elif input.numel() == 0:  # as BatchNorm3d: an empty output
-        mean, var = input.new_zeros(fields, dtype=dtype), input.new_zeros(fields, dtype=dtype)
-    else:
+    output = aten.native_batch_norm(x5, weight, bias, running_mean, running_var, False, 0.0, eps)[0]
+    return output, running_mean.to(dtype, copy=True), torch.rsqrt(running_var.to(dtype) + eps), *none
+
+
+def _triton_forward(input, weight, bias, residual, running_mean, running_var, num_batches_tracked, training,
+                    momentum, eps, order, relu):
+    """The staged kernels: (output, mean, invstd, new running mean, new running var)."""
+    dtype = _accumulation_dtype(input)
+    new_mean, new_var = input.new_empty(0), input.new_empty(0)
+    if training or running_mean is None:
+        count = input.numel() // (input.shape[1] // order)
         _, mean, m2 = _statistics(input, order).unbind(0)
-        mean, var = mean.clone(), m2 / (input.numel() // fields)  # outputs own their storage
+        mean, var = mean.clone(), m2 / count  # outputs own their storage
+        if _updates(input, running_mean, training):
+            factor = momentum if momentum is not None else num_batches_tracked.to(torch.float64).reciprocal()
+            new_mean, new_var = running_statistics(running_mean, running_var, mean, var, count, factor)
+    else:
+        mean, var = running_mean.to(dtype, copy=True), running_var.to(dtype)
     invstd = torch.rsqrt(var + eps)
     scale = invstd * weight.to(dtype) if weight is not None else invstd
     shift = bias.to(dtype) if bias is not None else torch.zeros_like(scale)
-    return _normalize(input, mean, scale, shift, residual, order, relu), mean, var
+    return _normalize(input, mean, scale, shift, residual, order, relu), mean, invstd, new_mean, new_var
+
+
+@torch.library.custom_op("ger_kernels::group_batch_norm", mutates_args=())
+def _group_batch_norm(input: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                      residual: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
+                      running_var: Optional[torch.Tensor], num_batches_tracked: Optional[torch.Tensor],
+                      training: bool, momentum: Optional[float], eps: float, order: int,
+                      relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, mean, invstd, new running mean, new running var); the new running statistics
+    are empty unless ``training`` updates them (functional: the caller copies them)."""
+    fields = input.shape[1] // order
+    if input.numel() == 0:  # as BatchNorm3d: an empty output, running statistics untouched
+        zeros = input.new_zeros(fields, dtype=_accumulation_dtype(input))
+        none = input.new_empty(0)
+        return _like(torch.empty_like(input), _dense(input)), zeros, zeros.clone(), none, none.clone()
+    if _on_triton(input):
+        return _triton_forward(input, weight, bias, residual, running_mean, running_var, num_batches_tracked,
+                               training, momentum, eps, order, relu)
+    output, mean, invstd, new_mean, new_var = _native_forward(input, weight, bias, running_mean, running_var,
+                                                              num_batches_tracked, training, momentum, eps, order)
+    output = _like(output.flatten(1, 2), _dense(input))
+    if residual is not None:
+        output += residual
+    if relu:
+        output.relu_()
+    return output, mean, invstd, new_mean, new_var
 
 
 @_group_batch_norm.register_fake
-def _(input, weight, bias, residual, running_mean, running_var, eps, order, relu):
+def _(input, weight, bias, residual, running_mean, running_var, num_batches_tracked, training, momentum, eps,
+      order, relu):
     stats = input.new_empty(input.shape[1] // order, dtype=_accumulation_dtype(input))
-    return torch.empty_like(input, memory_format=suggest_memory_format(input)), stats, torch.empty_like(stats)
+    updates = _updates(input, running_mean, training)
+    running = [t.new_empty(t.shape) if updates else input.new_empty(0) for t in (running_mean, running_var)]
+    return (torch.empty_like(input, memory_format=suggest_memory_format(input)), stats, torch.empty_like(stats),
+            *running)
 
 
 def _setup_context(ctx, inputs, output):
-    input, weight, bias, _, running_mean, _, ctx.eps, ctx.order, relu = inputs
-    ctx.batch_statistics = running_mean is None
+    input, weight, bias, _, running_mean, _, _, training, _, ctx.eps, ctx.order, relu = inputs
+    ctx.batch_statistics = training or running_mean is None
+    ctx.native = not _on_triton(input)
     ctx.bias_dtype = bias.dtype if bias is not None else None
-    y, mean, var = output
-    ctx.save_for_backward(input, y if relu else None, weight, mean, var)
-    ctx.mark_non_differentiable(mean, var)
+    y, mean, invstd, new_mean, new_var = output
+    ctx.save_for_backward(input, y if relu else None, weight, mean, invstd)
+    ctx.mark_non_differentiable(mean, invstd, new_mean, new_var)
 
 
-def _backward(ctx, grad, _grad_mean, _grad_var):
-    input, y, weight, mean, var = ctx.saved_tensors
-    needs_input, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
+def _native_backward(ctx, grad, input, y, weight, mean, invstd, needs):
+    """dx, dweight, dbias and the residual's gradient through ATen's batch norm backward."""
     order = ctx.order
-    invstd = torch.rsqrt(var + ctx.eps)
-    sums = None
-    if (ctx.batch_statistics and (needs_input or needs_residual)) or needs_weight or needs_bias:
-        sums = grad_sums(grad, input, y, mean, order)
-    dx = dresidual = None
-    if needs_input or needs_residual:
-        count = input.numel() // max(input.shape[1] // order, 1)
-        a, b, c = input_grad_coefficients(invstd, weight.to(invstd.dtype) if weight is not None else None,
-                                          sums if ctx.batch_statistics else None, count)
-        dx, *rest = input_grad(grad, input, y, mean, a, b, c, order, needs_residual)
-        dresidual = rest[0] if needs_residual else None
-    dweight = (sums[1] * invstd).to(weight.dtype) if needs_weight else None
-    dbias = sums[0].to(ctx.bias_dtype) if needs_bias else None
-    return dx, dweight, dbias, dresidual, None, None, None, None, None
+    grad = _like(grad, _dense(input))
+    if y is not None:  # the ReLU's gradient, one pass
+        grad = torch.ops.aten.threshold_backward(grad, y, 0)
+    needs_input, needs_weight, needs_bias, needs_residual = needs
+    if input.numel() == 0:  # ATen's kernels divide by the count
+        zeros = mean.new_zeros(mean.shape)
+        return torch.zeros_like(grad), zeros, zeros.clone(), grad if needs_residual else None
+    x5, g5 = _dense(input).unflatten(1, (-1, order)), grad.unflatten(1, (-1, order))
+    dx5, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+        g5, x5, weight, None, None, mean, invstd, True,
+        ctx.eps, [needs_input and ctx.batch_statistics, needs_weight, needs_bias])
+    dx = None
+    if needs_input:
+        if ctx.batch_statistics:
+            dx = _like(dx5.flatten(1, 2), grad)
+        else:  # fixed statistics: dx = g * weight * invstd
+            scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
+            dx = (g5 * _field_view(scale)).to(grad.dtype).flatten(1, 2)
+    return dx, dweight, dbias, grad if needs_residual else None
+
+
+def _backward(ctx, grad, *_non_differentiable):
+    input, y, weight, mean, invstd = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:4]
+    needs_input, needs_weight, needs_bias, needs_residual = needs
+    if ctx.native:
+        dx, dweight, dbias, dresidual = _native_backward(ctx, grad, input, y, weight, mean, invstd, needs)
+    else:
+        order = ctx.order
+        sums = None
+        if (ctx.batch_statistics and (needs_input or needs_residual)) or needs_weight or needs_bias:
+            sums = grad_sums(grad, input, y, mean, order)
+        dx = dresidual = None
+        if needs_input or needs_residual:
+            count = input.numel() // (input.shape[1] // order)
+            a, b, c = input_grad_coefficients(invstd, weight.to(invstd.dtype) if weight is not None else None,
+                                              sums if ctx.batch_statistics else None, count)
+            dx, *rest = input_grad(grad, input, y, mean, a, b, c, order, needs_residual)
+            dresidual = rest[0] if needs_residual else None
+        dweight = sums[1] * invstd if needs_weight else None
+        dbias = sums[0] if needs_bias else None
+    dweight = dweight.to(weight.dtype) if needs_weight else None
+    dbias = dbias.to(ctx.bias_dtype) if needs_bias else None
+    return dx, dweight, dbias, dresidual, None, None, None, None, None, None, None, None
 
 
 _group_batch_norm.register_autograd(_backward, setup_context=_setup_context)
@@ -309,14 +389,15 @@ def group_batch_norm(input: torch.Tensor, order: int, running_mean: Optional[tor
                          f"{tuple(input.shape)}")
     if residual is not None and residual.shape != input.shape:
         raise ValueError(f"residual must have the input's shape {tuple(input.shape)}, got {tuple(residual.shape)}")
-    update = training and running_mean is not None and input.numel() > 0
+    update = _updates(input, running_mean, training)
     if update and momentum is None and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    fixed = (running_mean, running_var) if not batch_statistics else (None, None)
-    output, mean, var = _group_batch_norm(input, weight, bias, residual, *fixed, eps, order, relu)
+    output, _, _, new_mean, new_var = _group_batch_norm(input, weight, bias, residual, running_mean, running_var,
+                                                        num_batches_tracked, training, momentum, eps, order, relu)
     if update:
-        factor = momentum if momentum is not None else num_batches_tracked.to(torch.float64).reciprocal()
-        update_running_statistics(running_mean, running_var, mean, var, input.numel() // fields, factor)
+        with torch.no_grad():
+            running_mean.copy_(new_mean)
+            running_var.copy_(new_var)
     return output
 
 

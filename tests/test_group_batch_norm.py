@@ -114,6 +114,42 @@ def test_stages_merge_over_processes_as_synchronized_batch_norm():
     assert max_rel_err(sums[1], (g * (five - mean.view(1, 3, 1, 1, 1))).sum((0, 2, 3, 4))) < 1e-13
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stages_compose_to_batchnorm3d_over_two_shards(channels_last):
+    """The synchronized recipe, with two shards of a batch standing for two processes:
+    statistics per shard, merged (the all_gather); normalize; gradient sums per shard, added
+    (the all_reduce); input gradient per shard. Equal to BatchNorm3d on the whole batch, then
+    + residual, ReLU."""
+    fields, eps = 3, 1e-5
+    x = torch.randn(4, fields * ORDER, 5, 6, dtype=torch.float64) * 2 + 7
+    residual = torch.randn_like(x)
+    grad = torch.randn_like(x)
+    if channels_last:
+        x, residual = x.to(memory_format=torch.channels_last), residual.to(memory_format=torch.channels_last)
+    weight, bias = torch.randn(fields, dtype=torch.float64), torch.randn(fields, dtype=torch.float64)
+    shards = list(zip(x.chunk(2), residual.chunk(2), grad.chunk(2)))
+    count, mean, m2 = gbn.merge_statistics(torch.stack([gbn.statistics(xs, ORDER) for xs, _, _ in shards]))
+    invstd = torch.rsqrt(m2 / count + eps)
+    outputs = [gbn.normalize(xs, mean, invstd * weight, bias, rs, ORDER, True) for xs, rs, _ in shards]
+    sums = sum(gbn.grad_sums(gs, xs, ys, mean, ORDER) for (xs, _, gs), ys in zip(shards, outputs))
+    a, b, c = gbn.input_grad_coefficients(invstd, weight, sums, int(count[0]))
+    grads = [gbn.input_grad(gs, xs, ys, mean, a, b, c, ORDER, True) for (xs, _, gs), ys in zip(shards, outputs)]
+
+    bn, ref = reference(x, fields, relu=True, eps=eps)
+    with torch.no_grad():
+        bn.weight.copy_(weight)
+        bn.bias.copy_(bias)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, residual)]
+    out = ref(*leaves)
+    out.backward(grad)
+    dx, dr = leaves[0].grad, leaves[1].grad
+    assert max_rel_err(torch.cat(outputs), out) < 1e-14
+    assert outputs[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert max_rel_err(torch.cat([g[0] for g in grads]), dx) < 1e-13
+    assert max_rel_err(torch.cat([g[1] for g in grads]), dr) < 1e-15
+    assert max_rel_err(sums[1] * invstd, bn.weight.grad) < 1e-13 and max_rel_err(sums[0], bn.bias.grad) < 1e-13
+
+
 def test_variance_of_a_large_mean_small_spread_map_in_float32():
     """A float32 sum of squares minus the squared sum would lose every digit here."""
     x = (1000 + 0.01 * torch.randn(2, 2 * ORDER, 16, 16, dtype=torch.float64)).float()
@@ -146,10 +182,15 @@ def test_ops_pass_opcheck():
         (gbn.normalize, (x, vec, vec, vec, y, ORDER, True)),
         (gbn.grad_sums, (y, x, x, vec, ORDER)),
         (gbn.input_grad, (y, x, x, vec, vec, vec, vec, ORDER, True)),
+        # batch statistics, residual and ReLU, all differentiable
         (gbn._group_batch_norm, (x.clone().requires_grad_(), vec.clone().requires_grad_(),
-                                 vec.clone().requires_grad_(), y.clone().requires_grad_(), None, None, 1e-5, ORDER,
-                                 True)),
-        (gbn._group_batch_norm, (x, vec, vec, None, vec, vec + 1, 1e-5, ORDER, False)),
+                                 vec.clone().requires_grad_(), y.clone().requires_grad_(), None, None, None, True,
+                                 0.1, 1e-5, ORDER, True)),
+        # training with running statistics, cumulative average; eval
+        (gbn._group_batch_norm, (x.clone().requires_grad_(), vec, vec, None, vec, vec + 1, torch.tensor(3), True,
+                                 None, 1e-5, ORDER, False)),
+        (gbn._group_batch_norm, (x.clone().requires_grad_(), vec.clone().requires_grad_(), vec, None, vec, vec + 1,
+                                 None, False, 0.1, 1e-5, ORDER, True)),
     ]
     for op, args in examples:
         torch.library.opcheck(op, args)
