@@ -96,3 +96,24 @@ def test_state_dict_loads_into_batchnorm3d():
     bn.eval()
     reference.eval()
     assert max_rel_err(bn(x), reference(x.unflatten(1, (3, 8))).flatten(1, 2)) < 1e-15
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_compiles_in_one_graph_without_recompiles(momentum):
+    """fullgraph=True: the fused op, its backward and the running-statistics update trace; three
+    training steps compile once and match eager mode."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    eager = randomize_affine(GroupBatchNorm2d(2, momentum=momentum, relu=True))
+    compiled_bn = GroupBatchNorm2d(2, momentum=momentum, relu=True)
+    compiled_bn.load_state_dict(eager.state_dict())
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda x, r: compiled_bn(x, r), backend=counter, fullgraph=True)
+    for _ in range(3):
+        x, r = torch.randn(2, 16, 4, 4) * 2 + 1, torch.randn(2, 16, 4, 4)
+        for fn in (compiled, eager):
+            fn(x, r).square().sum().backward()
+    assert counter.frame_count == 1
+    for name, value in eager.state_dict().items():
+        assert max_rel_err(compiled_bn.state_dict()[name], value) < 1e-6, name
+    assert max_rel_err(compiled_bn.weight.grad, eager.weight.grad) < 1e-5
