@@ -64,6 +64,7 @@ def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _triton_available(device_type: str, interpreting: bool) -> bool:
+    """Decided once per device type and interpreter setting (the key; importing triton is slow)."""
     return triton_backend.status(device_type)[0]
 
 
