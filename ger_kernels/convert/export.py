@@ -7,7 +7,7 @@ compute the same function in eval mode, so the layers need nothing of ``ger_kern
 - ``GroupBatchNorm2d`` -> ``nn.BatchNorm2d(C*S)`` with running statistics, scale and shift repeated
   per orientation (equal in eval mode; in train mode it would take per-orientation statistics); one
   without running statistics (``track_running_stats=False``, batch statistics per field even in eval
-  mode) -> ``Unflatten`` + ``nn.BatchNorm3d(C)`` + ``Flatten``;
+  mode) -> ``Unflatten`` + ``nn.BatchNorm3d(C)`` + ``Flatten``; then ``nn.ReLU`` if the layer fuses one;
 - spatial pools and upsampling -> ``nn.MaxPool2d`` / ``nn.AvgPool2d`` / ``nn.Upsample``;
 - ``GroupOrientationPool`` -> ``Unflatten`` + ``AvgPool3d``/``MaxPool3d`` over orientations + ``Flatten``.
 
@@ -46,7 +46,8 @@ def _batch_norm(layer: GroupBatchNorm2d) -> nn.Module:
     ``BatchNorm2d(C*S)`` with statistics, scale and shift repeated per orientation is equal.
     Without them (``track_running_stats=False``) eval mode normalizes with batch statistics
     per field, which a per-channel ``BatchNorm2d`` would not: then the plain equivalent is
-    ``BatchNorm3d(C)`` on the 5-D view, between ``Unflatten`` and ``Flatten``."""
+    ``BatchNorm3d(C)`` on the 5-D view, between ``Unflatten`` and ``Flatten``. A fused ReLU
+    becomes an ``nn.ReLU`` after it."""
     order = layer.group.order
     like = next(layer.buffers(), None) if layer.weight is None else layer.weight
     factory = {"device": like.device if like is not None else None, "dtype": like.dtype if like is not None else None}
@@ -58,12 +59,13 @@ def _batch_norm(layer: GroupBatchNorm2d) -> nn.Module:
                 getattr(bn, name).copy_(source.repeat_interleave(order))
         if layer.num_batches_tracked is not None:
             bn.num_batches_tracked.copy_(layer.num_batches_tracked)
-        return bn
-    bn = nn.BatchNorm3d(layer.num_features, layer.eps, layer.momentum, layer.affine, False, **factory)
-    if layer.affine:
-        bn.weight.copy_(layer.weight)
-        bn.bias.copy_(layer.bias)
-    return nn.Sequential(nn.Unflatten(1, (-1, order)), bn, nn.Flatten(1, 2))
+    else:
+        bn3d = nn.BatchNorm3d(layer.num_features, layer.eps, layer.momentum, layer.affine, False, **factory)
+        if layer.affine:
+            bn3d.weight.copy_(layer.weight)
+            bn3d.bias.copy_(layer.bias)
+        bn = nn.Sequential(nn.Unflatten(1, (-1, order)), bn3d, nn.Flatten(1, 2))
+    return nn.Sequential(bn, nn.ReLU()) if layer.relu else bn
 
 
 def _orientation_pool(layer: GroupOrientationPool) -> nn.Sequential:
