@@ -75,20 +75,36 @@ def test_time_limit_stops_what_overruns_and_restores_the_handler():
     assert time.perf_counter() - start < 2 and signal.getsignal(signal.SIGALRM) is before
 
 
+def _event(name, parent=None, device=torch.autograd.DeviceType.CPU, cpu_ms=0.0, device_ms=0.0):
+    return SimpleNamespace(name=name, cpu_parent=parent, device_type=device, self_cpu_time_total=cpu_ms * 1e3,
+                           self_device_time_total=device_ms * 1e3)
+
+
 def test_cuda_kernels_are_summarized_by_self_device_time_and_category():
-    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
     kernels = {"batch_norm_backward_kernel<float>": 35, "sm90_xmma_fprop_implicit_gemm_bf16": 19,
                "nchwToNhwcKernel": 9, "indexing_backward_kernel": 6, "multi_tensor_apply_kernel<FusedAdam>": 1,
-               "max_pool_backward_nchw": 5, "batch_norm_collect_statistics_kernel": 25}
-    events = [SimpleNamespace(key=k, device_type=cuda, self_device_time_total=us * 1e3) for k, us in kernels.items()]
-    events.append(SimpleNamespace(key="aten::cudnn_convolution", device_type=cpu, self_device_time_total=19e3))
-    summary = bench_step.kernel_summary(SimpleNamespace(key_averages=lambda: events), torch.device("cuda"))
-    assert summary["profiled_ms"] == pytest.approx(100)  # the CPU op's time is its kernel's, counted once
+               "max_pool_backward_nchw": 5, "batch_norm_collect_statistics_kernel": 20}
+    events = [_event(k, device=torch.autograd.DeviceType.CUDA, device_ms=ms) for k, ms in kernels.items()]
+    events += [_event("batch_norm_collect_statistics_kernel", device=torch.autograd.DeviceType.CUDA, device_ms=5),
+               _event("aten::cudnn_convolution", device_ms=19)]  # a CPU op: its time is its kernel's
+    summary = bench_step.kernel_summary(SimpleNamespace(events=lambda: events), torch.device("cuda"))
+    assert summary["profiled_ms"] == pytest.approx(100)
     assert summary["categories"] == pytest.approx({"batch norm": 0.6, "W~ expand/fold": 0.06, "optimizer": 0.01,
                                                    "layout/copy": 0.09, "convolution": 0.19, "other": 0.05})
     top = summary["top_kernels"]
     assert [k["name"] for k in top[:2]] == ["batch_norm_backward_kernel<float>", "batch_norm_collect_statistics_kernel"]
-    assert top[0]["ms"] == pytest.approx(35) and top[0]["share"] == pytest.approx(0.35)
+    assert top[1]["ms"] == pytest.approx(25) and top[1]["share"] == pytest.approx(0.25)
+
+
+def test_cpu_ops_inside_the_optimizer_step_count_as_optimizer():
+    adam = _event("Optimizer.step#Adam.step", cpu_ms=2)
+    events = [adam, _event("aten::mul_", adam, cpu_ms=3), _event("aten::mul_", cpu_ms=1),
+              _event("aten::copy_", _event("aten::to", adam), cpu_ms=4)]
+    summary = bench_step.kernel_summary(SimpleNamespace(events=lambda: events), torch.device("cpu"))
+    assert summary["categories"]["optimizer"] == pytest.approx(0.9) and summary["categories"]["other"] == 0.1
+    assert [(k["name"], k["category"], k["ms"]) for k in summary["top_kernels"]] == [
+        ("aten::copy_", "optimizer", 4), ("aten::mul_", "optimizer", 3), ("Optimizer.step#Adam.step", "optimizer", 2),
+        ("aten::mul_", "other", 1)]
 
 
 def test_bad_size_is_a_clear_error(tmp_path, capsys):
