@@ -11,8 +11,8 @@ CPU: torch.profiler's allocation events); and the top kernels of one profiled st
 time on CUDA, self CPU time on CPU) with the share of each category. A configuration that fails
 (an exception, out of memory, an unavailable backend, its time budget run out) is a row with the
 error, and the run goes on. Rows run under time budgets so that the whole run fits --budget-s:
---compile-budget-s of it is kept for the compiled rows, which run last; what does not fit is
-listed as skipped. results.md and results.json in --out are rewritten after every row.
+--compile-budget-s of it is kept for the compiled rows, which run last, each with all the time
+left; what does not fit is listed as skipped. results.md and results.json in --out are rewritten after every row.
 
     python benchmarks/bench_step.py --out benchmarks/results/step-h200   # CUDA: 4x3x448x448, paper widths
     python benchmarks/bench_step.py --out benchmarks/results/step-cpu    # CPU: 4x3x64x64, demo widths
@@ -402,9 +402,11 @@ def parse_args(argv) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if min(args.widths) < 1:
         parser.error(f"--widths must be positive, got {args.widths}")
-    for name in ("budget_s", "row_budget_s", "compile_budget_s"):
+    for name in ("budget_s", "compile_budget_s"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
+    if args.row_budget_s <= 0:
+        parser.error(f"--row-budget-s must be positive, got {args.row_budget_s}")
     return args
 
 

@@ -107,7 +107,12 @@ def test_cpu_ops_inside_the_optimizer_step_count_as_optimizer():
         ("aten::mul_", "other", 1)]
 
 
-def test_bad_size_is_a_clear_error(tmp_path, capsys):
+@pytest.mark.parametrize("arguments, message", [
+    (["--size", "12"], "--size must be a positive multiple of 8 (three 2x2 poolings), got 12"),
+    (["--row-budget-s", "0"], "--row-budget-s must be positive, got 0.0"),
+    (["--budget-s", "-1"], "--budget-s must be at least 0, got -1.0"),
+])
+def test_bad_arguments_are_clear_errors(tmp_path, capsys, arguments, message):
     with pytest.raises(SystemExit):
-        bench_step.main(["--device", "cpu", "--size", "12", "--out", str(tmp_path)])
-    assert "--size must be a positive multiple of 8 (three 2x2 poolings), got 12" in capsys.readouterr().err
+        bench_step.main(["--device", "cpu", "--out", str(tmp_path), *arguments])
+    assert message in capsys.readouterr().err
