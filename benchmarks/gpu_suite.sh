@@ -7,11 +7,12 @@
 #   parity 120  GPU parity tests of the CUDA and Triton kernels against the float64 reference (60 s on the H200)
 #   triton 150  each Triton kernel per pass against cuDNN on the expanded filter, bfloat16 (benchmarks/bench_triton.py)
 #   layers 150  every backend per layer and the run.py training step, bfloat16 (benchmarks/run.py)
-# Plan for a session's device time (15 min; at most 10 min per call; a fresh machine starts in ~40 s and
-# is handed back after ~30 s idle): one call `bash benchmarks/gpu_suite.sh OUT` runs build step parity
-# triton in at most 570 s (the timeouts), about 11 min of device time with the start; the ~4 min left
-# hold one more short call, e.g. `OUT build step` after a change (build again: a fresh machine has no
-# build) or `OUT build layers`. Everything is written to OUT (it comes back; copy it to
+# Plan for a session's device time (15 min in all, at most 10 min per call; a fresh machine starts in
+# ~40 s and goes back after ~30 s idle): `bash benchmarks/gpu_suite.sh OUT` runs build step parity triton
+# as one call of at most 570 s by the timeouts, less as stages end early (on the H200 the build took
+# 25 s, the GPU tests 60 s), so 9-10.5 min of device time with the start. What is left (4.5-6 min)
+# holds one more call on a fresh machine: `OUT build step` after a change (at most 300 s; a fresh
+# machine has no build) or `OUT build layers`. Everything is written to OUT (it comes back; copy it to
 # benchmarks/results/); the short tables are printed.
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [step] [parity] [triton] [layers]}
