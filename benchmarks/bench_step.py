@@ -332,7 +332,7 @@ def markdown(report: dict) -> str:
              f"Command: `{report['command']}`", "",
              f"Input {s['input']}, cross-entropy, Adam (lr 2e-4); R-UNet widths {s['widths']['R-UNet']}, "
              f"GER-UNet (p4m fields) {s['widths']['GER-UNet']}. Median and min-max of up to {s['steps']} steps "
-             f"after {s['warmup']} warm-up steps (compile included in warm-up s). Peak extra: the most one step "
+             f"after {s['warmup']} warm-up steps (warm-up s includes compiling, shorter when torch's on-disk compile cache is warm). Peak extra: the most one step "
              f"allocates at once beyond what was allocated before it; peak total (CUDA): the most allocated "
              f"at once from building the model to the last timed step. Shares by category of the "
              f"{'self device time of the kernels' if report['device'] == 'cuda' else 'self CPU time of the ops'} "
