@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from measure import profiled_step, timed_ms  # noqa: E402
+from measure import describe, profiled_step, timed_ms  # noqa: E402
 
 from ger_kernels import backends  # noqa: E402
 from ger_kernels._io import write_text_atomically  # noqa: E402
@@ -115,11 +115,6 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def describe(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 def category(name: str) -> str:
     return next((what for what, pattern in CATEGORIES if re.search(pattern, name, re.IGNORECASE)), OTHER)
 
@@ -161,7 +156,8 @@ def kernel_summary(prof, device: torch.device) -> dict:
 
 def dynamo_counts() -> dict[str, int]:
     """Graphs compiled and graph breaks since the last reset of torch._dynamo's counters."""
-    return {"graphs": int(counters["stats"]["unique_graphs"]), "graph_breaks": int(sum(counters["graph_break"].values()))}
+    return {"graphs": int(counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(counters["graph_break"].values()))}
 
 
 def build_model(config: Config, widths: list[int], device: torch.device) -> torch.nn.Module:
@@ -332,7 +328,8 @@ def markdown(report: dict) -> str:
              f"Command: `{report['command']}`", "",
              f"Input {s['input']}, cross-entropy, Adam (lr 2e-4); R-UNet widths {s['widths']['R-UNet']}, "
              f"GER-UNet (p4m fields) {s['widths']['GER-UNet']}. Median and min-max of up to {s['steps']} steps "
-             f"after {s['warmup']} warm-up steps (warm-up s includes compiling, shorter when torch's on-disk compile cache is warm). Peak extra: the most one step "
+             f"after {s['warmup']} warm-up steps (warm-up s includes compiling, shorter when torch's on-disk "
+             f"compile cache is warm). Peak extra: the most one step "
              f"allocates at once beyond what was allocated before it; peak total (CUDA): the most allocated "
              f"at once from building the model to the last timed step. Shares by category of the "
              f"{'self device time of the kernels' if report['device'] == 'cuda' else 'self CPU time of the ops'} "
@@ -349,8 +346,8 @@ def markdown(report: dict) -> str:
         lines += ["", f"### {Config(*(row[f.name] for f in dataclasses.fields(Config))).label()}", "",
                   f"Profiled total {row['profiled_ms']:.1f} ms.", "",
                   "| kernel | category | ms | % |", "|---|---|---|---|"]
-        lines += [f"| `{k['name'][:100].replace('|', '/')}` | {k['category']} | {k['ms']:.2f} | {100 * k['share']:.1f} |"
-                  for k in row["top_kernels"]]
+        lines += [f"| `{k['name'][:100].replace('|', '/')}` | {k['category']} | {k['ms']:.2f} | "
+                  f"{100 * k['share']:.1f} |" for k in row["top_kernels"]]
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
 """Measurement helpers shared by the benchmarks: timing, interleaved timing, peak memory of a
-step, one profiled step, and the machine's measured peak throughput."""
+step, one profiled step, the machine's measured peak throughput, and a failed measurement's error
+in one line."""
 
 from __future__ import annotations
 
@@ -88,3 +89,9 @@ def machine_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     times = interleaved_medians({"matmul": lambda: a @ b, "copy": lambda: dst.copy_(src)}, device, repeats=5)
     return {"matmul_tflops": 2 * n ** 3 / times["matmul"] / 1e9,
             "copy_gbs": 2 * src.numel() * src.element_size() / times["copy"] / 1e6}
+
+
+def describe(error: BaseException) -> str:
+    """``error`` in one line for a results table: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
