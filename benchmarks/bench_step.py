@@ -63,14 +63,15 @@ DEFAULTS = {
                 budget_s=900.0, row_budget_s=60.0, compile_budget_s=300.0),
 }
 # Kernel (CUDA) or op (CPU) names by category: the first pattern that matches (case-insensitive)
-# wins; dtype casts of autocast are copies too, so they count as "layout/copy".
+# wins; dtype casts of autocast are copies too, so they count as "layout/copy". A name that matches
+# none (Triton kernels are named after their function only) takes the category of the nearest op
+# around it that has one (ger_kernels::group_bn_*, ger_kernels_triton::group_conv2d*, ...).
 CATEGORIES = (
     ("batch norm", r"batch_?norm|welford|(^|[^a-z])bn([^a-z]|$)"),
     ("W~ expand/fold", r"expand_filter|index|gather|scatter"),
     ("optimizer", r"optimizer|adam|foreach|multi_tensor"),
     ("layout/copy", r"nchwtonhwc|nhwctonchw|copy|clone|contiguous|transpose|permute"),
-    ("convolution", r"conv|gemm|xmma|cudnn|mkldnn|implicit|wgrad|dgrad|fprop|winograd|cutlass"
-                    r"|(forward|input_grad|weight_grad)_kernel|sum_splits"),
+    ("convolution", r"conv|gemm|xmma|cudnn|mkldnn|implicit|wgrad|dgrad|fprop|winograd|cutlass"),
 )
 OTHER = "other"
 CATEGORY_NAMES = [*dict(CATEGORIES), OTHER]
@@ -119,30 +120,37 @@ def category(name: str) -> str:
     return next((what for what, pattern in CATEGORIES if re.search(pattern, name, re.IGNORECASE)), OTHER)
 
 
-def event_category(event) -> str:
-    """The category of a profiled event: "optimizer" inside a torch.optim range (such as
-    ``Optimizer.step#Adam.step``, whose per-parameter CPU ops have generic names), else by name."""
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name.startswith("Optimizer."):
-            return "optimizer"
-        parent = parent.cpu_parent
-    return category(event.name)
+def event_category(name: str, op) -> str:
+    """The category of kernel or op ``name`` run inside the profiled op ``op`` (for a CPU op: the
+    op itself; None if unknown): "optimizer" inside a torch.optim range (such as
+    ``Optimizer.step#Adam.step``, whose per-parameter ops have generic names), else by ``name``,
+    else by the nearest enclosing op that has a category."""
+    enclosing = []
+    while op is not None:
+        enclosing.append(op.name)
+        op = op.cpu_parent
+    if any(n.startswith("Optimizer.") for n in enclosing):
+        return "optimizer"
+    return next((what for what in map(category, [name, *enclosing]) if what != OTHER), OTHER)
 
 
 def kernel_summary(prof, device: torch.device) -> dict:
     """Top kernels (CUDA: self device time of each kernel; CPU: self CPU time of each op) by name
     and category, with their share of the total, and the share of each category."""
+    events = prof.events()
+    cpu = torch.autograd.DeviceType.CPU
+    if device.type == "cuda":
+        # a kernel's linked correlation id is the id of the op that launched it (as torch.profiler
+        # itself links them); CPU ops' own device time is their kernels', so it is not added again
+        ops = {e.id: e for e in events if e.device_type == cpu and not getattr(e, "linked_correlation_id", 0)}
+        timed = [(e.name, ops.get(getattr(e, "linked_correlation_id", 0) or None), e.self_device_time_total)
+                 for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        timed = [(e.name, e, e.self_cpu_time_total) for e in events]
     totals: dict[tuple[str, str], float] = {}
-    for event in prof.events():
-        if device.type == "cuda":
-            if event.device_type != torch.autograd.DeviceType.CUDA:
-                continue  # a CPU op's device time is its kernels', counted with them
-            us = event.self_device_time_total
-        else:
-            us = event.self_cpu_time_total
+    for name, op, us in timed:
         if us > 0:
-            key = (event.name, event_category(event))
+            key = (name, event_category(name, op))
             totals[key] = totals.get(key, 0.0) + us
     total = sum(totals.values()) or 1.0
     shares = dict.fromkeys(CATEGORY_NAMES, 0.0)

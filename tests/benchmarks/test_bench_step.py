@@ -75,36 +75,51 @@ def test_time_limit_stops_what_overruns_and_restores_the_handler():
     assert time.perf_counter() - start < 2 and signal.getsignal(signal.SIGALRM) is before
 
 
-def _event(name, parent=None, device=torch.autograd.DeviceType.CPU, cpu_ms=0.0, device_ms=0.0):
-    return SimpleNamespace(name=name, cpu_parent=parent, device_type=device, self_cpu_time_total=cpu_ms * 1e3,
-                           self_device_time_total=device_ms * 1e3)
+CPU, CUDA = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+
+def _op(name, parent=None, cpu_ms=0.0, id=0):
+    return SimpleNamespace(name=name, cpu_parent=parent, device_type=CPU, self_cpu_time_total=cpu_ms * 1e3, id=id,
+                           linked_correlation_id=0, self_device_time_total=0.0)
+
+
+def _kernel(name, device_ms, launched_by=0):
+    return SimpleNamespace(name=name, cpu_parent=None, device_type=CUDA, self_device_time_total=device_ms * 1e3,
+                           id=launched_by, linked_correlation_id=launched_by)
 
 
 def test_cuda_kernels_are_summarized_by_self_device_time_and_category():
-    kernels = {"batch_norm_backward_kernel<float>": 35, "sm90_xmma_fprop_implicit_gemm_bf16": 19,
-               "nchwToNhwcKernel": 9, "indexing_backward_kernel": 6, "multi_tensor_apply_kernel<FusedAdam>": 1,
-               "max_pool_backward_nchw": 5, "batch_norm_collect_statistics_kernel": 20}
-    events = [_event(k, device=torch.autograd.DeviceType.CUDA, device_ms=ms) for k, ms in kernels.items()]
-    events += [_event("batch_norm_collect_statistics_kernel", device=torch.autograd.DeviceType.CUDA, device_ms=5),
-               _event("aten::cudnn_convolution", device_ms=19)]  # a CPU op: its time is its kernel's
-    summary = bench_step.kernel_summary(SimpleNamespace(events=lambda: events), torch.device("cuda"))
+    ops = [_op("aten::convolution", id=0),  # id 0 links no kernel
+           _op("aten::cudnn_convolution", id=1), _op("ger_kernels::group_bn_input_grad", id=2),
+           _op("ger_kernels_triton::group_conv2d_input_grad", id=3), _op("Optimizer.step#Adam.step", id=4)]
+    ops.append(_op("aten::sum", ops[3], id=5))
+    kernels = [_kernel("batch_norm_backward_kernel<float>", 30), _kernel("sm90_xmma_fprop_implicit_gemm", 19, 1),
+               _kernel("nchwToNhwcKernel", 9, 1), _kernel("indexing_backward_kernel", 6),
+               _kernel("input_grad_kernel", 5, 2), _kernel("input_grad_kernel", 4, 3), _kernel("reduce_kernel", 2, 5),
+               _kernel("multi_tensor_apply_kernel", 1, 4), _kernel("max_pool_backward_nchw", 4),
+               _kernel("batch_norm_collect_statistics_kernel", 15), _kernel("batch_norm_collect_statistics_kernel", 5)]
+    summary = bench_step.kernel_summary(SimpleNamespace(events=lambda: ops + kernels), torch.device("cuda"))
     assert summary["profiled_ms"] == pytest.approx(100)
-    assert summary["categories"] == pytest.approx({"batch norm": 0.6, "W~ expand/fold": 0.06, "optimizer": 0.01,
-                                                   "layout/copy": 0.09, "convolution": 0.19, "other": 0.05})
-    top = summary["top_kernels"]
-    assert [k["name"] for k in top[:2]] == ["batch_norm_backward_kernel<float>", "batch_norm_collect_statistics_kernel"]
-    assert top[1]["ms"] == pytest.approx(25) and top[1]["share"] == pytest.approx(0.25)
+    assert summary["categories"] == pytest.approx({"batch norm": 0.55, "W~ expand/fold": 0.06, "optimizer": 0.01,
+                                                   "layout/copy": 0.09, "convolution": 0.25, "other": 0.04})
+    top = [(k["name"], k["category"], k["ms"]) for k in summary["top_kernels"]]
+    assert top[:2] == [("batch_norm_backward_kernel<float>", "batch norm", 30),
+                       ("batch_norm_collect_statistics_kernel", "batch norm", 20)]
+    # one Triton function name, two ops: told apart by the op that launched each
+    assert {t for t in top if t[0] == "input_grad_kernel"} == {("input_grad_kernel", "batch norm", 5),
+                                                                ("input_grad_kernel", "convolution", 4)}
 
 
 def test_cpu_ops_inside_the_optimizer_step_count_as_optimizer():
-    adam = _event("Optimizer.step#Adam.step", cpu_ms=2)
-    events = [adam, _event("aten::mul_", adam, cpu_ms=3), _event("aten::mul_", cpu_ms=1),
-              _event("aten::copy_", _event("aten::to", adam), cpu_ms=4)]
+    adam = _op("Optimizer.step#Adam.step", cpu_ms=2)
+    events = [adam, _op("aten::mul_", adam, cpu_ms=3), _op("aten::mul_", cpu_ms=1),
+              _op("aten::copy_", _op("aten::to", adam), cpu_ms=4), _op("aten::empty", _op("aten::native_batch_norm"), 1)]
     summary = bench_step.kernel_summary(SimpleNamespace(events=lambda: events), torch.device("cpu"))
-    assert summary["categories"]["optimizer"] == pytest.approx(0.9) and summary["categories"]["other"] == 0.1
+    assert summary["categories"] == pytest.approx({"batch norm": 1 / 11, "W~ expand/fold": 0, "optimizer": 9 / 11,
+                                                   "layout/copy": 0, "convolution": 0, "other": 1 / 11})
     assert [(k["name"], k["category"], k["ms"]) for k in summary["top_kernels"]] == [
         ("aten::copy_", "optimizer", 4), ("aten::mul_", "optimizer", 3), ("Optimizer.step#Adam.step", "optimizer", 2),
-        ("aten::mul_", "other", 1)]
+        ("aten::mul_", "other", 1), ("aten::empty", "batch norm", 1)]
 
 
 @pytest.mark.parametrize("arguments, message", [
