@@ -1,5 +1,6 @@
-"""Measurement helpers shared by the benchmarks: interleaved timing, peak memory of a step and
-the machine's measured peak throughput."""
+"""Measurement helpers shared by the benchmarks: timing, interleaved timing, peak memory of a
+step, one profiled step, the machine's measured peak throughput, and a failed measurement's error
+in one line."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_ms(step: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call of ``step``, from a synchronized start to a synchronized end."""
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
 def interleaved_medians(steps: dict[str, Callable[[], object]], device: torch.device, repeats: int,
                         warmup: int = 2) -> dict[str, float]:
     """Median milliseconds of each step; rounds alternate between steps so that drift in the
@@ -27,11 +37,7 @@ def interleaved_medians(steps: dict[str, Callable[[], object]], device: torch.de
     samples: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            synchronize(device)
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            samples[name].append(timed_ms(step, device))
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
@@ -44,17 +50,33 @@ def peak_memory_bytes(step: Callable[[], object], device: torch.device) -> int:
         step()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
+    return profiled_step(step, device)[1]
+
+
+def profiled_step(step: Callable[[], object], device: torch.device) -> tuple[profile, int]:
+    """One call of ``step`` under torch.profiler (CPU ops; CUDA kernels on CUDA): the trace and
+    the peak bytes allocated beyond what was allocated before the call (CUDA: the caching
+    allocator's counters; CPU: the trace's allocation events)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, profile_memory=not cuda) as prof:
+        step()
+        synchronize(device)
+    if cuda:
+        return prof, torch.cuda.max_memory_allocated(device) - before
     # Every allocation and free of the CPU allocator, those inside compiled kernels included, each
     # counted once: by the innermost op that made it (self), in the order the ops started.
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
     changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
                      if e.self_cpu_memory_usage)
     live = peak = 0
     for _, change in changes:
         live += change
         peak = max(peak, live)
-    return peak
+    return prof, peak
 
 
 def machine_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
@@ -67,3 +89,9 @@ def machine_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     times = interleaved_medians({"matmul": lambda: a @ b, "copy": lambda: dst.copy_(src)}, device, repeats=5)
     return {"matmul_tflops": 2 * n ** 3 / times["matmul"] / 1e9,
             "copy_gbs": 2 * src.numel() * src.element_size() / times["copy"] / 1e6}
+
+
+def describe(error: BaseException) -> str:
+    """``error`` in one line for a results table: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import contenders  # noqa: E402
-from measure import interleaved_medians, machine_peaks, peak_memory_bytes  # noqa: E402
+from measure import describe, interleaved_medians, machine_peaks, peak_memory_bytes  # noqa: E402
 
 from ger_kernels import backends  # noqa: E402
 from ger_kernels.groups import get_group  # noqa: E402
@@ -115,7 +115,7 @@ def train_step_rows(args, device, dtype) -> list[dict]:
     models["R-UNet (plain conv)"] = lambda: RUNet(widths=widths)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 2, (batch, size, size), device=device)
-    steps, params = {}, {}
+    steps, params, errors = {}, {}, {}
     for name, build in models.items():
         torch.manual_seed(0)
         model = build().to(device)
@@ -128,10 +128,15 @@ def train_step_rows(args, device, dtype) -> list[dict]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        steps[name] = step
+        try:
+            step()  # a model whose step fails is a row with its error, not the end of the run
+            steps[name] = step
+        except Exception as error:
+            errors[name] = describe(error)
     times = interleaved_medians(steps, device, max(3, args.repeats // 2), warmup=1)
-    return [{"model": name, "input": f"{batch}x3x{size}x{size}", "parameters": params[name], "ms": times[name],
-             "peak_bytes": peak_memory_bytes(steps[name], device)} for name in steps]
+    return [{"model": name, "input": f"{batch}x3x{size}x{size}", "parameters": params[name]}
+            | ({"error": errors[name]} if name in errors else
+               {"ms": times[name], "peak_bytes": peak_memory_bytes(steps[name], device)}) for name in models]
 
 
 def markdown(report: dict) -> str:
@@ -156,7 +161,8 @@ def markdown(report: dict) -> str:
     lines += [""] + [f"- {name}: unavailable ({reason})" for name, reason in unavailable.items()]
     lines += ["", "Training step (forward, backward, Adam):", "", "| model | input | parameters | ms | peak MB |",
               "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['input']} | {r['parameters']:,} | {r['ms']:.1f} | {r['peak_bytes'] / 2**20:.1f} |"
+    lines += [f"| {r['model']} | {r['input']} | {r['parameters']:,} | FAILED: {r['error']} | - |" if "error" in r else
+              f"| {r['model']} | {r['input']} | {r['parameters']:,} | {r['ms']:.1f} | {r['peak_bytes'] / 2**20:.1f} |"
               for r in report["train_step"]]
     return "\n".join(lines) + "\n"
 

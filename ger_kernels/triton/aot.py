@@ -128,7 +128,6 @@ def report(arch: int = 90, workers: int | None = None) -> list[Resources]:
     processes (default: one per CPU core)."""
     jobs = [(compile_config, family, config, dtype, arch) for family in ("forward", "input_grad", "weight_grad")
             for dtype in DTYPES for config in CONFIGS[dtype_class(dtype)][family]]
-            for config in CONFIGS[dtype_class(dtype)][family]]
     jobs += [(compile_batch_norm, family, layout, dtype, arch) for family in BN_KERNELS for dtype in DTYPES
              for layout in BN_LAYOUTS]
     with concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count(),
