@@ -53,7 +53,7 @@ $(VENV)/.torch:
 	else \
 		$(PYTHON) -m venv $(VENV) && $(PIP) install torch==$(TORCH_VERSION); \
 	fi
-	$(PIP) install setuptools wheel ninja numpy
+	$(PIP) install setuptools wheel ninja numpy nvidia-cutlass
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch $(SOURCES)
