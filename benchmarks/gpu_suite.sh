@@ -3,14 +3,15 @@
 #   build    build the extension with its CUDA kernels (incremental), record machine and versions
 #   parity   the GPU parity tests of the CUDA and Triton kernels against the float64 reference
 #   triton   each Triton kernel per pass against cuDNN on the expanded filter (benchmarks/bench_triton.py)
+#   cpp      the same for the CUDA kernels of ger_kernels._C (bench_triton.py --backend cpp)
 #   layers   every backend per layer and per GER-UNet training step, bf16 and fp32 (benchmarks/run.py)
 # Everything is written to OUT (copy it back to benchmarks/results/); short tables are printed.
-#   bash benchmarks/gpu_suite.sh OUT                 # all stages (up to 14 minutes: the timeouts below)
-#   bash benchmarks/gpu_suite.sh OUT build parity    # then `OUT triton layers`: two 10-minute device calls
+#   bash benchmarks/gpu_suite.sh OUT                 # all stages (up to 18 minutes: the timeouts below)
+#   bash benchmarks/gpu_suite.sh OUT build parity    # then `OUT triton cpp`, `OUT layers`: 10-minute device calls
 set -euo pipefail
-OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [triton] [layers]}
+OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [triton] [cpp] [layers]}
 shift
-STAGES=${*:-build parity triton layers}
+STAGES=${*:-build parity triton cpp layers}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 PYTHONPATH=$PWD
@@ -23,6 +24,8 @@ for stage in $STAGES; do
         python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
         python -c "import triton; print('triton', triton.__version__)" || true
         date -u
+        # the CuTe kernels are built only with nvidia-cutlass installed (pip install --no-deps its wheel)
+        echo "CuTe headers: $(python csrc/cutlass_include.py 2>&1)"
       } > "$OUT/machine.txt" 2>&1
       # no network: build against the installed torch and install no dependency
       pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
@@ -42,6 +45,11 @@ for stage in $STAGES; do
         || echo "triton benchmark FAILED: see $OUT/triton.log"
       cat "$OUT/triton/results.md" 2>/dev/null || true
       ;;
+    cpp)
+      timeout 240 python benchmarks/bench_triton.py --backend cpp --out "$OUT/cpp" > "$OUT/cpp.log" 2>&1 \
+        || echo "cpp benchmark FAILED: see $OUT/cpp.log"
+      cat "$OUT/cpp/results.md" 2>/dev/null || true
+      ;;
     layers)
       for dtype in bfloat16 float32; do
         timeout 150 python benchmarks/run.py --device cuda --dtype "$dtype" --shapes ger-unet --repeats 5 \
@@ -50,6 +58,6 @@ for stage in $STAGES; do
         grep "forward+backward" "$OUT/$dtype/results.md" 2>/dev/null | cut -d'|' -f2-6 || true
       done
       ;;
-    *) echo "unknown stage $stage (build, parity, triton, layers)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, parity, triton, cpp, layers)"; exit 2 ;;
   esac
 done
