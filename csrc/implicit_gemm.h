@@ -97,6 +97,25 @@ GER_HOST_DEVICE ChannelTap tap_major_channel_tap_of(int kk, int channels, int k)
   return {kk - tap * channels, tap / k, tap % k};
 }
 
+// A position kk of the tap-major order, moved forward without a division: what a kernel thread keeps across the
+// reduction steps it visits in order. `at` is tap_major_channel_tap_of(kk, channels, k) (a >= k past the end).
+struct TapMajorCursor {
+  int64_t kk;
+  ChannelTap at;
+
+  GER_HOST_DEVICE void advance(int step, int channels, int k) {
+    kk += step;
+    at.channel += step;
+    while (at.channel >= channels) {
+      at.channel -= channels;
+      if (++at.b == k) {
+        at.b = 0;
+        ++at.a;
+      }
+    }
+  }
+};
+
 // The pixel after p in the row-major order of `grid`: pixel_of(m + 1) from p = pixel_of(m), without a division.
 GER_HOST_DEVICE Pixel next_pixel(Pixel p, const PixelGrid& grid) {
   if (++p.w < grid.width.divisor()) return p;

@@ -49,14 +49,16 @@ struct Config {
 };
 
 // How the block's threads share the 16-byte chunks of a kRows x kBK operand tile: chunk q = thread + j*kThreads
-// is row q / (kBK/8), columns 8*(q % (kBK/8)) .. +7.
+// is row q / (kBK/8), columns 8*(q % (kBK/8)) .. +7. A thread's chunks all start at the same column, so one
+// reduction position per thread (a Step, decoded once and advanced by kBK) serves both operands at every step.
 template <class Cfg, int kRows>
 struct ChunkMap {
   static constexpr int kPerRow = Cfg::kBK / Cfg::kChunk;
   static constexpr int kCount = kRows * kPerRow / Cfg::kThreads;
-  static_assert(kCount * Cfg::kThreads == kRows * kPerRow, "chunks do not divide among threads");
+  static_assert(kCount * Cfg::kThreads == kRows * kPerRow && Cfg::kThreads % kPerRow == 0,
+                "chunks do not divide among threads");
   __device__ static int row(int j) { return (threadIdx.x + j * Cfg::kThreads) / kPerRow; }
-  __device__ static int col(int j) { return (threadIdx.x + j * Cfg::kThreads) % kPerRow * Cfg::kChunk; }
+  __device__ static int col() { return threadIdx.x % kPerRow * Cfg::kChunk; }
 };
 
 __device__ __forceinline__ uint16_t read_bits(const uint16_t* p) { return __ldg(reinterpret_cast<const unsigned short*>(p)); }
@@ -66,9 +68,9 @@ __device__ __forceinline__ uint4 pack(const uint16_t (&v)[8]) {
           v[6] | uint32_t(v[7]) << 16};
 }
 
-// One operand side of a problem, for the rows a thread owns: Side::row(r) once, then per step either
-// Side::chunk(row, kk) (kAsync: element offset of the 8 elements kk..kk+7, -1 for zeros) or
-// Side::gather(row, kk) (the 8 elements, packed).
+// One operand side of a problem, for the rows a thread owns: Side::row(r) once, then per step, at the thread's
+// reduction position `step` (kk .. kk+7), either Side::chunk(row, step) (kAsync: element offset of the 8
+// elements, -1 for zeros) or Side::gather(row, step, tables) (the 8 elements, packed).
 template <class Cfg, int kRows, class Side>
 struct Loader {
   using Map = ChunkMap<Cfg, kRows>;
@@ -82,21 +84,21 @@ struct Loader {
 
   template <class Stage>
   __device__ static uint4* chunk_at(Stage&& stage, int j) {
-    return reinterpret_cast<uint4*>(&stage(Map::row(j), Map::col(j)));
+    return reinterpret_cast<uint4*>(&stage(Map::row(j), Map::col()));
   }
 
-  // The global reads of the step at k0: cp.async into the stage, or gathered into registers.
-  template <class Stage>
-  __device__ void fetch(const Side& side, int64_t k0, Stage&& stage, const GroupTables& g) {
+  // The global reads of one step: cp.async into the stage, or gathered into registers.
+  template <class Step, class Stage>
+  __device__ void fetch(const Side& side, const Step& step, Stage&& stage, const GroupTables& g) {
 #pragma unroll
     for (int j = 0; j < Map::kCount; ++j) {
       if constexpr (Side::kAsync) {
-        const int64_t offset = side.chunk(rows[j], k0 + Map::col(j));
+        const int64_t offset = side.chunk(rows[j], step);
         const auto* src = reinterpret_cast<const cute::uint128_t*>(side.data + (offset < 0 ? 0 : offset));
         SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>::copy(
             *src, *reinterpret_cast<cute::uint128_t*>(chunk_at(stage, j)), offset >= 0);
       } else {
-        staged[j] = side.gather(rows[j], k0 + Map::col(j), g);
+        staged[j] = side.gather(rows[j], step, g);
       }
     }
   }
@@ -145,15 +147,17 @@ __global__ void __launch_bounds__(Cfg::kThreads) cute_gemm(P p, GroupTables tabl
   Tensor view_a = thread_load_a.retile_D(fragment_a);
   Tensor view_b = thread_load_b.retile_D(fragment_b);
 
-  const auto fetch = [&](int tile, int stage) {
-    const int64_t k0 = range.begin + int64_t(tile) * Cfg::kBK;
-    a.fetch(p.a, k0, sA(_, _, stage), g);
-    b.fetch(p.b, k0, sB(_, _, stage), g);
+  // the steps are fetched in order: the thread's position moves by kBK after each
+  typename P::ASide::Step step = p.a.first_step(range.begin + ChunkMap<Cfg, Cfg::kBM>::col());
+  const auto fetch = [&](int stage) {
+    a.fetch(p.a, step, sA(_, _, stage), g);
+    b.fetch(p.b, step, sB(_, _, stage), g);
+    p.a.advance(step, Cfg::kBK);
   };
 #pragma unroll
   for (int stage = 0; stage < Cfg::kStages - 1; ++stage) {
     if (stage < k_tiles) {
-      fetch(stage, stage);
+      fetch(stage);
       a.commit(sA(_, _, stage));
       b.commit(sB(_, _, stage));
     }
@@ -163,7 +167,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) cute_gemm(P p, GroupTables tabl
     cp_async_wait<Cfg::kStages - 2>();
     __syncthreads();  // the tile's stage is complete, and every warp is done with the stage refilled next
     const int stage = tile % Cfg::kStages, next = tile + Cfg::kStages - 1, next_stage = next % Cfg::kStages;
-    if (next < k_tiles) fetch(next, next_stage);
+    if (next < k_tiles) fetch(next_stage);
     cp_async_fence();
 #pragma unroll
     for (int kb = 0; kb < size<2>(fragment_a); ++kb) {
@@ -194,11 +198,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) cute_gemm(P p, GroupTables tabl
 }
 
 // Activations read in 16-byte chunks of one tap and 8 channels, tap-major (forward: the input at output pixel
-// m; input gradient: grad_output at input pixel m, through the transposed im2col).
+// m; input gradient: grad_output at input pixel m, through the transposed im2col). Steps: TapMajorCursor.
 template <bool kTransposed>
 struct ChannelsLastRows {
   static constexpr bool kAsync = true;
   using Row = Pixel;  // n < 0 past the last pixel
+  using Step = TapMajorCursor;
   const uint16_t* data;
   Strides4 strides;
   ConvShape shape;
@@ -206,12 +211,17 @@ struct ChannelsLastRows {
   int64_t m_size;
   int k_size, channels;
 
+  __device__ Step first_step(int64_t kk) const {
+    return {kk, tap_major_channel_tap_of(static_cast<int>(kk), channels, static_cast<int>(shape.kernel_size))};
+  }
+  __device__ void advance(Step& step, int by) const { step.advance(by, channels, static_cast<int>(shape.kernel_size)); }
+
   __device__ Row row(int64_t m, const GroupTables&) const { return m < m_size ? pixel_of(m, pixels) : Pixel{-1, 0, 0}; }
 
-  __device__ int64_t chunk(const Row& px, int64_t kk) const {
-    if (px.n < 0 || kk >= k_size) return -1;
-    const ChannelTap ct = tap_major_channel_tap_of(static_cast<int>(kk), channels, static_cast<int>(shape.kernel_size));
-    return kTransposed ? input_grad_output_offset(shape, strides, px, ct) : forward_input_offset(shape, strides, px, ct);
+  __device__ int64_t chunk(const Row& px, const Step& step) const {
+    if (px.n < 0 || step.kk >= k_size) return -1;
+    return kTransposed ? input_grad_output_offset(shape, strides, px, step.at)
+                       : forward_input_offset(shape, strides, px, step.at);
   }
 };
 
@@ -233,11 +243,10 @@ struct ForwardWeightRows {
     return r;
   }
 
-  __device__ uint4 gather(const Row& r, int64_t kk, const GroupTables& g) const {
+  __device__ uint4 gather(const Row& r, const TapMajorCursor& step, const GroupTables& g) const {
     uint16_t v[8] = {};
-    if (r.n >= 0 && kk < k_size) {
-      const int64_t base = expanded_weight_offset(
-          shape, g, r.n, tap_major_channel_tap_of(static_cast<int>(kk), channels, static_cast<int>(shape.kernel_size)));
+    if (r.n >= 0 && step.kk < k_size) {
+      const int64_t base = expanded_weight_offset(shape, g, r.n, step.at);
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] = read_bits(w + base + r.delta[e]);
     }
@@ -255,11 +264,10 @@ struct InputGradWeightRows {
 
   __device__ Row row(int64_t n, const GroupTables&) const { return n < n_size ? static_cast<int>(n) : -1; }
 
-  __device__ uint4 gather(Row n, int64_t kk, const GroupTables& g) const {
+  __device__ uint4 gather(Row n, const TapMajorCursor& step, const GroupTables& g) const {
     uint16_t v[8] = {};
-    if (n >= 0 && kk < k_size) {
-      const ChannelTap ct =
-          tap_major_channel_tap_of(static_cast<int>(kk), channels, static_cast<int>(shape.kernel_size));
+    if (n >= 0 && step.kk < k_size) {
+      const ChannelTap& ct = step.at;
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] = read_bits(w + expanded_weight_offset(shape, g, ct.channel + e, {n, ct.a, ct.b}));
     }
@@ -269,6 +277,7 @@ struct InputGradWeightRows {
 
 // The 8 consecutive (pixel, t) of a weight-gradient chunk kk..kk+7: one t, consecutive pixels.
 struct PixelRun {
+  int64_t kk;
   Pixel first;
   int64_t pixel;  // index of `first`
   int t;
@@ -276,13 +285,14 @@ struct PixelRun {
 
 __device__ __forceinline__ PixelRun pixel_run(int64_t kk, const FastDiv& order, const PixelGrid& grid) {
   const PixelOrientation r = weight_grad_reduction(kk, order, kCuteWeightGradChunk);
-  return {pixel_of(r.pixel, grid), r.pixel, r.t};
+  return {kk, pixel_of(r.pixel, grid), r.pixel, r.t};
 }
 
-// Weight gradient A: grad_output[pixel][o*S + t], o output field.
+// Weight gradient A: grad_output[pixel][o*S + t], o output field. Steps: PixelRun, decoded once per step.
 struct WeightGradOutputRows {
   static constexpr bool kAsync = false;
   using Row = int;  // output field, -1 past the last
+  using Step = PixelRun;
   const uint16_t* dy;
   Strides4 strides;
   ConvShape shape;
@@ -291,12 +301,14 @@ struct WeightGradOutputRows {
   int64_t pixel_count;
   int m_size;
 
+  __device__ Step first_step(int64_t kk) const { return pixel_run(kk, order, pixels); }
+  __device__ void advance(Step& step, int by) const { step = pixel_run(step.kk + by, order, pixels); }
+
   __device__ Row row(int64_t o, const GroupTables&) const { return o < m_size ? static_cast<int>(o) : -1; }
 
-  __device__ uint4 gather(Row o, int64_t kk, const GroupTables&) const {
+  __device__ uint4 gather(Row o, const PixelRun& run, const GroupTables&) const {
     uint16_t v[8] = {};
     if (o >= 0) {
-      const PixelRun run = pixel_run(kk, order, pixels);
       Pixel px = run.first;
       const int64_t channel = o * shape.group_order + run.t;
 #pragma unroll
@@ -328,10 +340,9 @@ struct WeightGradInputRows {
     return {channel_tap_of(static_cast<int>(n), static_cast<int>(shape.kernel_size)), n < n_size};
   }
 
-  __device__ uint4 gather(const Row& r, int64_t kk, const GroupTables& g) const {
+  __device__ uint4 gather(const Row& r, const PixelRun& run, const GroupTables& g) const {
     uint16_t v[8] = {};
     if (r.valid) {
-      const PixelRun run = pixel_run(kk, order, pixels);
       Pixel px = run.first;
 #pragma unroll
       for (int e = 0; e < 8; ++e) {

@@ -260,6 +260,26 @@ void check_next_pixel() {
   }
 }
 
+// TapMajorCursor stepped through a reduction lands where tap_major_channel_tap_of decodes, for steps below and
+// above the channel count (the CuTe kernels step by 32 from kk = 0, 8, 16 or 24).
+void check_tap_major_cursor() {
+  for (const int channels : {8, 16, 24, 48}) {
+    for (const int k : {1, 3, 5}) {
+      for (const int first : {0, 8, 16, 24}) {
+        bool ok = true;
+        TapMajorCursor cursor{first, tap_major_channel_tap_of(first, channels, k)};
+        for (; cursor.kk < channels * k * k; cursor.advance(32, channels, k)) {
+          const ChannelTap expected = tap_major_channel_tap_of(static_cast<int>(cursor.kk), channels, k);
+          ok &= cursor.at.channel == expected.channel && cursor.at.a == expected.a && cursor.at.b == expected.b;
+        }
+        ok &= cursor.at.a >= k;
+        ok ? ++passed : ++failed;
+        if (!ok) std::printf("FAILED: TapMajorCursor, %d channels, k %d, from %d\n", channels, k, first);
+      }
+    }
+  }
+}
+
 // FastDiv against plain division: edge divisors and dividends, then random ones over the whole range.
 void check_fast_div() {
   std::vector<int64_t> divisors = {1, 2, 3, 4, 5, 7, 8, 9, 25, 448, 449, 1000003, (int64_t(1) << 30),
@@ -289,6 +309,7 @@ int main() {
   check_fast_div();
   check_reduction_covers_pixels_once();
   check_next_pixel();
+  check_tap_major_cursor();
   const int chunks[] = {16, 32, 3}, splits[] = {1, 3, 2, 64};
   int index = 0;
   for (int64_t order : {4, 8}) {
