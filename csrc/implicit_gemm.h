@@ -216,14 +216,20 @@ GER_HOST_DEVICE ReductionRange split_reduction(int64_t k_size, int chunk, int sp
 // Weight gradient, X~[kk][n]: the input element that meets grad_output[b][o*S + t][oh][ow] through the base
 // weight element base = (i*S_in + u, p, q) in copy t: s = S_in == 1 ? 0 : t*u, (a, b) = A_t^-1's source of
 // (p, q); -1 in the padding. dw[o][i][u][p][q] = sum over t and output pixels of grad_output times this.
-GER_HOST_DEVICE int64_t weight_grad_input_offset(const ConvShape& shape, const GroupTables& tables, const Strides4& x,
-                                                 const Pixel& out, int t, const ChannelTap& base) {
+// weight_grad_source gives that input channel and tap, the same for every pixel (a kernel decodes it once).
+GER_HOST_DEVICE ChannelTap weight_grad_source(const ConvShape& shape, const GroupTables& tables, int t,
+                                              const ChannelTap& base) {
   const int s_in = static_cast<int>(shape.in_orientations);
   const int i = base.channel / s_in;
   const int s = s_in == 1 ? 0 : tables.mul[t][base.channel % s_in];
   int a, b;
   source_tap(tables.taps[tables.inv[t]], static_cast<int>(shape.kernel_size), base.a, base.b, a, b);
-  return forward_input_offset(shape, x, out, {i * s_in + s, a, b});
+  return {i * s_in + s, a, b};
+}
+
+GER_HOST_DEVICE int64_t weight_grad_input_offset(const ConvShape& shape, const GroupTables& tables, const Strides4& x,
+                                                 const Pixel& out, int t, const ChannelTap& base) {
+  return forward_input_offset(shape, x, out, weight_grad_source(shape, tables, t, base));
 }
 
 }  // namespace ger_kernels

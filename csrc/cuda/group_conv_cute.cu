@@ -343,11 +343,12 @@ struct WeightGradInputRows {
   __device__ uint4 gather(const Row& r, const PixelRun& run, const GroupTables& g) const {
     uint16_t v[8] = {};
     if (r.valid) {
+      const ChannelTap source = weight_grad_source(shape, g, run.t, r.base);  // weight_grad_input_offset's
       Pixel px = run.first;
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         if (run.pixel + e < pixel_count) {
-          const int64_t offset = weight_grad_input_offset(shape, g, strides, px, run.t, r.base);
+          const int64_t offset = forward_input_offset(shape, strides, px, source);
           if (offset >= 0) v[e] = read_bits(x + offset);
         }
         px = next_pixel(px, pixels);
