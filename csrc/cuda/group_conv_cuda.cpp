@@ -82,7 +82,7 @@ at::Tensor group_conv2d_weight_grad_cuda(const at::Tensor& grad_output, const at
   at::Tensor grad_weight = empty_grad_weight(shape, input);
   if (shape.batch == 0 || grad_weight.numel() == 0) return grad_weight.zero_();
   const CudaDevice device = current_device();
-  const int splits = weight_grad_splits(shape, device.sm_count);
+  const int splits = weight_grad_splits(shape, kind, device);
   // the kernels' accumulator type (Accumulate<T>): float for 16-bit and float inputs, double for double
   const at::Tensor workspace = at::empty({splits * grad_weight.numel()},
                                          input.options().dtype(at::toOpMathType(input.scalar_type())));

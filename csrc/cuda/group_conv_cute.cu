@@ -498,7 +498,9 @@ cudaError_t launch_cute_group_conv2d_weight_grad(const void* grad_output, const 
                      {bits(input), input_strides, shape, pixels, order, pixel_count, n_size},
                      workspace, weight_grad_reduction_size(shape, kCuteWeightGradChunk), m_size, n_size};
   // the output fields are few (M): 64-row tiles waste less of the atoms than 128-row ones
-  return with_type(kind, [&](auto type) { return launch<Config<decltype(type), 64, 128>>(p, splits, stream); });
+  return with_type(kind, [&](auto type) {
+    return launch<Config<decltype(type), kCuteWeightGradTileM, kCuteWeightGradTileN>>(p, splits, stream);
+  });
 }
 
 }  // namespace ger_kernels

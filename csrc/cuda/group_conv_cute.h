@@ -32,7 +32,8 @@ cudaError_t launch_cute_group_conv2d_input_grad(const void* grad_output, const S
 
 // The split-K partial sums of the weight gradient into workspace[z][o][n] (float), z < splits, with the
 // reduction in chunks of kCuteWeightGradChunk pixels (weight_grad_reduction); the caller adds the parts.
-constexpr int kCuteWeightGradChunk = 32;
+// Its block tile: output fields x base weight elements.
+constexpr int kCuteWeightGradChunk = 32, kCuteWeightGradTileM = 64, kCuteWeightGradTileN = 128;
 cudaError_t launch_cute_group_conv2d_weight_grad(const void* grad_output, const Strides4& grad_output_strides,
                                                  const void* input, const Strides4& input_strides, float* workspace,
                                                  int splits, const ConvShape& shape, FloatKind kind,

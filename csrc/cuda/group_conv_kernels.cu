@@ -466,16 +466,20 @@ cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Stride
   });
 }
 
-// About two blocks per SM, each part of the reduction at least kMinSteps long, at most kMaxWorkspace
-// accumulators in the workspace.
-int weight_grad_splits(const ConvShape& shape, int sm_count) {
+// About two blocks per SM (of the block tile of the kernel that runs), each part of the reduction at least
+// kMinSteps long, at most kMaxWorkspace accumulators in the workspace.
+int weight_grad_splits(const ConvShape& shape, [[maybe_unused]] FloatKind kind, const CudaDevice& device) {
   constexpr int64_t kMinSteps = 4096, kMaxWorkspace = int64_t(1) << 24, kMaxSplits = 64;
-  const int64_t tiles = (shape.out_fields + kBlockM - 1) / kBlockM *
-                        ((shape.in_channels() * shape.kernel_size * shape.kernel_size + kBlockN - 1) / kBlockN);
+  int64_t block_m = kBlockM, block_n = kBlockN;
+#if GER_KERNELS_CUTE
+  if (uses_cute(kind, device)) block_m = kCuteWeightGradTileM, block_n = kCuteWeightGradTileN;
+#endif
+  const int64_t tiles = (shape.out_fields + block_m - 1) / block_m *
+                        ((shape.in_channels() * shape.kernel_size * shape.kernel_size + block_n - 1) / block_n);
   const int64_t steps = shape.batch * shape.out_h * shape.out_w * shape.group_order;
   const int64_t numel = shape.filter().weight_numel();
   if (tiles == 0 || steps == 0) return 1;
-  const int64_t splits = std::min({(2 * int64_t(sm_count) + tiles - 1) / tiles, (steps + kMinSteps - 1) / kMinSteps,
+  const int64_t splits = std::min({(2 * int64_t(device.sm_count) + tiles - 1) / tiles, (steps + kMinSteps - 1) / kMinSteps,
                                    kMaxWorkspace / numel, kMaxSplits});
   return static_cast<int>(std::max<int64_t>(splits, 1));
 }

@@ -36,8 +36,8 @@ cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Stride
 // The weight gradient splits its reduction over output pixels into `splits` parts (split-K): part z writes
 // its partial sums of dw to workspace[z] (no atomics), a second kernel adds the parts in a fixed order and
 // writes each dw element once, so results are deterministic. The workspace holds splits * weight_numel
-// accumulators: float, or double for float64. weight_grad_splits picks the split count for a device.
-int weight_grad_splits(const ConvShape& shape, int sm_count);
+// accumulators: float, or double for float64. weight_grad_splits picks the split count for a kind and device.
+int weight_grad_splits(const ConvShape& shape, FloatKind kind, const CudaDevice& device);
 
 cudaError_t launch_group_conv2d_weight_grad(const void* grad_output, const Strides4& grad_output_strides,
                                             const void* input, const Strides4& input_strides, void* grad_weight,
