@@ -466,8 +466,8 @@ cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Stride
   });
 }
 
-// About two blocks per SM (of the block tile of the kernel that runs), each part of the reduction at least
-// kMinSteps long, at most kMaxWorkspace accumulators in the workspace.
+// At most two blocks per SM (of the block tile of the kernel that runs: one wave, no partial second one), each
+// part of the reduction at least kMinSteps long, at most kMaxWorkspace accumulators in the workspace.
 int weight_grad_splits(const ConvShape& shape, [[maybe_unused]] FloatKind kind, const CudaDevice& device) {
   constexpr int64_t kMinSteps = 4096, kMaxWorkspace = int64_t(1) << 24, kMaxSplits = 64;
   int64_t block_m = kBlockM, block_n = kBlockN;
@@ -479,7 +479,7 @@ int weight_grad_splits(const ConvShape& shape, [[maybe_unused]] FloatKind kind, 
   const int64_t steps = shape.batch * shape.out_h * shape.out_w * shape.group_order;
   const int64_t numel = shape.filter().weight_numel();
   if (tiles == 0 || steps == 0) return 1;
-  const int64_t splits = std::min({(2 * int64_t(device.sm_count) + tiles - 1) / tiles, (steps + kMinSteps - 1) / kMinSteps,
+  const int64_t splits = std::min({2 * int64_t(device.sm_count) / tiles, (steps + kMinSteps - 1) / kMinSteps,
                                    kMaxWorkspace / numel, kMaxSplits});
   return static_cast<int>(std::max<int64_t>(splits, 1));
 }
