@@ -71,11 +71,15 @@ _compiled: dict[tuple[pathlib.Path, str], tuple[pathlib.Path, str]] = {}
 
 
 def compile_source(source: pathlib.Path, arch: str, tmp_path_factory) -> tuple[pathlib.Path, str]:
-    """The object file and ptxas report of one .cu for one arch, compiled once per session as setup.py does."""
+    """The object file and ptxas report of one .cu for one arch, compiled once per session with the flags of
+    setup.py's build (torch's nvcc flags: no implicit half conversions, relaxed constexpr)."""
     if (source, arch) not in _compiled:
+        from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
         if source in CUTE_FILES and CUTLASS is None:
             pytest.skip("nvidia-cutlass is not installed: the CuTe kernels are not built")
         flags = [f"-I{CUTLASS}", "-DGER_KERNELS_CUTE=1"] if CUTLASS is not None else ["-DGER_KERNELS_CUTE=0"]
+        flags += COMMON_NVCC_FLAGS
         out = tmp_path_factory.mktemp(f"{source.stem}_{arch}") / "out.o"
         result = subprocess.run([NVCC, "-std=c++20", "-O3", f"-arch={arch}", "-Xptxas", "-v", *flags, "-c",
                                  str(source), "-o", str(out)], capture_output=True, text=True)
