@@ -12,7 +12,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu)
 
-.PHONY: test pytest ctest test-e2cnn demo bench clean
+.PHONY: test pytest ctest test-e2cnn demo bench gpu-wheels clean
 
 test: ctest test-e2cnn pytest
 
@@ -47,6 +47,11 @@ bench: $(VENV)/.installed $(E2CNN_VENV)/.ready
 	$(PY) -m pytest benchmarks/test_microbench.py --benchmark-json benchmarks/results/micro-cpu.json
 	$(PY) benchmarks/bench_expand_filter.py
 
+# The GPU machine has no network: the nvidia-cutlass wheel (CuTe headers) is downloaded here and carried
+# with the device call (build/wheels); gpu_suite.sh's build stage installs it.
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps -d build/wheels nvidia-cutlass
+
 $(VENV)/.torch:
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
 		echo "using the torch installed for $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
@@ -54,6 +59,7 @@ $(VENV)/.torch:
 		$(PYTHON) -m venv $(VENV) && $(PIP) install torch==$(TORCH_VERSION); \
 	fi
 	$(PIP) install setuptools wheel ninja numpy
+	$(PIP) install --no-deps nvidia-cutlass  # headers only: its Python dependencies are not needed
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch $(SOURCES)

@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # The suite for a lent GPU machine (torch 2.11+cu130, triton 3.6, Python 3.12, 16 cores, no network).
 # Stages, each under `timeout` (seconds), in the order given:
-#   build    60  build the extension in place with its CUDA kernels (25 s on the H200), record machine and versions
-#   parity  120  GPU parity tests of the CUDA and Triton kernels (conv and group BN) against the float64 reference
+#   build    60  build the extension in place with its CUDA kernels (25 s on the H200), record machine and
+#                versions; the CuTe kernels need the nvidia-cutlass wheel, which the machine cannot download:
+#                `make gpu-wheels` puts it in build/wheels here, carry that folder with the call
+#   parity  150  GPU parity tests of the CUDA and Triton kernels (conv and group BN) against the float64 reference
 #   step    240  GER-UNet and R-UNet training step per precision, layout, backend, eager and compiled
 #                (benchmarks/bench_step.py, its own budget 210 s)
 #   groupbn 120  fused group batch norm against BatchNorm3d, bf16, GB/s (benchmarks/bench_group_bn.py)
 #   triton  150  each Triton kernel per pass against cuDNN on the expanded filter, bfloat16 (benchmarks/bench_triton.py)
+#   cpp     240  the same for the CUDA kernels of ger_kernels._C, CuTe on (bench_triton.py --backend cpp)
 #   layers  150  every backend per layer and the run.py training step, bfloat16 (benchmarks/run.py)
 #   sweep   500  every Triton config per pass and layer against cuDNN, bf16 then fp32, within --budget-s 450
 #                (benchmarks/gpu_sweep.py); copy OUT/sweep/configs_sm90.json to ger_kernels/triton/ to make
 #                its best configs the defaults
 # Plan for a session's device time (15 min in all, at most 10 min per call, a fresh machine starts in ~40 s
 # and goes back after ~30 s idle): call 1 `bash benchmarks/gpu_suite.sh OUT` = build parity step groupbn,
-# at most 540 s by the timeouts (about 400 s expected: build 25 s, parity 60-90 s, step 210 s, groupbn 60 s);
-# call 2 on a fresh machine `SWEEP_BUDGET_S=300 bash benchmarks/gpu_suite.sh OUT build sweep` with the
-# budget set to what is left. Everything is written to OUT (it comes back; copy it to benchmarks/results/);
-# the short tables are printed.
+# at most 570 s by the timeouts (about 400 s expected: build 25 s, parity 60-90 s, step 210 s, groupbn 60 s);
+# call 2 on a fresh machine `SWEEP_BUDGET_S=300 bash benchmarks/gpu_suite.sh OUT build sweep` (or
+# `OUT build triton cpp`) with the budget set to what is left. Everything is written to OUT (it comes back;
+# copy it to benchmarks/results/); the short tables are printed.
 set -euo pipefail
-OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [step] [groupbn] [triton] [layers] [sweep]}
+OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [step] [groupbn] [triton] [cpp] [layers] [sweep]}
 shift
 STAGES=${*:-build parity step groupbn}
 mkdir -p "$OUT"
@@ -34,6 +37,9 @@ for stage in $STAGES; do
         python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
         python -c "import triton; print('triton', triton.__version__)" || true
         date -u
+        # the CuTe kernels are built only with nvidia-cutlass installed: the wheel carried in build/wheels
+        ls build/wheels/nvidia_cutlass-*.whl > /dev/null 2>&1 && pip install -q --no-deps build/wheels/nvidia_cutlass-*.whl
+        echo "CuTe headers: $(python csrc/cutlass_include.py 2>&1)"
       } > "$OUT/machine.txt" 2>&1
       # no network: build against the installed torch, in place (PYTHONPATH), installing nothing
       timeout 60 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 \
@@ -48,7 +54,7 @@ for stage in $STAGES; do
     parity)
       # the CUDA kernels of ger_kernels._C, the Triton kernels (on the GPU, not the interpreter),
       # and everything that compares backends
-      GER_KERNELS_REQUIRE_EXTENSION=1 timeout 120 python -m pytest -q tests/csrc/test_group_conv_cuda.py \
+      GER_KERNELS_REQUIRE_EXTENSION=1 timeout 150 python -m pytest -q tests/csrc/test_group_conv_cuda.py \
         tests/csrc/test_group_conv.py tests/test_ops.py tests/triton --ignore=tests/triton/test_triton_aot.py \
         tests/test_group_batch_norm.py tests/nn/test_norm.py tests/test_functional.py \
         tests/test_backends.py tests/convert/test_backend.py > "$OUT/parity.log" 2>&1 \
@@ -59,6 +65,11 @@ for stage in $STAGES; do
       timeout 150 python benchmarks/bench_triton.py --dtypes bfloat16 --out "$OUT/triton" > "$OUT/triton.log" 2>&1 \
         || echo "triton benchmark FAILED: see $OUT/triton.log"
       cat "$OUT/triton/results.md" 2>/dev/null || true
+      ;;
+    cpp)
+      GER_KERNELS_CUTE=1 timeout 240 python benchmarks/bench_triton.py --backend cpp --out "$OUT/cpp" > "$OUT/cpp.log" 2>&1 \
+        || echo "cpp benchmark FAILED: see $OUT/cpp.log"
+      cat "$OUT/cpp/results.md" 2>/dev/null || true
       ;;
     layers)
       timeout 150 python benchmarks/run.py --device cuda --dtype bfloat16 --shapes ger-unet --repeats 5 \
@@ -76,6 +87,6 @@ for stage in $STAGES; do
         || echo "group batch norm benchmark FAILED: see $OUT/group_bn.log"
       cat "$OUT/group_bn/results.md" 2>/dev/null || true
       ;;
-    *) echo "unknown stage $stage (build, parity, step, groupbn, triton, layers, sweep)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, parity, step, groupbn, triton, cpp, layers, sweep)"; exit 2 ;;
   esac
 done

@@ -89,6 +89,43 @@ GER_HOST_DEVICE ChannelTap channel_tap_of(int kk, int k) {
   return {kk / (k * k), (kk / k) % k, kk % k};
 }
 
+// The tap-major reduction order of the CuTe kernels' forward and input gradient: kk = (a*k + b)*channels + c.
+// With channels a multiple of 8, 8 consecutive kk from a multiple of 8 are one tap and 8 consecutive channels:
+// one 16-byte copy from a channels-last tensor (channel stride 1).
+GER_HOST_DEVICE ChannelTap tap_major_channel_tap_of(int kk, int channels, int k) {
+  const int tap = kk / channels;
+  return {kk - tap * channels, tap / k, tap % k};
+}
+
+// A position kk of the tap-major order, moved forward without a division: what a kernel thread keeps across the
+// reduction steps it visits in order. `at` is tap_major_channel_tap_of(kk, channels, k) (a >= k past the end).
+struct TapMajorCursor {
+  int64_t kk;
+  ChannelTap at;
+
+  GER_HOST_DEVICE void advance(int step, int channels, int k) {
+    kk += step;
+    at.channel += step;
+    while (at.channel >= channels) {
+      at.channel -= channels;
+      if (++at.b == k) {
+        at.b = 0;
+        ++at.a;
+      }
+    }
+  }
+};
+
+// The pixel after p in the row-major order of `grid`: pixel_of(m + 1) from p = pixel_of(m), without a division.
+GER_HOST_DEVICE Pixel next_pixel(Pixel p, const PixelGrid& grid) {
+  if (++p.w < grid.width.divisor()) return p;
+  p.w = 0;
+  if (++p.h < grid.height.divisor()) return p;
+  p.h = 0;
+  ++p.n;
+  return p;
+}
+
 // Whether the spatial index arithmetic fits int (the kernels check it): padded sizes, stride and the
 // dilated window below 2^30, so every row or column position below stays within (-2^30, 2^31).
 inline bool fits_spatial(const ConvShape& s) {
@@ -113,6 +150,16 @@ GER_HOST_DEVICE int64_t expanded_weight_offset(const ConvShape& shape, const Gro
   int src_i, src_j;
   source_tap(tables.taps[t], k, col.a, col.b, src_i, src_j);
   return (((o * shape.in_fields + i) * s_in + u) * k + src_i) * k + src_j;
+}
+
+// W~ offsets of the 8 channels c0 .. c0+7 of one tap, c0 a multiple of 8 (which S_in, 1, 4 or 8, divides) and
+// below the channel count: expanded_weight_offset(row, {c0 + e, a, b}) = expanded_weight_offset(row, {c0, a, b})
+// + delta[e], so a kernel that owns a row decodes its channels once.
+GER_HOST_DEVICE void chunk_deltas(const ConvShape& shape, const GroupTables& tables, int row, int (&delta)[8]) {
+  const int64_t first = expanded_weight_offset(shape, tables, row, {0, 0, 0});
+  for (int e = 0; e < 8; ++e) {
+    delta[e] = static_cast<int>(expanded_weight_offset(shape, tables, row, {e, 0, 0}) - first);
+  }
 }
 
 // Forward im2col: offset of the input element read by output pixel `out` at (channel, a, b); -1 in the padding.
@@ -169,14 +216,20 @@ GER_HOST_DEVICE ReductionRange split_reduction(int64_t k_size, int chunk, int sp
 // Weight gradient, X~[kk][n]: the input element that meets grad_output[b][o*S + t][oh][ow] through the base
 // weight element base = (i*S_in + u, p, q) in copy t: s = S_in == 1 ? 0 : t*u, (a, b) = A_t^-1's source of
 // (p, q); -1 in the padding. dw[o][i][u][p][q] = sum over t and output pixels of grad_output times this.
-GER_HOST_DEVICE int64_t weight_grad_input_offset(const ConvShape& shape, const GroupTables& tables, const Strides4& x,
-                                                 const Pixel& out, int t, const ChannelTap& base) {
+// weight_grad_source gives that input channel and tap, the same for every pixel (a kernel decodes it once).
+GER_HOST_DEVICE ChannelTap weight_grad_source(const ConvShape& shape, const GroupTables& tables, int t,
+                                              const ChannelTap& base) {
   const int s_in = static_cast<int>(shape.in_orientations);
   const int i = base.channel / s_in;
   const int s = s_in == 1 ? 0 : tables.mul[t][base.channel % s_in];
   int a, b;
   source_tap(tables.taps[tables.inv[t]], static_cast<int>(shape.kernel_size), base.a, base.b, a, b);
-  return forward_input_offset(shape, x, out, {i * s_in + s, a, b});
+  return {i * s_in + s, a, b};
+}
+
+GER_HOST_DEVICE int64_t weight_grad_input_offset(const ConvShape& shape, const GroupTables& tables, const Strides4& x,
+                                                 const Pixel& out, int t, const ChannelTap& base) {
+  return forward_input_offset(shape, x, out, weight_grad_source(shape, tables, t, base));
 }
 
 }  // namespace ger_kernels

@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+#include <cstdlib>
+#include <string_view>
 
 #include "../group_conv.h"
 #include "../implicit_gemm.h"
@@ -31,7 +33,8 @@ CudaDevice current_device() {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, index));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
-  return {sm_count, 10 * major + minor};
+  const char* cute = std::getenv("GER_KERNELS_CUTE");  // read per call: tests switch it
+  return {sm_count, 10 * major + minor, cute != nullptr && std::string_view(cute) == "1"};
 }
 
 at::Tensor group_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -82,7 +85,7 @@ at::Tensor group_conv2d_weight_grad_cuda(const at::Tensor& grad_output, const at
   at::Tensor grad_weight = empty_grad_weight(shape, input);
   if (shape.batch == 0 || grad_weight.numel() == 0) return grad_weight.zero_();
   const CudaDevice device = current_device();
-  const int splits = weight_grad_splits(shape, device.sm_count);
+  const int splits = weight_grad_splits(shape, kind, device);
   // the kernels' accumulator type (Accumulate<T>): float for 16-bit and float inputs, double for double
   const at::Tensor workspace = at::empty({splits * grad_weight.numel()},
                                          input.options().dtype(at::toOpMathType(input.scalar_type())));

@@ -7,6 +7,8 @@
 // the global loads of the next step are in flight into registers.
 // A problem (Forward, InputGrad, WeightGrad) supplies the loads of one step and the epilogue: row(m, z) is the
 // offset of output row m (decoded once per row), store(row, n, acc) writes one element of it.
+// Built with GER_KERNELS_CUTE=1, float16/bfloat16 on sm_80 and newer run the CuTe kernels of group_conv_cute.cu
+// instead (forward and input gradient where their activation is cute_vectorizable, the weight gradient always).
 #include <mma.h>
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include <type_traits>
 
 #include "accumulate.cuh"
+#include "group_conv_cute.h"
 #include "group_conv_kernels.h"
 
 namespace ger_kernels {
@@ -413,6 +416,12 @@ cudaError_t with_kernel(FloatKind kind, const CudaDevice& device, Body body) {
   return cudaErrorInvalidValue;
 }
 
+// Whether 16-bit ops go to the CuTe kernels on this device (sm_80 and newer: mma.sync, ldmatrix, cp.async),
+// when they are enabled (CudaDevice::cute_enabled).
+[[maybe_unused]] bool uses_cute(FloatKind kind, const CudaDevice& device) {
+  return device.cute_enabled && (kind == FloatKind::kHalf || kind == FloatKind::kBFloat16) && device.arch >= 80;
+}
+
 }  // namespace
 
 cudaError_t launch_group_conv2d(const void* input, const Strides4& input_strides, const void* weight,
@@ -421,6 +430,11 @@ cudaError_t launch_group_conv2d(const void* input, const Strides4& input_strides
                                 cudaStream_t stream) {
   const int64_t k_size = shape.in_channels() * shape.kernel_size * shape.kernel_size;
   if (!fits_spatial(shape) || !fits_int(k_size) || !fits_int(shape.out_channels())) return cudaErrorInvalidValue;
+#if GER_KERNELS_CUTE
+  if (uses_cute(kind, device) && cute_vectorizable(input, input_strides, shape.in_channels())) {
+    return launch_cute_group_conv2d(input, input_strides, weight, bias, output, output_strides, shape, kind, stream);
+  }
+#endif
   return with_kernel(kind, device, [&](auto type, auto tile) {
     using T = typename decltype(type)::type;
     const Forward<T> p{static_cast<const T*>(input), static_cast<const T*>(weight), static_cast<const T*>(bias),
@@ -437,6 +451,12 @@ cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Stride
                                            cudaStream_t stream) {
   const int64_t k_size = shape.out_channels() * shape.kernel_size * shape.kernel_size;
   if (!fits_spatial(shape) || !fits_int(k_size) || !fits_int(shape.in_channels())) return cudaErrorInvalidValue;
+#if GER_KERNELS_CUTE
+  if (uses_cute(kind, device) && cute_vectorizable(grad_output, grad_output_strides, shape.out_channels())) {
+    return launch_cute_group_conv2d_input_grad(grad_output, grad_output_strides, weight, grad_input,
+                                               grad_input_strides, shape, kind, stream);
+  }
+#endif
   return with_kernel(kind, device, [&](auto type, auto tile) {
     using T = typename decltype(type)::type;
     const InputGrad<T> p{static_cast<const T*>(grad_output), static_cast<const T*>(weight),
@@ -447,16 +467,20 @@ cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Stride
   });
 }
 
-// About two blocks per SM, each part of the reduction at least kMinSteps long, at most kMaxWorkspace
-// accumulators in the workspace.
-int weight_grad_splits(const ConvShape& shape, int sm_count) {
+// At most two blocks per SM (of the block tile of the kernel that runs: one wave, no partial second one), each
+// part of the reduction at least kMinSteps long, at most kMaxWorkspace accumulators in the workspace.
+int weight_grad_splits(const ConvShape& shape, [[maybe_unused]] FloatKind kind, const CudaDevice& device) {
   constexpr int64_t kMinSteps = 4096, kMaxWorkspace = int64_t(1) << 24, kMaxSplits = 64;
-  const int64_t tiles = (shape.out_fields + kBlockM - 1) / kBlockM *
-                        ((shape.in_channels() * shape.kernel_size * shape.kernel_size + kBlockN - 1) / kBlockN);
+  int64_t block_m = kBlockM, block_n = kBlockN;
+#if GER_KERNELS_CUTE
+  if (uses_cute(kind, device)) block_m = kCuteWeightGradTileM, block_n = kCuteWeightGradTileN;
+#endif
+  const int64_t tiles = (shape.out_fields + block_m - 1) / block_m *
+                        ((shape.in_channels() * shape.kernel_size * shape.kernel_size + block_n - 1) / block_n);
   const int64_t steps = shape.batch * shape.out_h * shape.out_w * shape.group_order;
   const int64_t numel = shape.filter().weight_numel();
   if (tiles == 0 || steps == 0) return 1;
-  const int64_t splits = std::min({(2 * int64_t(sm_count) + tiles - 1) / tiles, (steps + kMinSteps - 1) / kMinSteps,
+  const int64_t splits = std::min({2 * int64_t(device.sm_count) / tiles, (steps + kMinSteps - 1) / kMinSteps,
                                    kMaxWorkspace / numel, kMaxSplits});
   return static_cast<int>(std::max<int64_t>(splits, 1));
 }
@@ -478,7 +502,16 @@ cudaError_t launch_group_conv2d_weight_grad(const void* grad_output, const Strid
                           {FastDiv(shape.out_h), FastDiv(shape.out_w)}, FastDiv(shape.group_order),
                           static_cast<int>(shape.out_fields), static_cast<int>(n_size),
                           weight_grad_reduction_size(shape, Tl::kBK), shape.batch * shape.out_h * shape.out_w};
-    const cudaError_t status = launch_gemm<Tl>(p, splits, stream);
+    cudaError_t status;
+#if GER_KERNELS_CUTE
+    if (uses_cute(kind, device)) {
+      status = launch_cute_group_conv2d_weight_grad(grad_output, grad_output_strides, input, input_strides,
+                                                    static_cast<float*>(workspace), splits, shape, kind, stream);
+    } else
+#endif
+    {
+      status = launch_gemm<Tl>(p, splits, stream);
+    }
     const int64_t numel = shape.filter().weight_numel();
     if (status != cudaSuccess || numel == 0) return status;
     constexpr int kThreads = 256;

@@ -1,5 +1,5 @@
-"""The CUDA kernels of the fused group convolution (csrc/cuda/group_conv_kernels.cu) against the float64 CPU
-reference (SPEC section 8): output, input gradient and weight gradient of the three ops called directly.
+"""The CUDA kernels of the fused group convolution (csrc/cuda/group_conv_kernels.cu, group_conv_cute.cu) against
+the float64 CPU reference (SPEC section 8): output, input gradient and weight gradient of the three ops called directly.
 
 float64/float32: max relative error <= 1e-12 / 1e-5 (TF32 off). float16/bfloat16 (tensor cores): <= 1e-2 and
 <= 2x the error of PyTorch's own conv on the expanded filter in the same dtype and on the same inputs (the
@@ -33,6 +33,14 @@ CONVS = [
     (3, 2, 1, 1, 9, 9),
     (5, 2, 2, 2, 17, 15),
 ]
+
+
+@pytest.fixture(autouse=True, params=["wmma", "cute"])
+def kernels(request, monkeypatch):
+    """Every case with the CuTe kernels off and on (GER_KERNELS_CUTE, read per call by the glue): they
+    are opt-in until they have passed here on a GPU. Without CuTe headers in the build, both run WMMA."""
+    monkeypatch.setenv("GER_KERNELS_CUTE", "1" if request.param == "cute" else "0")
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +143,45 @@ def test_memory_layouts(group, lifting, dtype, layout):
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
         assert dx.is_contiguous(memory_format=torch.channels_last)
+
+
+def channels_last_case(group, lifting, k, batch, height, width, c_out, dtype, stride, padding, dilation):
+    """x, w, b, dy on the GPU, x and dy channels_last, with input and output channel counts multiples of 8:
+    where the CuTe kernels run forward and input gradient (float16/bfloat16 on sm_80+)."""
+    x, w, b = make_case(group, lifting, k, batch, height, width, 8 if lifting else 2, c_out, dtype)
+    assert x.shape[1] % 8 == 0 and c_out * group.order % 8 == 0
+    dy = output_grad(group, x, w, stride, padding, dilation, dtype)
+    x, dy = (t.cuda().contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    return x, w.cuda(), b.cuda(), dy
+
+
+@pytest.mark.parametrize("group,lifting,conv", list(itertools.product([P4M, P4], [True, False], CONVS)), ids=str)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_parity_tensor_core_tiles(group, lifting, conv, dtype):
+    """The CuTe kernels on one partial tile (fewer pixels, channels and reduction steps than a tile) at every
+    kernel size, stride and dilation of CONVS."""
+    k, stride, padding, dilation, height, width = conv
+    x, w, b, dy = channels_last_case(group, lifting, k, 2, height, width, 6, dtype, stride, padding, dilation)
+    out, dx, _ = assert_parity(x, w, b, dy, stride, padding, dilation, group)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert dx.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("group,lifting", list(itertools.product([P4M, P4], [True, False])), ids=str)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_parity_over_many_tensor_core_tiles(group, lifting, dtype):
+    """The CuTe kernels over several 128-pixel tiles (1320 pixels), two output-channel tiles for p4m (144
+    channels), more reduction steps than pipeline stages, and a weight gradient split over pixels (split-K)."""
+    x, w, b, dy = channels_last_case(group, lifting, 3, 3, 20, 22, 18, dtype, 1, 1, 1)
+    assert_parity(x, w, b, dy, 1, 1, 1, group)
+
+
+@pytest.mark.parametrize("group,lifting", list(itertools.product([P4M, P4], [True, False])), ids=str)
+def test_empty_batch_tensor_core(group, lifting):
+    x, w, b, dy = channels_last_case(group, lifting, 3, 0, 9, 7, 2, torch.bfloat16, 1, 1, 1)
+    out, dx, dw = fused(x, w, b, dy, 1, 1, 1, group)
+    assert out.shape == (0, 2 * group.order, 9, 7) and dx.shape == x.shape
+    assert dw.shape == w.shape and dw.is_cuda and not dw.any()
 
 
 @pytest.mark.parametrize("group,lifting", list(itertools.product([P4M, P4], [True, False])), ids=str)

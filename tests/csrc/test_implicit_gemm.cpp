@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <utility>
 
 #include "implicit_gemm.h"
 
@@ -127,6 +128,29 @@ void check(const Case& c) {
   }
   expect_close(y, ref, "forward", c);
 
+  // The CuTe kernels' forward (channel counts multiples of 8): kk tap-major in chunks of 8 channels, one input
+  // offset per chunk (channel stride xs.c), the weight at expanded_weight_offset of the chunk plus chunk_deltas.
+  if (in_channels % 8 == 0) {
+    torch::Tensor y_chunks = empty_in({batch, out_channels, shape.out_h, shape.out_w}, c.layout);
+    for (int64_t m = 0; m < batch * shape.out_h * shape.out_w; ++m) {
+      const Pixel px = pixel_of(m, out_grid);
+      for (int n = 0; n < out_channels; ++n) {
+        int delta[8];
+        chunk_deltas(shape, tables, n, delta);
+        double sum = bias[n / order].item<double>();
+        for (int kk = 0; kk < in_channels * k * k; kk += 8) {
+          const ChannelTap ct = tap_major_channel_tap_of(kk, static_cast<int>(in_channels), k_int);
+          const int64_t off = forward_input_offset(shape, xs, px, ct);
+          if (off < 0) continue;
+          const int64_t base = expanded_weight_offset(shape, tables, n, ct);
+          for (int e = 0; e < 8; ++e) sum += xp[off + e * xs.c] * wp[base + delta[e]];
+        }
+        y_chunks.mutable_data_ptr<double>()[tensor_offset(ys, px, n)] = sum;
+      }
+    }
+    expect_close(y_chunks, ref, "forward, tap-major chunks of 8 channels", c);
+  }
+
   // input gradient: m input pixel, n input channel, kk = (oc, a, b)
   torch::Tensor dx = empty_in({batch, in_channels, c.in_h, c.in_w}, c.layout);
   const Strides4 dxs = strides_of(dx);
@@ -143,6 +167,27 @@ void check(const Case& c) {
     }
   }
   expect_close(dx, ref_dx, "input grad", c);
+
+  // The CuTe kernels' input gradient: kk = (tap, oc) tap-major in chunks of 8 output channels.
+  if (out_channels % 8 == 0) {
+    torch::Tensor dx_chunks = empty_in({batch, in_channels, c.in_h, c.in_w}, c.layout);
+    for (int64_t m = 0; m < batch * c.in_h * c.in_w; ++m) {
+      const Pixel px = pixel_of(m, in_grid);
+      for (int n = 0; n < in_channels; ++n) {
+        double sum = 0;
+        for (int kk = 0; kk < out_channels * k * k; kk += 8) {
+          const ChannelTap ct = tap_major_channel_tap_of(kk, static_cast<int>(out_channels), k_int);
+          const int64_t off = input_grad_output_offset(shape, dys, px, ct);
+          if (off < 0) continue;
+          for (int e = 0; e < 8; ++e) {
+            sum += dyp[off + e * dys.c] * wp[expanded_weight_offset(shape, tables, ct.channel + e, {n, ct.a, ct.b})];
+          }
+        }
+        dx_chunks.mutable_data_ptr<double>()[tensor_offset(dxs, px, n)] = sum;
+      }
+    }
+    expect_close(dx_chunks, ref_dx, "input grad, tap-major chunks of 8 channels", c);
+  }
 
   // weight gradient: m output field, n = (i*S_in + u, p, q), kk = (pixel, t) in chunks, split in c.splits parts
   // whose partial sums are added at the end (the kernels' workspace)
@@ -201,6 +246,40 @@ void check_reduction_covers_pixels_once() {
   }
 }
 
+// next_pixel steps through a grid exactly as pixel_of(m + 1) does, across rows and images.
+void check_next_pixel() {
+  for (const auto& [h, w] : {std::pair<int64_t, int64_t>{1, 1}, {1, 5}, {4, 1}, {3, 7}}) {
+    const PixelGrid grid{FastDiv(h), FastDiv(w)};
+    bool ok = true;
+    for (int64_t m = 0; m + 1 < 3 * h * w; ++m) {
+      const Pixel next = next_pixel(pixel_of(m, grid), grid), expected = pixel_of(m + 1, grid);
+      ok &= next.n == expected.n && next.h == expected.h && next.w == expected.w;
+    }
+    ok ? ++passed : ++failed;
+    if (!ok) std::printf("FAILED: next_pixel on a %lld x %lld grid\n", static_cast<long long>(h), static_cast<long long>(w));
+  }
+}
+
+// TapMajorCursor stepped through a reduction lands where tap_major_channel_tap_of decodes, for steps below and
+// above the channel count (the CuTe kernels step by 32 from kk = 0, 8, 16 or 24).
+void check_tap_major_cursor() {
+  for (const int channels : {8, 16, 24, 48}) {
+    for (const int k : {1, 3, 5}) {
+      for (const int first : {0, 8, 16, 24}) {
+        bool ok = true;
+        TapMajorCursor cursor{first, tap_major_channel_tap_of(first, channels, k)};
+        for (; cursor.kk < channels * k * k; cursor.advance(32, channels, k)) {
+          const ChannelTap expected = tap_major_channel_tap_of(static_cast<int>(cursor.kk), channels, k);
+          ok &= cursor.at.channel == expected.channel && cursor.at.a == expected.a && cursor.at.b == expected.b;
+        }
+        ok &= cursor.at.a >= k;
+        ok ? ++passed : ++failed;
+        if (!ok) std::printf("FAILED: TapMajorCursor, %d channels, k %d, from %d\n", channels, k, first);
+      }
+    }
+  }
+}
+
 // FastDiv against plain division: edge divisors and dividends, then random ones over the whole range.
 void check_fast_div() {
   std::vector<int64_t> divisors = {1, 2, 3, 4, 5, 7, 8, 9, 25, 448, 449, 1000003, (int64_t(1) << 30),
@@ -229,6 +308,8 @@ int main() {
   torch::manual_seed(0);
   check_fast_div();
   check_reduction_covers_pixels_once();
+  check_next_pixel();
+  check_tap_major_cursor();
   const int chunks[] = {16, 32, 3}, splits[] = {1, 3, 2, 64};
   int index = 0;
   for (int64_t order : {4, 8}) {

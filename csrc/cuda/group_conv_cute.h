@@ -1,0 +1,42 @@
+// CuTe (CUTLASS) tensor-core kernels of the fused group convolution for float16/bfloat16 on sm_80 and newer
+// (group_conv_cute.cu, built with GER_KERNELS_CUTE=1). The launchers of group_conv_kernels.h call them where
+// they apply and keep their WMMA and SIMT kernels for the rest. Torch-free: raw pointers and a stream.
+//
+// Arguments are those of group_conv_kernels.h; `kind` is kHalf or kBFloat16 and the device is sm_80 or newer.
+// Forward and input gradient copy their activation operand (input, grad_output) in 16-byte chunks with
+// cp.async: they apply where cute_vectorizable says so for that tensor.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "../conv_shape.h"
+#include "../implicit_gemm.h"
+#include "float_kind.h"
+
+namespace ger_kernels {
+
+// Whether 8 consecutive channels of every pixel of the tensor are one aligned 16-byte chunk of 16-bit elements:
+// channel stride 1 (channels last), the channel count and the other strides multiples of 8, data 16-byte aligned.
+bool cute_vectorizable(const void* data, const Strides4& strides, int64_t channels);
+
+cudaError_t launch_cute_group_conv2d(const void* input, const Strides4& input_strides, const void* weight,
+                                     const void* bias, void* output, const Strides4& output_strides,
+                                     const ConvShape& shape, FloatKind kind, cudaStream_t stream);
+
+cudaError_t launch_cute_group_conv2d_input_grad(const void* grad_output, const Strides4& grad_output_strides,
+                                                const void* weight, void* grad_input,
+                                                const Strides4& grad_input_strides, const ConvShape& shape,
+                                                FloatKind kind, cudaStream_t stream);
+
+// The split-K partial sums of the weight gradient into workspace[z][o][n] (float), z < splits, with the
+// reduction in chunks of kCuteWeightGradChunk pixels (weight_grad_reduction); the caller adds the parts.
+// Its block tile: output fields x base weight elements.
+constexpr int kCuteWeightGradChunk = 32, kCuteWeightGradTileM = 64, kCuteWeightGradTileN = 128;
+cudaError_t launch_cute_group_conv2d_weight_grad(const void* grad_output, const Strides4& grad_output_strides,
+                                                 const void* input, const Strides4& input_strides, float* workspace,
+                                                 int splits, const ConvShape& shape, FloatKind kind,
+                                                 cudaStream_t stream);
+
+}  // namespace ger_kernels
