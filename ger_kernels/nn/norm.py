@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch._prims_common import suggest_memory_format
 
 from ger_kernels._validation import check_fields, check_int
 from ger_kernels.groups import Group, get_group
@@ -31,7 +32,8 @@ class GroupBatchNorm2d(nn.BatchNorm3d):
                 f"input must have num_fields*{self.group.order} = {self.num_features * self.group.order} "
                 f"channels, got {input.shape[1]}"
             )
-        return super().forward(input.unflatten(1, (fields, self.group.order))).flatten(1, 2)
+        output = super().forward(input.unflatten(1, (fields, self.group.order))).flatten(1, 2)
+        return output.contiguous(memory_format=suggest_memory_format(input))  # BatchNorm3d gives NCHW
 
     def extra_repr(self) -> str:
         return f"{self.group.name}, " + super().extra_repr()
