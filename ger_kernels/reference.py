@@ -5,9 +5,9 @@
 convolution expands with the extension's ``expand_filter`` op instead where it has a kernel for
 the weight's device (CPU, and CUDA when built with it): the same ``W~`` bit for bit, whose
 gradient is folded back by ``expand_filter_backward`` rather than autograd's ``index_put``
-scatter (forward+backward 1.4x faster on a lifting layer and 4-21x on GER-UNet's group layers,
-CPU float32, ``benchmarks/bench_expand_filter.py``). Both are differentiable, compile to graphs and keep the
-weight's dtype under ``torch.autocast`` (``F.conv2d`` then casts ``W~``).
+scatter (forward+backward 1.4x faster on a lifting layer and 4-21x on GER-UNet's group
+layers, CPU float32, ``benchmarks/bench_expand_filter.py``). Both are differentiable, compile
+to graphs and keep the weight's dtype under ``torch.autocast`` (``F.conv2d`` then casts ``W~``).
 """
 
 from __future__ import annotations
