@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ger_kernels._autocast import casts
 from ger_kernels.groups import Group
 
 
@@ -94,7 +95,9 @@ def check_weight(weight: torch.Tensor, group: Group) -> tuple[int, int, int, int
 
 def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     group: Group) -> tuple[int, int, int, int]:
-    """Checks a group convolution's tensors; returns ``(C_out, C_in, S_in, k)``."""
+    """Checks a group convolution's tensors; returns ``(C_out, C_in, S_in, k)``. Their dtypes
+    match, or, as for ``F.conv2d``, the autocast region active on the input's device casts them
+    all (float32 weights with bfloat16 activations under ``torch.autocast``)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     c_out, c_in, s_in, k = check_weight(weight, group)
@@ -104,8 +107,9 @@ def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         raise TypeError(f"weight must be a floating point tensor, got {weight.dtype}")
     tensors = [("weight", weight)] + ([("bias", bias)] if bias is not None else [])
     for name, t in tensors:
-        if t.dtype != input.dtype:
-            raise TypeError(f"{name}.dtype must match input.dtype {input.dtype}, got {t.dtype}")
+        if t.dtype != input.dtype and not (casts(t) and casts(input)):
+            raise TypeError(f"{name}.dtype must match input.dtype {input.dtype}, got {t.dtype} (convert the layer "
+                            f"with .to(dtype), or run it under torch.autocast)")
         if t.device != input.device:
             raise ValueError(f"{name}.device must match input.device {input.device}, got {t.device}")
     if bias is not None and tuple(bias.shape) != (c_out,):

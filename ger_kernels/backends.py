@@ -19,7 +19,7 @@ from ger_kernels import triton as triton_backend  # imports no triton until its 
 from ger_kernels.groups import Group
 
 __all__ = ["BACKENDS", "CPU_CPP_MIN_EXPANDED_BYTES", "BackendStatus", "auto_backend", "backends", "check_backend_name",
-           "resolve_backend"]
+           "resolve_backend", "resolved_backend"]
 
 BACKENDS = ("reference", "cpp", "triton")
 
@@ -39,7 +39,7 @@ class BackendStatus(NamedTuple):
 def _reference_status(device_type: str | None) -> BackendStatus:
     if device_type == "cuda" and not torch.cuda.is_available():
         return BackendStatus(False, "there is no CUDA device")
-    return BackendStatus(True, "pure PyTorch: F.conv2d on the materialized expanded filter")
+    return BackendStatus(True, "F.conv2d on the materialized expanded filter")
 
 
 def _cpp_status(device_type: str | None) -> BackendStatus:
@@ -50,7 +50,7 @@ def _cpp_status(device_type: str | None) -> BackendStatus:
             False, "ger_kernels._C is built, but this version of it has no fused group_conv2d op "
                    "(rebuild it with `pip install --no-build-isolation -e .`)")
     if device_type == "cuda":
-        if not torch._C._dispatch_has_kernel_for_dispatch_key("ger_kernels::group_conv2d", "CUDA"):
+        if not ops.has_kernel("group_conv2d", "cuda"):
             return BackendStatus(False, "ger_kernels._C was built without CUDA kernels (they are built when "
                                         "torch.version.cuda and CUDA_HOME are set, or with FORCE_CUDA=1)")
         if not torch.cuda.is_available():
@@ -109,12 +109,22 @@ def auto_backend(device: str | torch.device, expanded_bytes: int) -> str:
     return "reference"
 
 
-def resolve_backend(backend: str, input: torch.Tensor, weight: torch.Tensor, group: Group) -> Callable:
-    """The convolution implementation of ``backend`` for ``input`` and ``weight``."""
+@torch.compiler.assume_constant_result
+def resolved_backend(backend: str, device_type: str, expanded_bytes: int) -> str:
+    """The backend that ``backend`` (a name or ``auto``) runs on tensors of ``device_type`` for a
+    layer whose W~ has ``expanded_bytes``, or a clear error when it cannot run there.
+    ``torch.compile`` calls it while tracing and keeps the name as a constant: the status checks
+    (imports, CUDA queries, caches) never enter a graph."""
     check_backend_name(backend)
     if backend == "auto":
-        return _IMPLEMENTATIONS[auto_backend(input.device, weight.numel() * group.order * weight.element_size())]
-    status = backends(input.device)[backend]
+        return auto_backend(device_type, expanded_bytes)
+    status = backends(device_type)[backend]
     if not status.available:
-        raise ValueError(f"backend {backend!r} cannot run on {input.device.type} tensors: {status.reason}")
-    return _IMPLEMENTATIONS[backend]
+        raise ValueError(f"backend {backend!r} cannot run on {device_type} tensors: {status.reason}")
+    return backend
+
+
+def resolve_backend(backend: str, input: torch.Tensor, weight: torch.Tensor, group: Group) -> Callable:
+    """The convolution implementation of ``backend`` for ``input`` and ``weight``."""
+    expanded_bytes = weight.numel() * group.order * weight.element_size()
+    return _IMPLEMENTATIONS[resolved_backend(backend, input.device.type, expanded_bytes)]

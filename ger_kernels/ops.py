@@ -13,7 +13,9 @@ Ops (schemas are defined once, in ``csrc/ops.cpp``):
   group_order)`` and ``group_conv2d_weight_grad(grad_output, input, int kernel_size,
   int in_orientations, stride, padding, dilation, group_order)``: its two backward passes (the bias
   gradient is a sum of ``grad_output``). All three are differentiable (twice and more).
-Outputs keep the input's memory format (channels_last stays channels_last).
+Outputs keep the input's memory format (channels_last stays channels_last). Under
+``torch.autocast`` the three convolution ops compute in the autocast dtype, as ``F.conv2d``
+(``ger_kernels._autocast``); ``expand_filter`` keeps its input's dtype, as indexing does.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import importlib.util
 import torch
 from torch._prims_common import suggest_memory_format
 
+from ger_kernels._autocast import register_autocast
 from ger_kernels._validation import conv_output_size
 
 
@@ -48,6 +51,14 @@ def extension_loaded() -> bool:
 def has_op(name: str) -> bool:
     """Whether the extension registered ``torch.ops.ger_kernels.<name>``."""
     return extension_loaded() and hasattr(torch.ops.ger_kernels, name)
+
+
+def has_kernel(name: str, device_type: str) -> bool:
+    """Whether ``torch.ops.ger_kernels.<name>`` has a kernel for tensors of ``device_type``
+    ("cpu" or "cuda"; CUDA kernels are built only where CUDA is)."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return (key is not None and has_op(name)
+            and torch._C._dispatch_has_kernel_for_dispatch_key(f"ger_kernels::{name}", key))
 
 
 if extension_loaded():
@@ -160,3 +171,6 @@ if extension_loaded():
     torch.library.register_autograd(
         "ger_kernels::group_conv2d_weight_grad", _group_conv2d_weight_grad_grad,
         setup_context=_group_conv2d_weight_grad_setup)
+
+    for _name in ("group_conv2d", "group_conv2d_input_grad", "group_conv2d_weight_grad"):
+        register_autocast(f"ger_kernels::{_name}")

@@ -5,7 +5,8 @@ import torch
 
 import ger_kernels
 from ger_kernels import ops, reference
-from ger_kernels.backends import CPU_CPP_MIN_EXPANDED_BYTES, auto_backend, check_backend_name, resolve_backend
+from ger_kernels.backends import (CPU_CPP_MIN_EXPANDED_BYTES, auto_backend, check_backend_name, resolve_backend,
+                                  resolved_backend)
 from ger_kernels.groups import P4M
 
 
@@ -86,3 +87,30 @@ def test_resolved_backends_compute_the_reference(name):
     w = torch.randn(2, 1, 8, 3, 3)
     out = resolve_backend(name, x, w, P4M)(x, w, None, 1, 1, 1, P4M)
     assert torch.allclose(out, reference.group_conv2d(x, w, None, 1, 1, 1, P4M), atol=1e-5)
+
+
+def test_resolution_stays_out_of_compiled_graphs(monkeypatch):
+    """torch.compile takes the resolved backend as a constant: the status checks, which may ask
+    the dispatcher or import triton (graph breaks), are never traced."""
+    backends_module = importlib.import_module("ger_kernels.backends")  # the package exports a function of that name
+
+    def reference_status(device_type):
+        torch._C._dispatch_has_kernel_for_dispatch_key("ger_kernels::group_conv2d", "CUDA")  # untraceable
+        return backends_module.BackendStatus(True, "F.conv2d on the materialized expanded filter")
+
+    monkeypatch.setattr(backends_module, "_reference_status", reference_status)
+    backends_module._statuses.cache_clear()
+    try:
+        x, w = torch.randn(1, 8, 6, 5), torch.randn(2, 1, 8, 3, 3)
+        compiled = torch.compile(lambda x: ger_kernels.group_conv2d(x, w, padding=1, backend="reference"),
+                                 fullgraph=True, backend="eager")
+        assert torch.equal(compiled(x), reference.group_conv2d(x, w, None, 1, 1, 1, P4M))
+    finally:
+        backends_module._statuses.cache_clear()
+
+
+def test_resolved_backend_names_what_runs():
+    assert resolved_backend("reference", "cpu", 1) == "reference"
+    assert resolved_backend("auto", "cpu", CPU_CPP_MIN_EXPANDED_BYTES - 1) == "reference"
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        resolved_backend("fast", "cpu", 1)

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from ger_kernels import reference
+from ger_kernels import ops, reference
 from ger_kernels.groups import P4, P4M
 from helpers import max_rel_err, requires_extension
 
@@ -112,3 +112,32 @@ def test_cuda_kernels_match_cpu(group, lifting, dtype):
     expected = torch.ops.ger_kernels.expand_filter_backward(grad.cpu().double(), group.order, w.shape[2])
     tolerance = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 1e-2)
     assert max_rel_err(dw.cpu(), expected) < tolerance
+
+
+def test_has_kernel_per_device_type():
+    assert ops.has_kernel("expand_filter", "cpu") and ops.has_kernel("group_conv2d", "cpu")
+    assert not ops.has_kernel("expand_filter", "mps") and not ops.has_kernel("no_such_op", "cpu")
+    assert ops.has_kernel("group_conv2d", "cuda") == torch._C._dispatch_has_kernel_for_dispatch_key(
+        "ger_kernels::group_conv2d", "CUDA")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_conv_ops_compute_in_the_autocast_dtype(dtype):
+    """As F.conv2d: float32 arguments cast to the region's dtype, gradients back in float32."""
+    x = torch.randn(2, 16, 5, 4, requires_grad=True)
+    w = torch.randn(3, 2, 8, 3, 3, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    conv = (1, 1, 1, 8)
+    with torch.autocast("cpu", dtype=dtype):
+        out = torch.ops.ger_kernels.group_conv2d(x, w, b, *conv)
+        grad = torch.randn(out.shape)  # float32, as a loss computed in float32 gives
+        dx = torch.ops.ger_kernels.group_conv2d_input_grad(grad, w, x.shape, *conv)
+        dw = torch.ops.ger_kernels.group_conv2d_weight_grad(grad, x, 3, 8, *conv)
+    low = [t.detach().to(dtype) for t in (x, w, b, grad)]
+    assert out.dtype == dx.dtype == dw.dtype == dtype
+    assert torch.equal(out, torch.ops.ger_kernels.group_conv2d(*low[:3], *conv))
+    assert torch.equal(dx, torch.ops.ger_kernels.group_conv2d_input_grad(low[3], low[1], x.shape, *conv))
+    assert torch.equal(dw, torch.ops.ger_kernels.group_conv2d_weight_grad(low[3], low[0], 3, 8, *conv))
+    out.backward(low[3])
+    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
+    assert torch.equal(w.grad, torch.ops.ger_kernels.group_conv2d_weight_grad(low[3], low[0], 3, 8, *conv).float())

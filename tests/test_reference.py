@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from ger_kernels import reference
+from ger_kernels import ops, reference
 from ger_kernels.groups import P4, P4M
 from helpers import max_rel_err
 from group_convention import matrices, naive_group_conv2d, transform_filter
@@ -105,3 +105,30 @@ def test_bad_group_and_filter():
         reference.expand_filter(w, "p4")
     with pytest.raises(ValueError, match=r"weight must be 5-D"):
         reference.expand_filter(w[0], "p4m")
+
+
+def test_autocast_computes_as_conv2d_does():
+    """Inside torch.autocast, float32 weights with bfloat16 activations run (F.conv2d casts W~);
+    outside, the mix is the user's error, as for nn.Conv2d."""
+    x, w, b = (t.float() for t in random_conv_args(P4M, False, 3))
+    low = [t.bfloat16() for t in (x, w, b)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = reference.group_conv2d(low[0], w, b, padding=1)
+        with pytest.raises(TypeError, match="weight.dtype must match input.dtype torch.float64, got torch.float32"):
+            reference.group_conv2d(x.double(), w, b, padding=1)  # autocast leaves float64 alone
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, reference.group_conv2d(*low, padding=1))
+    with pytest.raises(TypeError, match=r"weight.dtype must match input.dtype torch.bfloat16, got torch.float32 "
+                                        r"\(convert the layer with .to\(dtype\), or run it under torch.autocast\)"):
+        reference.group_conv2d(low[0], w, b, padding=1)
+
+
+def test_expands_with_the_extension_where_it_has_a_kernel():
+    """The convolution folds W~'s gradient with expand_filter_backward where the op runs (CPU
+    here when the extension is loaded), else through the gather's autograd."""
+    assert reference.EXPAND_OP_DEVICES == {d for d in ("cpu", "cuda") if ops.has_kernel("expand_filter", d)}
+    x, w, b = random_conv_args(P4M, False, 3)
+    w.requires_grad_(True)
+    out = reference.conv_expanded(x, w, b, 1, 1, 1, P4M)
+    w_tilde = out.grad_fn.next_functions[1][0].name()  # the node that gives W~'s gradient to w
+    assert ("ger_kernels_expand_filter" in w_tilde) == ("cpu" in reference.EXPAND_OP_DEVICES), w_tilde

@@ -63,6 +63,16 @@ class GroupConv2d(nn.Module):
     def backend(self, backend: str) -> None:
         self._backend = check_backend_name(backend)
 
+    def _apply(self, fn, recurse: bool = True):
+        """``nn.Module._apply`` with ``fn`` given the 5-D weight (and its gradient) as its 4-D view
+        ``(C_out, C_in*S_in, k, k)``, the shape of an ``nn.Conv2d`` weight: ``.to(memory_format=
+        torch.channels_last)`` then lays the weight out as it does a ``Conv2d`` weight, and the
+        weight keeps its 5-D shape (and its state-dict layout)."""
+        def on_conv2d_view(t: torch.Tensor) -> torch.Tensor:
+            return fn(t.flatten(1, 2)).unflatten(1, t.shape[1:3]) if t.dim() == 5 else fn(t)
+
+        return super()._apply(on_conv2d_view, recurse)
+
     def reset_parameters(self) -> None:
         """He init with the true fan-in ``C_in * S_in * k * k``; zero bias."""
         fan_in = self.in_channels * self.in_orientations * self.kernel_size ** 2

@@ -1,10 +1,12 @@
-"""Spatial pooling of feature maps, and pooling over orientations (group -> planar)."""
+"""Spatial pooling of feature maps, and pooling over orientations (group -> planar).
+Outputs keep the input's memory format (NCHW or channels_last)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._prims_common import suggest_memory_format
 
 from ger_kernels._validation import check_4d, check_exact_grid, check_fields, check_int
 from ger_kernels.groups import Group, get_group
@@ -62,8 +64,14 @@ class GroupOrientationPool(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         fields = check_fields(input, self.group, "input")
-        orientations = input.unflatten(1, (fields, self.group.order))
-        return orientations.mean(2) if self.reduce == "mean" else orientations.amax(2)
+        order = self.group.order
+        if suggest_memory_format(input) == torch.channels_last:
+            # reduce the (B, H, W, C, S) view, dense here, so the result stays channels_last
+            return self._reduce(input.permute(0, 2, 3, 1).unflatten(3, (fields, order)), 4).permute(0, 3, 1, 2)
+        return self._reduce(input.unflatten(1, (fields, order)), 2)
+
+    def _reduce(self, orientations: torch.Tensor, dim: int) -> torch.Tensor:
+        return orientations.mean(dim) if self.reduce == "mean" else orientations.amax(dim)
 
     def extra_repr(self) -> str:
         return f"{self.group.name}, reduce={self.reduce!r}"

@@ -12,7 +12,8 @@ bfloat16 inputs, float32 accumulation.
 Ops (namespace ``ger_kernels_triton``, CPU and CUDA; CPU tensors need ``TRITON_INTERPRET=1``):
 ``group_conv2d(input, weight, bias, stride, padding, dilation, order, relu)`` (differentiable;
 ``relu`` fuses a ReLU into the epilogue), ``group_conv2d_input_grad`` and
-``group_conv2d_weight_grad`` (its backward).
+``group_conv2d_weight_grad`` (its backward). Under ``torch.autocast`` they compute in the
+autocast dtype, as ``F.conv2d`` (``ger_kernels._autocast``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
+from ger_kernels._autocast import register_autocast
 from ger_kernels._validation import conv_output_size
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton import interpreting
@@ -606,6 +608,8 @@ def _weight_grad_backward(ctx, g):
 
 input_grad_op.register_autograd(_input_grad_backward, setup_context=_bilinear_setup_context)
 weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_bilinear_setup_context)
+for _name in ("group_conv2d", "group_conv2d_input_grad", "group_conv2d_weight_grad"):
+    register_autocast(f"ger_kernels_triton::{_name}")
 
 
 def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,

@@ -1,6 +1,8 @@
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
+import ger_kernels
 from ger_kernels.models import PAPER_WIDTHS, GERUNet, RUNet, count_parameters, group_widths
 from ger_kernels.testing import check_equivariance, equivariance_errors
 from helpers import max_rel_err
@@ -81,11 +83,83 @@ def test_layouts():
     assert max_rel_err(model(x.to(memory_format=torch.channels_last)), model(x)) < 1e-13
 
 
-def test_torch_compile_runs_the_model():
-    model = randomized(GERUNet(widths=SMALL)).double()
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    assert max_rel_err(compiled(x), model(x)) < 1e-12
+CPU_BACKENDS = [n for n in ("reference", "cpp") if ger_kernels.backends("cpu")[n].available]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_autocast_trains_float32_weights(backend):
+    """bfloat16 autocast, as the training loop runs it on CUDA: scores in bfloat16 within its
+    rounding of the float32 model's, float32 gradients that point the same way."""
+    model = randomized(GERUNet(widths=SMALL, backend=backend))
+    x, target = torch.randn(2, 3, 16, 16), torch.randn(2, 2, 16, 16)
+    expected = model(x)
+    expected_grads = torch.autograd.grad((expected * target).sum(), list(model.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    grads = torch.autograd.grad((out.float() * target).sum(), list(model.parameters()))
+    assert out.dtype == torch.bfloat16 and max_rel_err(out, expected) <= 3e-2
+    assert all(g.dtype == torch.float32 for g in grads)
+    flat, expected_flat = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in expected_grads])
+    assert torch.cosine_similarity(flat, expected_flat, dim=0) > 0.9
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_channels_last_end_to_end(backend):
+    """``model.to(memory_format=torch.channels_last)`` and a channels_last input: every group
+    layer gives channels_last, so do the scores and the input gradient; values as NCHW."""
+    model = randomized(GERUNet(widths=SMALL, backend=backend)).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    expected = model(x)
+    model.to(memory_format=torch.channels_last)
+    layouts = {}
+
+    def record(name):
+        def hook(module, args, out):
+            layouts[name] = out.is_contiguous(memory_format=torch.channels_last)
+        return hook
+
+    for name, module in model.named_modules():
+        if type(module).__module__.startswith("ger_kernels.nn"):
+            module.register_forward_hook(record(name))
+    y = x.to(memory_format=torch.channels_last).requires_grad_(True)
+    out = model(y)
+    out.backward(torch.ones_like(out))
+    assert len(layouts) > 30 and all(layouts.values()), [n for n, cl in layouts.items() if not cl]
+    assert out.is_contiguous(memory_format=torch.channels_last) and max_rel_err(out, expected) < 1e-13
+    assert y.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_torch_compile_fullgraph_once_per_shape(backend):
+    """One graph for the whole model (no graph break, the layers inlined) and no recompile
+    for a second step of the same shape."""
+    model = randomized(GERUNet(widths=SMALL, backend=backend)).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    for _ in range(2):
+        out = compiled(x)
+        out.sum().backward()
+        assert counter.frame_count == 1
+    assert max_rel_err(out, model(x)) < 1e-12
+
+
+def test_torch_compile_dynamic_shapes_in_training():
+    """``dynamic=True``: one graph for every exact size (the exactness checks guard on
+    symbolic sizes without specializing them); training mode, reference backend."""
+    model = randomized(GERUNet(widths=SMALL, backend="reference"))
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, dynamic=True, backend=counter)
+    compiles = []
+    for batch, size in [(2, 16), (3, 24)]:
+        x = torch.randn(batch, 3, size, size)
+        out = compiled(x)
+        out.sum().backward()
+        assert max_rel_err(out, model(x)) < 1e-5
+        compiles.append(counter.frame_count)
+    assert compiles[0] >= 1 and compiles[1] == compiles[0]  # (dynamo may restart the first trace once)
 
 
 def test_bad_input_and_arguments():

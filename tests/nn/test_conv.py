@@ -1,9 +1,12 @@
+import copy
 import itertools
 import math
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
+import ger_kernels
 from ger_kernels import reference
 from ger_kernels.nn import GroupConv2d, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2, conv_class
 from ger_kernels.testing import check_equivariance
@@ -13,6 +16,18 @@ LAYERS = [P4MConvZ2, P4MConvP4M, P4ConvZ2, P4ConvP4]
 # (kernel_size, stride, padding, dilation, size): every combination keeps the grid exact
 GEOMETRIES = [(1, 1, 0, 1, 7), (3, 1, 1, 1, 7), (3, 1, 0, 1, 6), (5, 1, 2, 1, 7), (3, 1, 2, 2, 6),
               (2, 2, 0, 1, 8), (3, 2, 1, 1, 9), (3, 2, 0, 1, 7), (5, 2, 2, 1, 9), (2, 1, 0, 1, 5)]
+
+
+@pytest.fixture(params=list(ger_kernels.BACKENDS))
+def backend(request, monkeypatch):
+    """Every backend that runs CPU tensors here (triton in its interpreter)."""
+    if request.param == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    status = ger_kernels.backends("cpu")[request.param]
+    if not status.available:
+        pytest.skip(status.reason)
+    return request.param
 
 
 def group_of(cls):
@@ -147,3 +162,66 @@ def test_conv_class_by_orientations():
     assert [conv_class(s_in, s) for s_in, s in [(1, 8), (8, 8), (1, 4), (4, 4)]] == LAYERS
     with pytest.raises(ValueError, match=r"\(in_orientations, group_order\) must be one of .* got \(4, 8\)"):
         conv_class(4, 8)
+
+
+def test_autocast_as_conv2d_eager_and_compiled(backend):
+    """float32 weights, float32 input: computed in the autocast dtype, exactly as the layer cast
+    to it; gradients float32, within SPEC section 8's bound of the float32 ones."""
+    dtype = torch.float16 if backend == "triton" else torch.bfloat16  # the interpreter's bf16 tl.dot is wrong
+    layer = P4MConvP4M(2, 3, 3, padding=1, backend=backend)
+    x = make_input(P4MConvP4M, 1, 2, 5, torch.float32).requires_grad_(True)
+    expected = torch.autograd.grad(layer(x).sum(), (x, layer.weight, layer.bias))
+    low = copy.deepcopy(layer).to(dtype)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, fullgraph=True, backend=counter)
+    with torch.autocast("cpu", dtype=dtype):
+        out, out_compiled = layer(x), compiled(x)
+    assert out.dtype == dtype and torch.equal(out, low(x.detach().to(dtype)))
+    assert torch.equal(out_compiled, out) and counter.frame_count == 1
+    grads = torch.autograd.grad(out.float().sum(), (x, layer.weight, layer.bias))
+    for grad, reference_grad in zip(grads, expected):
+        assert grad.dtype == torch.float32 and max_rel_err(grad, reference_grad) <= 1e-2
+
+
+def test_channels_last_in_and_out(backend):
+    layer = P4MConvP4M(3, 2, 3, padding=1, backend=backend)
+    x = make_input(P4MConvP4M, 2, 3, 6, torch.float32)
+    out = layer(x)
+    layer.to(memory_format=torch.channels_last)
+    y = x.to(memory_format=torch.channels_last).requires_grad_(True)
+    channels_last = layer(y)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    assert max_rel_err(channels_last, out) <= 1e-5
+    channels_last.backward(torch.ones_like(channels_last))
+    assert y.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_memory_format_conversion_keeps_the_5d_weight():
+    """``.to(memory_format=torch.channels_last)`` on any model holding group layers: the weight
+    keeps its shape and values and is laid out as a Conv2d weight (its 4-D view)."""
+    model = torch.nn.Sequential(P4MConvZ2(3, 2, 3, padding=1), torch.nn.Conv2d(16, 4, 1))
+    model(torch.randn(1, 3, 4, 4)).sum().backward()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.to(memory_format=torch.channels_last)
+    weight = model[0].weight
+    assert weight.shape == weight.grad.shape == (2, 3, 1, 3, 3)
+    assert weight.flatten(1, 2).is_contiguous(memory_format=torch.channels_last)
+    assert model[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    model.double().to(memory_format=torch.contiguous_format)
+    assert weight.dtype == weight.grad.dtype == torch.float64 and weight.is_contiguous()
+
+
+def test_inexact_geometry_is_rejected_under_compile():
+    layer = P4MConvP4M(2, 2, 3, stride=2, padding=1)
+    x = make_input(P4MConvP4M, 1, 2, 8, torch.float32)
+    message = r"P4MConvP4M: input H=8 breaks exact equivariance with kernel_size=3"
+    torch._dynamo.reset()
+    # fullgraph: dynamo reports the ValueError it met while tracing, with its message
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=message):
+        torch.compile(layer, fullgraph=True, backend="eager")(x)
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match=message):
+        torch.compile(layer, backend="eager")(x)

@@ -3,6 +3,7 @@ import torch
 
 from ger_kernels.nn import GroupAvgPool2d, GroupMaxPool2d, GroupOrientationPool
 from ger_kernels.testing import check_equivariance
+from helpers import max_rel_err
 
 
 @pytest.mark.parametrize("cls", [GroupMaxPool2d, GroupAvgPool2d])
@@ -21,7 +22,8 @@ def test_spatial_pool_values_and_layouts(cls):
     out = cls()(x)
     expected = (torch.nn.functional.max_pool2d if cls is GroupMaxPool2d else torch.nn.functional.avg_pool2d)(x, 2)
     assert torch.equal(out, expected)
-    assert torch.equal(cls()(x.to(memory_format=torch.channels_last)), expected)
+    channels_last = cls()(x.to(memory_format=torch.channels_last))
+    assert torch.equal(channels_last, expected) and channels_last.is_contiguous(memory_format=torch.channels_last)
     assert cls()(x[:0]).shape == (0, 16, 3, 4)
 
 
@@ -56,3 +58,19 @@ def test_bad_arguments():
         GroupMaxPool2d()(torch.randn(8, 4, 4))
     with pytest.raises(ValueError, match="kernel_size must be an int >= 1"):
         GroupMaxPool2d(0)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_orientation_pool_keeps_the_layout(reduce):
+    pool = GroupOrientationPool("p4m", reduce)
+    x = torch.randn(2, 24, 5, 4, dtype=torch.float64, requires_grad=True)
+    out = pool(x)
+    assert out.is_contiguous()
+    y = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    channels_last = pool(y)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    assert max_rel_err(channels_last, out) < 1e-15  # the same sums, maybe in another order
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    channels_last.backward(grad)
+    assert max_rel_err(y.grad, x.grad) < 1e-15 and y.grad.is_contiguous(memory_format=torch.channels_last)

@@ -16,6 +16,12 @@ def test_fields_of_a_then_b_orientation_fastest():
         assert torch.equal(group_cat(P4M.transform(a, g), P4M.transform(b, g)), P4M.transform(out, g))
 
 
+def test_channels_last_in_and_out():
+    a, b = torch.randn(2, 16, 4, 5), torch.randn(2, 24, 4, 5)
+    out = group_cat(a.to(memory_format=torch.channels_last), b.to(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, group_cat(a, b))
+
+
 def test_bad_input():
     a = torch.randn(2, 16, 4, 4)
     with pytest.raises(ValueError, match=r"b must be a p4m feature map .* got 12"):

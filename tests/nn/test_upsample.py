@@ -21,7 +21,9 @@ def test_exactly_equivariant(mode, align_corners, scale_factor):
 def test_layouts_and_empty_batch():
     up = GroupUpsample(mode="bilinear")
     y = torch.randn(2, 8, 3, 3)
-    assert torch.allclose(up(y.to(memory_format=torch.channels_last)), up(y), rtol=0, atol=1e-6)
+    channels_last = up(y.to(memory_format=torch.channels_last))
+    assert torch.allclose(channels_last, up(y), rtol=0, atol=1e-6)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
     assert up(y[:0]).shape == (0, 8, 6, 6)
 
 

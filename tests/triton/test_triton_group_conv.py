@@ -271,3 +271,22 @@ def test_second_derivatives_match_reference(interpreter, lifting):
     expected = second_derivatives(reference.conv_expanded, x, w, b)
     for a, e in zip(actual, expected):
         assert max_rel_err(a, e) <= 1e-5
+
+
+def test_autocast(device):
+    """As F.conv2d: float32 arguments cast to the region's dtype, gradients back in float32.
+    float16 checks values; bfloat16 only the dtype flow (the interpreter's bf16 tl.dot is wrong)."""
+    x, w, b = (t.float().requires_grad_(True) for t in conv_args(P4, False, 3, 4, 3, 1, 1, 2, device=device))
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast(device.type, dtype=dtype):
+            out = group_conv.group_conv2d_op(x, w, b, 1, 1, 1, 4, False)
+        assert out.dtype == dtype
+        if dtype == torch.float16:
+            low = [t.detach().half() for t in (x, w, b)]
+            assert torch.equal(out, group_conv.group_conv2d_op(*low, 1, 1, 1, 4, False))
+        out.float().sum().backward()
+        assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
+        with torch.autocast(device.type, dtype=dtype):
+            grad = torch.ones(out.shape, device=device)
+            assert group_conv.input_grad_op(grad, w, list(x.shape), False, 1, 1, 1, 4).dtype == dtype
+            assert group_conv.weight_grad_op(grad, x, 3, 4, 1, 1, 1, 4).dtype == dtype
