@@ -4,6 +4,7 @@
 #   parity   the GPU parity tests of the CUDA and Triton kernels against the float64 reference
 #   triton   each Triton kernel per pass against cuDNN on the expanded filter (benchmarks/bench_triton.py)
 #   layers   every backend per layer and per GER-UNet training step, bf16 and fp32 (benchmarks/run.py)
+#   groupbn  fused group batch norm against BatchNorm3d, bf16, GB/s (benchmarks/bench_group_bn.py)
 #   sweep    every Triton config per pass and layer against cuDNN, bf16 and fp32, in 450 s
 #            (benchmarks/gpu_sweep.py; not in the default stages: a device call of its own). Copy
 #            OUT/sweep/configs_sm90.json to ger_kernels/triton/ to make its best configs the defaults
@@ -12,9 +13,9 @@
 #   bash benchmarks/gpu_suite.sh OUT build parity    # then `OUT triton layers`: two 10-minute device calls
 #   bash benchmarks/gpu_suite.sh OUT sweep           # the config sweep: one device call (8 minutes)
 set -euo pipefail
-OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [triton] [layers]}
+OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [triton] [layers] [groupbn]}
 shift
-STAGES=${*:-build parity triton layers}
+STAGES=${*:-build parity triton layers groupbn}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 PYTHONPATH=$PWD
@@ -59,6 +60,11 @@ for stage in $STAGES; do
         || echo "config sweep FAILED: see $OUT/sweep.log"
       sed -n '1,/^Every config/p' "$OUT/sweep/sweep.md" 2>/dev/null || true
       ;;
-    *) echo "unknown stage $stage (build, parity, triton, layers)"; exit 2 ;;
+    groupbn)
+      timeout 120 python benchmarks/bench_group_bn.py --out "$OUT/group_bn" > "$OUT/group_bn.log" 2>&1 \
+        || echo "group batch norm benchmark FAILED: see $OUT/group_bn.log"
+      cat "$OUT/group_bn/results.md" 2>/dev/null || true
+      ;;
+    *) echo "unknown stage $stage (build, parity, triton, layers, sweep, groupbn)"; exit 2 ;;
   esac
 done

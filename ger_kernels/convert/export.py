@@ -7,7 +7,8 @@ compute the same function in eval mode, so the layers need nothing of ``ger_kern
 - ``GroupBatchNorm2d`` -> ``nn.BatchNorm2d(C*S)`` with running statistics, scale and shift repeated
   per orientation (equal in eval mode; in train mode it would take per-orientation statistics); one
   without running statistics (``track_running_stats=False``, batch statistics per field even in eval
-  mode) -> ``Unflatten`` + ``nn.BatchNorm3d(C)`` + ``Flatten``;
+  mode) -> ``Unflatten`` + ``nn.BatchNorm3d(C)`` + ``Flatten``; either followed by ``nn.ReLU`` if the
+  layer fuses one;
 - spatial pools and upsampling -> ``nn.MaxPool2d`` / ``nn.AvgPool2d`` / ``nn.Upsample``;
 - ``GroupOrientationPool`` -> ``Unflatten`` + ``AvgPool3d``/``MaxPool3d`` over orientations + ``Flatten``.
 
@@ -42,7 +43,8 @@ def _conv(layer: GroupConv2d) -> nn.Conv2d:
 
 
 def _batch_norm(layer: GroupBatchNorm2d) -> nn.Module:
-    """Eval mode normalizes with the running statistics when the layer has them: then a
+    """The plain equivalent of ``layer`` in eval mode, followed by ``nn.ReLU`` for a layer with a
+    fused ReLU. Eval mode normalizes with the running statistics when the layer has them: then a
     ``BatchNorm2d(C*S)`` with statistics, scale and shift repeated per orientation is equal.
     Without them (``track_running_stats=False``) eval mode normalizes with batch statistics
     per field, which a per-channel ``BatchNorm2d`` would not: then the plain equivalent is
@@ -58,12 +60,13 @@ def _batch_norm(layer: GroupBatchNorm2d) -> nn.Module:
                 getattr(bn, name).copy_(source.repeat_interleave(order))
         if layer.num_batches_tracked is not None:
             bn.num_batches_tracked.copy_(layer.num_batches_tracked)
-        return bn
-    bn = nn.BatchNorm3d(layer.num_features, layer.eps, layer.momentum, layer.affine, False, **factory)
-    if layer.affine:
-        bn.weight.copy_(layer.weight)
-        bn.bias.copy_(layer.bias)
-    return nn.Sequential(nn.Unflatten(1, (-1, order)), bn, nn.Flatten(1, 2))
+    else:
+        bn = nn.BatchNorm3d(layer.num_features, layer.eps, layer.momentum, layer.affine, False, **factory)
+        if layer.affine:
+            bn.weight.copy_(layer.weight)
+            bn.bias.copy_(layer.bias)
+        bn = nn.Sequential(nn.Unflatten(1, (-1, order)), bn, nn.Flatten(1, 2))
+    return nn.Sequential(bn, nn.ReLU()) if layer.relu else bn
 
 
 def _orientation_pool(layer: GroupOrientationPool) -> nn.Sequential:

@@ -10,7 +10,8 @@ Architecture (``w1..w4`` = ``widths``, planar channels for R-UNet, fields for GE
     output layer  1x1 conv w1 -> num_classes, zero-initialized (GER-UNet: then the mean over orientations)
 
 A block is conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (identity, or 1x1 conv + BN when
-the width changes), then ReLU. Pools are 2x2/2 max pools, so the network is exactly
+the width changes), then ReLU. GER-UNet fuses each BN-ReLU and the last BN-add-ReLU of a
+block into single passes of group batch norm (the ReLU modules are then Identities). Pools are 2x2/2 max pools, so the network is exactly
 equivariant (GER-UNet) on inputs whose H and W are divisible by 8; other sizes raise.
 Inputs ``(B, in_channels, H, W)``, outputs class scores ``(B, num_classes, H, W)``.
 """
@@ -59,6 +60,12 @@ class _Family:
     def norm(self, c: int) -> nn.Module:
         return nn.BatchNorm2d(c) if self.group is None else GroupBatchNorm2d(c, self.group)
 
+    def norm_relu(self, c: int) -> tuple[nn.Module, nn.Module]:
+        """BN then ReLU as two modules; group BN fuses the ReLU (the second is then an Identity)."""
+        if self.group is None:
+            return nn.BatchNorm2d(c), nn.ReLU(inplace=True)
+        return GroupBatchNorm2d(c, self.group, relu=True), nn.Identity()
+
     def pool(self) -> nn.Module:
         return nn.MaxPool2d(2) if self.group is None else GroupMaxPool2d(2)
 
@@ -80,19 +87,26 @@ class _Family:
 
 
 def _conv_bn_relu(family: _Family, c_in: int, c_out: int, lifting: bool = False) -> nn.Sequential:
-    return nn.Sequential(family.conv(c_in, c_out, 3, lifting), family.norm(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(family.conv(c_in, c_out, 3, lifting), *family.norm_relu(c_out))
+
+
+def _norm_add_relu(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``relu(norm(x) + residual)``: one fused pass for group batch norm."""
+    if isinstance(norm, GroupBatchNorm2d):
+        return norm(x, residual, relu=True)
+    return torch.relu(norm(x) + residual)
 
 
 class _ResBlock(nn.Module):
     def __init__(self, family: _Family, c_in: int, c_out: int):
         super().__init__()
-        self.body = nn.Sequential(family.conv(c_in, c_out, 3), family.norm(c_out), nn.ReLU(inplace=True),
+        self.body = nn.Sequential(family.conv(c_in, c_out, 3), *family.norm_relu(c_out),
                                   family.conv(c_out, c_out, 3), family.norm(c_out))
         self.shortcut = (nn.Identity() if c_in == c_out
                          else nn.Sequential(family.conv(c_in, c_out, 1), family.norm(c_out)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
+        return _norm_add_relu(self.body[-1], self.body[:-1](x), self.shortcut(x))
 
 
 class _ResUNet(nn.Module):

@@ -5,7 +5,9 @@ without a GPU: PTX and cubin from ``triton.compile``, resource use of the cubin 
 ``python -m ger_kernels.triton.aot [--arch 90]`` prints, per kernel, config and dtype:
 registers per thread, shared memory, local memory per thread (register spills; what triton
 reports as ``n_spills``), and whether the PTX uses tensor-core instructions (wgmma or mma).
-The kernels are compiled for a p4m group layer with k = 3 on channels_last tensors.
+The convolution kernels are compiled for a p4m group layer with k = 3 on channels_last
+tensors; the group batch norm kernels (``bn_*``, config = layout) for GER-UNet's first p4m
+map, 4 x (23*8) x 448 x 448, NCHW and channels_last, with every fusion on (residual, ReLU).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from ger_kernels.triton import group_conv
+from ger_kernels.triton import batch_norm, group_conv
 from ger_kernels.triton.tuning import CONFIGS, Config, dtype_class
 
-__all__ = ["Resources", "compile_config", "report", "format_table", "DTYPES"]
+__all__ = ["Resources", "compile_config", "compile_batch_norm", "report", "format_table", "DTYPES", "BN_KERNELS",
+           "BN_LAYOUTS"]
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input_grad_kernel,
@@ -36,6 +39,16 @@ _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input
 _POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"],
              "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
              "weight_grad": ["x", "x", "fp32", "i32", "i32"], "weight_grad-channels": ["x", "x", "fp32", "i32", "i32"]}
+
+
+# Group batch norm kernels and their pointer arguments ("x" the map's dtype, "fp32" per-field vectors, partials)
+BN_KERNELS = {"bn_statistics": batch_norm.statistics_kernel, "bn_normalize": batch_norm.normalize_kernel,
+              "bn_grad_sums": batch_norm.grad_sums_kernel, "bn_input_grad": batch_norm.input_grad_kernel}
+_BN_POINTERS = {"bn_statistics": ["x", "fp32", "fp32"], "bn_normalize": ["x", "x", "x", "fp32", "fp32", "fp32"],
+                "bn_grad_sums": ["x", "x", "x", "fp32", "fp32"],
+                "bn_input_grad": ["x", "x", "x", "x", "x", "fp32", "fp32", "fp32", "fp32"]}
+BN_LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+_BN_MAP = (4, 23 * 8, 448, 448)  # GER-UNet's first p4m map (batch 4, paper widths)
 
 
 class Resources(NamedTuple):
@@ -68,15 +81,11 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
     return signature, constexprs, attrs
 
 
-def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 90) -> Resources:
-    """Compiles ``family``'s kernel (of ``config.variant``) with ``config`` for ``dtype`` and sm_``arch``."""
-    kernel = f"{family}-{config.variant}" if config.variant else family
-    signature, constexprs, attrs = _signature(kernel, dtype)
-    constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
-    source = triton.compiler.ASTSource(fn=_KERNELS[kernel].jit, signature=signature, constexprs=constexprs,
-                                       attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+def _compile(family: str, config: str, dtype: torch.dtype, fn, signature: dict, constexprs: dict, attrs: dict,
+             options: dict, arch: int) -> Resources:
+    """``triton.compile`` of one specialization of ``fn`` for sm_``arch``, and its resources."""
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     ptx = compiled.asm["ptx"]
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
@@ -86,17 +95,50 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
     registers = int(re.search(r"REG:(\d+)", usage).group(1))
     spills = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)", usage).group(1))
     cores = "wgmma" if "wgmma" in ptx else "mma" if re.search(r"\bmma\.sync", ptx) else "none"
-    return Resources(family, config.name, DTYPES[dtype], registers, compiled.metadata.shared, spills, cores)
+    return Resources(family, config, DTYPES[dtype], registers, compiled.metadata.shared, spills, cores)
+
+
+def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 90) -> Resources:
+    """Compiles ``family``'s kernel (of ``config.variant``) with ``config`` for ``dtype`` and sm_``arch``."""
+    kernel = f"{family}-{config.variant}" if config.variant else family
+    signature, constexprs, attrs = _signature(kernel, dtype)
+    constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
+    return _compile(family, config.name, dtype, _KERNELS[kernel].jit, signature, constexprs, attrs,
+                    {"num_warps": config.num_warps, "num_stages": config.num_stages}, arch)
+
+
+def compile_batch_norm(family: str, layout: str, dtype: torch.dtype, arch: int = 90) -> Resources:
+    """Compiles the group batch norm kernel ``family`` (a key of ``BN_KERNELS``) for maps of
+    ``layout`` (a key of ``BN_LAYOUTS``) in ``dtype``, tiled as the launchers tile ``_BN_MAP``."""
+    fn = BN_KERNELS[family].jit
+    tiles = batch_norm.Tiles(torch.empty(_BN_MAP, device="meta").to(memory_format=BN_LAYOUTS[layout]), 8)
+    meta = tiles.meta()
+    options = {"num_warps": meta.pop("num_warps"), "num_stages": 1}
+    flags = {"S": 8, "ITERS": tiles.iters, "HAS_RESIDUAL": True, "RELU": True, "RESIDUAL_GRAD": True}
+    constexprs = {**meta, **{name: value for name, value in flags.items() if name in fn.arg_names}}
+    pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _BN_POINTERS[family]]
+    signature = {name: pointers[i] if i < len(pointers) else "constexpr" if name in constexprs else "i32"
+                 for i, name in enumerate(fn.arg_names)}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers))}
+    return _compile(family, layout, dtype, fn, signature, constexprs, attrs, options, arch)
 
 
 def report(arch: int = 90, workers: int | None = None) -> list[Resources]:
     """Every config of every kernel in every dtype, compiled for sm_``arch`` by ``workers``
     processes (default: one per CPU core)."""
-    jobs = [(family, config, dtype, arch) for family in ("forward", "input_grad", "weight_grad") for dtype in DTYPES
+    jobs = [(compile_config, family, config, dtype, arch) for family in ("forward", "input_grad", "weight_grad")
+            for dtype in DTYPES
             for config in CONFIGS[dtype_class(dtype)][family]]
+    jobs += [(compile_batch_norm, family, layout, dtype, arch) for family in BN_KERNELS for dtype in DTYPES
+             for layout in BN_LAYOUTS]
     with concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count(),
                                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(compile_config, *zip(*jobs)))
+        return list(pool.map(_run_job, jobs))
+
+
+def _run_job(job: tuple) -> Resources:
+    compile_fn, *args = job
+    return compile_fn(*args)
 
 
 def format_table(rows: list[Resources]) -> str:

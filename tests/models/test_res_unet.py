@@ -98,3 +98,24 @@ def test_bad_input_and_arguments():
         GERUNet(skip="sum")
     with pytest.raises(ValueError, match="widths must be 4 positive ints"):
         RUNet(widths=(4, 8, 16))
+
+
+def test_ger_unet_fuses_batch_norm_relu_and_residual_add():
+    """Every group BN of a GER-UNet but the blocks' last and shortcuts' fuses its ReLU; the
+    blocks end in one BN+add+ReLU pass, equal to the unfused block; state dict keys unchanged."""
+    from ger_kernels.nn import GroupBatchNorm2d
+
+    model = randomized(GERUNet(widths=SMALL)).double()
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    block = model.encoder[1]
+    assert block.body[1].relu and not block.body[4].relu and not block.shortcut[1].relu
+    assert isinstance(block.body[4], GroupBatchNorm2d)
+    x = torch.randn(2, SMALL[0] * 8, 8, 8, dtype=torch.float64)
+    block(x)  # running statistics away from their initial values
+    block.eval()
+    h = block.body[:4](x)
+    expected = torch.relu(block.body[4](h) + block.shortcut(x))
+    assert max_rel_err(block(x), expected) < 1e-15
+    keys = set(model.state_dict())
+    assert {"encoder.1.body.1.running_var", "encoder.1.body.4.weight", "encoder.1.shortcut.1.bias"} <= keys
+    assert not any(key.startswith("encoder.1.body.2.") for key in keys)

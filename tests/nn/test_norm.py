@@ -69,3 +69,51 @@ def test_bad_input():
         bn(torch.randn(2, 2, 8, 3, 3))
     with pytest.raises(ValueError, match="num_fields must be an int >= 1"):
         GroupBatchNorm2d(0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_residual_and_relu(channels_last):
+    bn = randomize_affine(GroupBatchNorm2d(2, relu=True).double())
+    plain = randomize_affine(GroupBatchNorm2d(2).double())
+    plain.load_state_dict(bn.state_dict())
+    x = torch.randn(2, 16, 5, 3, dtype=torch.float64)
+    r = torch.randn_like(x)
+    if channels_last:
+        x, r = x.to(memory_format=torch.channels_last), r.to(memory_format=torch.channels_last)
+    out = bn(x, r)
+    assert max_rel_err(out, torch.relu(plain(x) + r)) < 1e-15
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert max_rel_err(bn(x, relu=False), plain(x)) < 1e-15  # the call's relu overrides the layer's
+    assert repr(bn).endswith("relu=True)")
+
+
+def test_state_dict_loads_into_batchnorm3d():
+    bn = randomize_affine(GroupBatchNorm2d(3).double())
+    bn(torch.randn(2, 24, 3, 3, dtype=torch.float64))
+    reference = nn.BatchNorm3d(3).double()
+    reference.load_state_dict(bn.state_dict())
+    x = torch.randn(2, 24, 3, 3, dtype=torch.float64)
+    bn.eval()
+    reference.eval()
+    assert max_rel_err(bn(x), reference(x.unflatten(1, (3, 8))).flatten(1, 2)) < 1e-15
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_compiles_in_one_graph_without_recompiles(momentum):
+    """fullgraph=True: the fused op, its backward and the running-statistics update trace; three
+    training steps compile once and match eager mode."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    eager = randomize_affine(GroupBatchNorm2d(2, momentum=momentum, relu=True))
+    compiled_bn = GroupBatchNorm2d(2, momentum=momentum, relu=True)
+    compiled_bn.load_state_dict(eager.state_dict())
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda x, r: compiled_bn(x, r), backend=counter, fullgraph=True)
+    for _ in range(3):
+        x, r = torch.randn(2, 16, 4, 4) * 2 + 1, torch.randn(2, 16, 4, 4)
+        for fn in (compiled, eager):
+            fn(x, r).square().sum().backward()
+    assert counter.frame_count == 1
+    for name, value in eager.state_dict().items():
+        assert max_rel_err(compiled_bn.state_dict()[name], value) < 1e-6, name
+    assert max_rel_err(compiled_bn.weight.grad, eager.weight.grad) < 1e-5
