@@ -472,7 +472,9 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
             checks[1, processes.rank] = (~torch.isfinite(images)).sum()
             losses, bad_inputs = distributed.all_reduce_sum(checks, processes).tolist()
             if not all(math.isfinite(value) for value in losses):
-                rank, value = next((r, v) for r, v in enumerate(losses) if not math.isfinite(v))
+                # the rank with non-finite inputs if any (synchronized batch norm spreads them to all)
+                rank = max(range(len(losses)), key=lambda r: (bad_inputs[r] > 0, not math.isfinite(losses[r]), -r))
+                value = losses[rank]
                 where = f" on rank {rank} of {processes.world_size}" if processes.distributed else ""
                 raise FloatingPointError(_non_finite_loss(config, state, f"training loss at epoch {epoch}, step "
                                                           f"{step} of {steps}{where}", value, int(bad_inputs[rank])))
