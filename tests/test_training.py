@@ -172,7 +172,7 @@ def test_threads_are_set_logged_and_restored(tmp_path, capsys):
     assert [row["threads"] for row in summary["history"]] == [1]
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("ger-unet: cpu, 1 CPU threads, 12 training and 4 validation slices, "
-                            "3 steps per epoch; from scratch in ")
+                            "3 steps per epoch, batch 4; from scratch in ")
 
 
 def test_progress_bar_counts_max_batches(tmp_path, monkeypatch):
