@@ -75,6 +75,28 @@ def test_sampler_refuses_what_cannot_be_shared():
         CaseShardSampler(["a", "b"], 2, 2, 1)
 
 
+# --------------------------------------------------------------------------- the environment
+
+def test_environment_of_torchrun(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.environment(torch.device("cpu")) == distributed.SINGLE
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.local_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # one process: as given
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert distributed.environment(torch.device("cpu")) == distributed.Processes(3, 4, "gloo")
+    assert distributed.environment(torch.device("cuda", 0)).backend == "nccl"
+    with pytest.raises(ValueError, match=r"device 'cuda:1': under torchrun each process takes cuda:LOCAL_RANK"):
+        distributed.local_device(torch.device("cuda", 1))
+    monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count()))
+    with pytest.raises(ValueError, match=rf"LOCAL_RANK {torch.cuda.device_count()}: this machine has"):
+        distributed.local_device(torch.device("cuda"))
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="environment variable WORLD_SIZE must be a non-negative integer"):
+        distributed.environment(torch.device("cpu"))
+
+
 # --------------------------------------------------------------------------- synchronized group batch norm
 
 def test_conversion_keeps_the_state_dict_and_single_process_behaviour():
