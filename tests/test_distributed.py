@@ -4,6 +4,7 @@ and its workers do several things, saving what the parent checks under tmp_path.
 
 import contextlib
 import copy
+import datetime
 import os
 import socket
 import time
@@ -28,16 +29,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, task, port, folder):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))
+def _worker(rank, task, ports, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
-    task(rank, folder)
+    task(rank, folder, iter(ports))
 
 
-def spawn(task, folder, timeout_s=150):
-    """Runs ``task(rank, folder)`` in WORLD processes; fails the test on an error or a hang."""
-    context = mp.start_processes(_worker, args=(task, _free_port(), str(folder)), nprocs=WORLD, join=False,
+def spawn(task, folder, runs=1, timeout_s=150):
+    """Runs ``task(rank, folder, ports)`` in WORLD processes; fails the test on an error or a hang.
+    ``ports``: a free port for each of the task's ``runs`` process groups (as each torchrun has its own)."""
+    ports = [_free_port() for _ in range(runs)]
+    context = mp.start_processes(_worker, args=(task, ports, str(folder)), nprocs=WORLD, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=1):
@@ -116,7 +118,7 @@ def test_conversion_keeps_the_state_dict_and_single_process_behaviour():
     torch.testing.assert_close(converted.state_dict(), reference.state_dict(), rtol=0, atol=0)
 
 
-def _sync_batch_norm_task(rank, folder):
+def _sync_batch_norm_task(rank, folder, ports):
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=WORLD)
     torch.manual_seed(0)  # the same global batch on both processes
     for momentum in (0.1, None):
@@ -158,7 +160,11 @@ def config(folder, **kwargs):
     return training.TrainConfig(**{**defaults, **kwargs})
 
 
-def _training_task(rank, folder):
+def _new_group(ports):
+    os.environ["MASTER_PORT"] = str(next(ports))
+
+
+def _training_task(rank, folder, ports):
     # 1. two processes from scratch; each keeps the weights it ends with
     trained = {}
     data_parallel = distributed.data_parallel
@@ -168,23 +174,50 @@ def _training_task(rank, folder):
         return data_parallel(model, device, processes)
 
     distributed.data_parallel = keep
+    _new_group(ports)
     training.train(config(folder), TinySlices(), progress=False)
     torch.save(trained["model"].state_dict(), os.path.join(folder, f"rank{rank}.pt"))
     # 2. resuming under two processes a run of one (written by the parent)
+    _new_group(ports)
     training.train(config(folder, out=os.path.join(folder, "one"), epochs=2), TinySlices(), progress=False)
     # 3. a NaN in an image of rank 1's first batch stops both processes, without a hang
     data = TinySlices()
     train_idx, _ = training._split_validation(data, 0.25, 0)
     sampler = CaseShardSampler([data.volume_ids[i] for i in train_idx], WORLD, 1, 2)
     data.images[train_idx[sampler.shards(1)[1][0]], 0, 0, 0] = float("nan")
+    _new_group(ports)
     with pytest.raises(FloatingPointError, match=r"training loss at epoch 1, step 1 of 2 on rank 1 of 2 is nan "
                                                  r"\(the batch's images hold 1 NaN/Inf values"):
         training.train(config(folder, out=os.path.join(folder, "nan")), data, progress=False)
     # 4. the command line: rank 0 alone prints, first the backend and world size
+    _new_group(ports)
     with open(os.path.join(folder, f"cli{rank}.txt"), "w") as out, contextlib.redirect_stdout(out):
         assert cli.main(["train", "--data", "phantom:4", "--size", "16", "--widths", "2", "3", "4", "5",
                          "--epochs", "1", "--batch-size", "1", "--max-batches", "1", "--device", "cpu",
                          "--out", os.path.join(folder, "cli"), "--quiet"]) == 0
+    # 5. a process failing mid-epoch makes the other fail too, within the timeout, instead of hanging (last:
+    # the other process waits out the timeout)
+    distributed.TIMEOUT = datetime.timedelta(seconds=15)
+    _new_group(ports)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="rank 1 fails" if rank == 1 else "Timed out|Connection closed"):
+        training.train(config(folder, out=os.path.join(folder, "fail")), FailingSlices(fail=rank == 1),
+                       progress=False)
+    assert time.monotonic() - start < 60
+
+
+class FailingSlices(TinySlices):
+    """Slices that raise on their third read (in the second training step) when ``fail``."""
+
+    def __init__(self, fail):
+        super().__init__()
+        self.fail, self.reads = fail, 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.fail and self.reads == 3:
+            raise RuntimeError("rank 1 fails")
+        return super().__getitem__(i)
 
 
 def _single_process_steps(c, data, steps, per_process_norm=False):
@@ -212,7 +245,7 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path):
     folder = str(tmp_path)
     one = config(folder, out=os.path.join(folder, "one"))
     training.train(one, TinySlices(), progress=False)  # for the workers to resume under two processes
-    spawn(_training_task, tmp_path)
+    spawn(_training_task, tmp_path, runs=5)
 
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
     for name, tensor in ranks[0].items():
@@ -230,6 +263,16 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path):
     unsynchronized = _single_process_steps(config(folder), TinySlices(), 2, per_process_norm=True)
     parameters = [k for k in expected if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert max((unsynchronized[k] - expected[k]).abs().max() for k in parameters) > 1e-3
+
+    # validation over the whole validation set: what one process computes with the final weights
+    model = training.build_model(config(folder))
+    model.load_state_dict(saved["model"])
+    data = TinySlices()
+    _, val_idx = training._split_validation(data, 0.25, 0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, val_idx), 3)
+    val_loss, val_dice = training._validate(model, loader, torch.device("cpu"), True, 0.0)
+    row = saved["state"]["history"][0]
+    assert (row["val_loss"], row["val_dice"]) == pytest.approx((val_loss, val_dice), rel=1e-6, abs=1e-9)
 
     # a checkpoint of two processes resumes under one
     resumed = training.train(config(folder, epochs=2), TinySlices(), progress=False)
