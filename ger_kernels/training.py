@@ -13,6 +13,11 @@ training with an error before anything is saved, so the checkpoints keep the las
 Checkpoints hold only tensors and plain data (str, int, float, bool, None, lists, dicts) and
 are loaded with ``torch.load(weights_only=True)``: a file holding other Python objects is
 refused unread, since unpickling them could run code.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs ``train``: one model trained by
+DistributedDataParallel (``ger_kernels.distributed``) with synchronized group batch norm, a
+global batch of ``batch_size`` x processes, shards of whole cases, validation over the whole
+validation set; rank 0 alone prints and writes the folder, the others wait for it.
 """
 
 from __future__ import annotations
@@ -337,6 +342,8 @@ def train(config: TrainConfig, train_set, *, resume: bool = True, progress: bool
     without one warn), so a run repeats bit for bit on the same machine; ``config.threads`` sets
     torch's CPU threads while it runs. Both global settings are restored afterwards.
 
+    Under ``torchrun``, each process calls it (see the module docstring) and gets the same summary.
+
     Returns ``{"best_epoch", "best_val_dice", "best_val_loss", "epochs_run", "seconds", "history"}``.
     Raises ``FloatingPointError`` on a non-finite loss, before the epoch is saved.
     """
@@ -471,9 +478,10 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
             checks[0, processes.rank] = loss.detach()
             checks[1, processes.rank] = (~torch.isfinite(images)).sum()
             losses, bad_inputs = distributed.all_reduce_sum(checks, processes).tolist()
-            if not all(math.isfinite(value) for value in losses):
-                # the rank with non-finite inputs if any (synchronized batch norm spreads them to all)
-                rank = max(range(len(losses)), key=lambda r: (bad_inputs[r] > 0, not math.isfinite(losses[r]), -r))
+            diverged = [r for r, value in enumerate(losses) if not math.isfinite(value)]
+            if diverged:
+                # a rank with non-finite inputs if any (synchronized batch norm spreads them to the others)
+                rank = next((r for r, count in enumerate(bad_inputs) if count), diverged[0])
                 value = losses[rank]
                 where = f" on rank {rank} of {processes.world_size}" if processes.distributed else ""
                 raise FloatingPointError(_non_finite_loss(config, state, f"training loss at epoch {epoch}, step "
