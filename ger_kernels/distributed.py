@@ -244,8 +244,8 @@ class _SyncGroupBatchNorm(torch.autograd.Function):
         # DistributedDataParallel averages the weight and bias gradients itself: those take the local sums
         total = local.clone()
         dist.all_reduce(total, group=ctx.group)
-        weight32 = weight.to(invstd.dtype) if weight is not None else None
-        a, b, c = gbn.input_grad_coefficients(invstd, weight32, total, ctx.count)
+        weight_acc = weight.to(invstd.dtype) if weight is not None else None  # in the statistics' dtype
+        a, b, c = gbn.input_grad_coefficients(invstd, weight_acc, total, ctx.count)
         dx, *rest = gbn.input_grad(grad, input, output, mean, a, b, c, ctx.order, needs_residual)
         dweight = (local[1] * invstd).to(ctx.dtypes[0]) if needs_weight else None
         dbias = local[0].to(ctx.dtypes[1]) if needs_bias else None
@@ -288,11 +288,10 @@ def convert_sync_group_batchnorm(module: nn.Module, process_group=None) -> nn.Mo
         converted = SyncGroupBatchNorm2d(module.num_features, module.group, module.eps, module.momentum,
                                          module.affine, module.track_running_stats, module.relu)
         converted.process_group = process_group
-        with torch.no_grad():
-            if module.affine:
-                converted.weight, converted.bias = module.weight, module.bias
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                setattr(converted, name, getattr(module, name))
+        if module.affine:
+            converted.weight, converted.bias = module.weight, module.bias
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(converted, name, getattr(module, name))
         converted.train(module.training)
         return converted
     for name, child in module.named_children():
