@@ -7,7 +7,8 @@ strides are made dense first); field ``c`` holds channels ``c*S .. c*S + S - 1``
 vectors (statistics, weight, bias, coefficients) and all arithmetic are float32 (float64 for
 float64 maps) whatever the map's dtype: under autocast batch norm gets bfloat16 activations and
 float32 parameters. Triton kernels (``ger_kernels.triton.batch_norm``) run float32/16-bit maps
-on CUDA, and on CPU in the Triton interpreter (``TRITON_INTERPRET=1``); plain torch runs the rest.
+on CUDA, and on CPU in the Triton interpreter (``TRITON_INTERPRET=1``); plain torch runs the
+rest (the single-process op through ATen's batch norm kernels, BatchNorm3d's own).
 
 Stages, each a ``torch.library`` op (namespace ``ger_kernels``) with a fake kernel, with the
 points where a synchronized batch norm reduces over processes:
@@ -22,8 +23,12 @@ points where a synchronized batch norm reduces over processes:
 The variance never subtracts large sums of squares: the kernels take each tile's M2 about the
 tile's own mean, of the values less a shift (a value of the field, so that float32 partial means
 keep the spread's digits), and merge tiles with Chan et al.'s formula (also used across processes).
-``group_batch_norm`` is the differentiable single-process op made of them (``GroupBatchNorm2d``
-calls it); ``min_bytes`` counts what each kernel must move, for bandwidth figures.
+``group_batch_norm`` is the differentiable single-process op (``GroupBatchNorm2d`` calls it): on
+Triton the stages without the reductions over processes; its running statistics come back as
+outputs (custom ops with autograd cannot mutate) and are copied into the buffers. A synchronized
+version composes the stage ops the same way, with the collectives between them
+(``tests/test_group_batch_norm.py`` runs that recipe over two shards of a batch).
+``min_bytes`` counts what each kernel must move, for bandwidth figures.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _triton_available(device_type: str, interpreting: bool) -> bool:
+    """Decided once per device type and interpreter setting (the key; importing triton is slow)."""
     return triton_backend.status(device_type)[0]
 
 

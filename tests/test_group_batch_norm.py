@@ -12,7 +12,7 @@ from helpers import max_rel_err
 ORDER = 8
 
 
-def reference(x, fields, residual=None, relu=False, **bn_kwargs):
+def reference(fields, relu=False, **bn_kwargs):
     """BatchNorm3d on the 5-D view (float64), then + residual, then ReLU."""
     bn = nn.BatchNorm3d(fields, **bn_kwargs).double()
     return bn, lambda x, r=None: _finish(bn(x.unflatten(1, (fields, ORDER))).flatten(1, 2), r, relu)
@@ -39,7 +39,7 @@ def step(x, residual, grad, fused, ref):
 @pytest.mark.parametrize("residual,relu", [(False, False), (False, True), (True, True)])
 def test_training_steps_match_batchnorm3d(momentum, affine, residual, relu):
     fields = 3
-    bn, ref = reference(None, fields, relu=relu, momentum=momentum, affine=affine)
+    bn, ref = reference(fields, relu=relu, momentum=momentum, affine=affine)
     weight = bias = None
     if affine:
         with torch.no_grad():
@@ -73,7 +73,7 @@ def test_eval_and_untracked_match_batchnorm3d(weight_grad):
     fields = 2
     x = torch.randn(3, fields * ORDER, 4, 5, dtype=torch.float64)
     grad = torch.randn_like(x)
-    bn, ref = reference(x, fields, relu=True)
+    bn, ref = reference(fields, relu=True)
     with torch.no_grad():
         bn.running_mean.normal_()
         bn.running_var.uniform_(0.5, 2)
@@ -89,7 +89,7 @@ def test_eval_and_untracked_match_batchnorm3d(weight_grad):
     if weight_grad:
         assert max_rel_err(weight.grad, bn.weight.grad) < 1e-13
     # no running statistics: batch statistics in eval mode too, as BatchNorm3d(track_running_stats=False)
-    untracked, ref = reference(x, fields, track_running_stats=False, affine=False)
+    untracked, ref = reference(fields, track_running_stats=False, affine=False)
     untracked.eval()
     assert max_rel_err(gbn.group_batch_norm(x, ORDER), ref(x)) < 1e-13
 
@@ -135,7 +135,7 @@ def test_stages_compose_to_batchnorm3d_over_two_shards(channels_last):
     a, b, c = gbn.input_grad_coefficients(invstd, weight, sums, int(count[0]))
     grads = [gbn.input_grad(gs, xs, ys, mean, a, b, c, ORDER, True) for (xs, _, gs), ys in zip(shards, outputs)]
 
-    bn, ref = reference(x, fields, relu=True, eps=eps)
+    bn, ref = reference(fields, relu=True, eps=eps)
     with torch.no_grad():
         bn.weight.copy_(weight)
         bn.bias.copy_(bias)

@@ -113,7 +113,7 @@ def compile_batch_norm(family: str, layout: str, dtype: torch.dtype, arch: int =
     fn = BN_KERNELS[family].jit
     tiles = batch_norm.Tiles(torch.empty(_BN_MAP, device="meta").to(memory_format=BN_LAYOUTS[layout]), 8)
     meta = tiles.meta()
-    options = {"num_warps": meta.pop("num_warps"), "num_stages": 1}
+    options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
     flags = {"S": 8, "ITERS": tiles.iters, "HAS_RESIDUAL": True, "RELU": True, "RESIDUAL_GRAD": True}
     constexprs = {**meta, **{name: value for name, value in flags.items() if name in fn.arg_names}}
     pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _BN_POINTERS[family]]

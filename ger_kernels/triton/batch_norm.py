@@ -18,11 +18,15 @@ Kernels (float32, float16 or bfloat16 maps; per-field vectors and all arithmetic
   residual's gradient).
 
 Loops have constexpr bounds (``ITERS`` tiles per program) so that every kernel runs in the
-Triton interpreter. Launchers take tensors already laid out in one memory format; partial
-results are returned for ``ger_kernels.group_batch_norm`` to merge.
+Triton interpreter. ``ALIGN`` (a power of two dividing ``L``) lets the compiler prove rows
+aligned and masks constant over ALIGN columns: vector loads and stores. Launchers take
+tensors already laid out in one memory format; partial results are returned for
+``ger_kernels.group_batch_norm`` to merge.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import triton
 import triton.language as tl
@@ -31,22 +35,22 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels.triton.jit import Kernel
 
-__all__ = ["DTYPES", "Tiles", "statistics_partials", "normalize", "grad_sums_partials",
+__all__ = ["Tiles", "statistics_partials", "normalize", "grad_sums_partials",
            "input_grad", "statistics_kernel", "normalize_kernel", "grad_sums_kernel", "input_grad_kernel"]
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TILE = 2048  # elements per tile: 16 per thread of 4 warps
 CHANNEL_TILE = 64  # columns of a channels_last tile
 MAX_ITERS = 16  # tiles one reducing program merges
 MIN_PROGRAMS = 1024  # reducing programs wanted (several waves on a GPU), before tiles per program grow
 NUM_WARPS = 4
+NUM_STAGES = 3  # the reducing loops prefetch tiles (Triton's default)
 _SUM = tl.standard._sum_combine  # tl.sum is a @jit function; the interpreter recognizes this combiner
 
 
 @Kernel
 def statistics_kernel(x_ptr, shift_ptr, partials_ptr, R, L, C, plane,
-                      S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
-                      ITERS: tl.constexpr):
+                      S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, ALIGN: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_L: tl.constexpr, ITERS: tl.constexpr):
     """(count, mean, M2) of ``x - shift[f]`` over ITERS tiles: NCHW (FIELDS_ON_ROWS) program
     (i, j) covers rows i*BLOCK_R.. over columns j*ITERS*BLOCK_L.. and writes partials[k, row, j];
     channels_last program (i, j) covers columns j*BLOCK_L.. over rows i*ITERS*BLOCK_R.. and
@@ -75,8 +79,9 @@ def statistics_kernel(x_ptr, shift_ptr, partials_ptr, R, L, C, plane,
         else:
             rows = (tl.program_id(0) * ITERS + i) * BLOCK_R + tl.arange(0, BLOCK_R)
             cols = kept
-        mask = (rows < R)[:, None] & (cols < L)[None, :]
-        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * L + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mask = (rows < R)[:, None] & (cols // ALIGN < L // ALIGN)[None, :]  # constant over ALIGN columns
+        offsets = tl.multiple_of(rows.to(tl.int64) * L, ALIGN)[:, None] + cols[None, :]
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         x = tl.where(mask, x - shift, 0.0)
         tile_count = tl.reduce(mask.to(tl.float32), AXIS, _SUM)
         tile_mean = tl.reduce(x, AXIS, _SUM) / tl.maximum(tile_count, 1.0)
@@ -100,7 +105,7 @@ def statistics_kernel(x_ptr, shift_ptr, partials_ptr, R, L, C, plane,
 @Kernel.specializing(("C",))
 def normalize_kernel(x_ptr, residual_ptr, y_ptr, mean_ptr, scale_ptr, shift_ptr, R, L, C,
                      S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+                     ALIGN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """y = (x - mean[f]) * scale[f] + shift[f] (+ residual) (ReLU) on one BLOCK_R x BLOCK_L tile."""
     AXIS: tl.constexpr = 1 if FIELDS_ON_ROWS else 0
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -112,8 +117,8 @@ def normalize_kernel(x_ptr, residual_ptr, y_ptr, mean_ptr, scale_ptr, shift_ptr,
     mean = tl.expand_dims(tl.load(mean_ptr + field), AXIS)
     scale = tl.expand_dims(tl.load(scale_ptr + field), AXIS)
     shift = tl.expand_dims(tl.load(shift_ptr + field), AXIS)
-    mask = (rows < R)[:, None] & (cols < L)[None, :]
-    offsets = rows.to(tl.int64)[:, None] * L + cols[None, :]
+    mask = (rows < R)[:, None] & (cols // ALIGN < L // ALIGN)[None, :]  # constant over ALIGN columns
+    offsets = tl.multiple_of(rows.to(tl.int64) * L, ALIGN)[:, None] + cols[None, :]
     y = (tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32) - mean) * scale + shift
     if HAS_RESIDUAL:
         y += tl.load(residual_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -124,7 +129,7 @@ def normalize_kernel(x_ptr, residual_ptr, y_ptr, mean_ptr, scale_ptr, shift_ptr,
 
 @Kernel.specializing(("C",))
 def grad_sums_kernel(grad_ptr, x_ptr, y_ptr, mean_ptr, partials_ptr, R, L, C, plane,
-                     S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, RELU: tl.constexpr,
+                     S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, RELU: tl.constexpr, ALIGN: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr, ITERS: tl.constexpr):
     """sum g and sum g * (x - mean[f]) over ITERS tiles, tiled and stored as in
     statistics_kernel (planes k = 0, 1); g = grad, 0 where y <= 0 if RELU."""
@@ -147,8 +152,8 @@ def grad_sums_kernel(grad_ptr, x_ptr, y_ptr, mean_ptr, partials_ptr, R, L, C, pl
         else:
             rows = (tl.program_id(0) * ITERS + i) * BLOCK_R + tl.arange(0, BLOCK_R)
             cols = kept
-        mask = (rows < R)[:, None] & (cols < L)[None, :]
-        offsets = rows.to(tl.int64)[:, None] * L + cols[None, :]
+        mask = (rows < R)[:, None] & (cols // ALIGN < L // ALIGN)[None, :]  # constant over ALIGN columns
+        offsets = tl.multiple_of(rows.to(tl.int64) * L, ALIGN)[:, None] + cols[None, :]
         g = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         if RELU:
             g = tl.where(tl.load(y_ptr + offsets, mask=mask, other=0.0) > 0, g, 0.0)
@@ -166,7 +171,8 @@ def grad_sums_kernel(grad_ptr, x_ptr, y_ptr, mean_ptr, partials_ptr, R, L, C, pl
 @Kernel.specializing(("C",))
 def input_grad_kernel(grad_ptr, x_ptr, y_ptr, dx_ptr, dresidual_ptr, mean_ptr, a_ptr, b_ptr, c_ptr, R, L, C,
                       S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, RELU: tl.constexpr,
-                      RESIDUAL_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+                      RESIDUAL_GRAD: tl.constexpr, ALIGN: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_L: tl.constexpr):
     """dx = g * a[f] + (x - mean[f]) * b[f] + c[f] on one tile, g = grad (0 where y <= 0 if
     RELU); g is also stored to dresidual if RESIDUAL_GRAD."""
     AXIS: tl.constexpr = 1 if FIELDS_ON_ROWS else 0
@@ -180,8 +186,8 @@ def input_grad_kernel(grad_ptr, x_ptr, y_ptr, dx_ptr, dresidual_ptr, mean_ptr, a
     a = tl.expand_dims(tl.load(a_ptr + field), AXIS)
     b = tl.expand_dims(tl.load(b_ptr + field), AXIS)
     c = tl.expand_dims(tl.load(c_ptr + field), AXIS)
-    mask = (rows < R)[:, None] & (cols < L)[None, :]
-    offsets = rows.to(tl.int64)[:, None] * L + cols[None, :]
+    mask = (rows < R)[:, None] & (cols // ALIGN < L // ALIGN)[None, :]  # constant over ALIGN columns
+    offsets = tl.multiple_of(rows.to(tl.int64) * L, ALIGN)[:, None] + cols[None, :]
     g = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if RELU:
         g = tl.where(tl.load(y_ptr + offsets, mask=mask, other=0.0) > 0, g, 0.0)
@@ -217,6 +223,7 @@ class Tiles:
             self.iters *= 2
         along = triton.cdiv(along, self.iters)
         self.reduce_grid = (self.grid[0], along) if self.fields_on_rows else (along, self.grid[1])
+        self.align = next(a for a in (16, 8, 4, 2, 1) if self.L % a == 0)  # rows start at multiples of it
 
     def partials_shape(self, planes: int) -> tuple[int, int, int]:
         """(planes, P0, P1) of a reducing kernel's output."""
@@ -225,8 +232,13 @@ class Tiles:
         return planes, self.reduce_grid[0], self.L
 
     def meta(self) -> dict:
-        return {"FIELDS_ON_ROWS": self.fields_on_rows, "BLOCK_R": self.block_r, "BLOCK_L": self.block_l,
-                "num_warps": NUM_WARPS}
+        return {"FIELDS_ON_ROWS": self.fields_on_rows, "ALIGN": self.align, "BLOCK_R": self.block_r,
+                "BLOCK_L": self.block_l, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
+
+
+def _on_device(x: torch.Tensor):
+    """Triton launches on the current CUDA device: make it ``x``'s."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _per_field(partials: torch.Tensor, t: Tiles, fields: int, order: int) -> torch.Tensor:
@@ -244,8 +256,9 @@ def statistics_partials(x: torch.Tensor, order: int) -> tuple[torch.Tensor, torc
     t = Tiles(x, order)
     shift = x[0, ::order, 0, 0].float().contiguous()
     partials = torch.empty(t.partials_shape(3), dtype=torch.float32, device=x.device)
-    statistics_kernel[t.reduce_grid](x, shift, partials, t.R, t.L, x.shape[1] // order, partials[0].numel(),
-                                     S=order, ITERS=t.iters, **t.meta())
+    with _on_device(x):
+        statistics_kernel[t.reduce_grid](x, shift, partials, t.R, t.L, x.shape[1] // order, partials[0].numel(),
+                                         S=order, ITERS=t.iters, **t.meta())
     return _per_field(partials, t, x.shape[1] // order, order), shift
 
 
@@ -253,8 +266,9 @@ def normalize(x, residual, mean, scale, shift, order: int, relu: bool) -> torch.
     """(x - mean) * scale + shift (+ residual) (ReLU), per field; ``residual`` in x's layout or None."""
     t = Tiles(x, order)
     y = torch.empty_like(x)
-    normalize_kernel[t.grid](x, residual if residual is not None else x, y, mean, scale, shift, t.R, t.L,
-                             x.shape[1] // order, S=order, HAS_RESIDUAL=residual is not None, RELU=relu, **t.meta())
+    with _on_device(x):
+        normalize_kernel[t.grid](x, residual if residual is not None else x, y, mean, scale, shift, t.R, t.L,
+                                 x.shape[1] // order, S=order, HAS_RESIDUAL=residual is not None, RELU=relu, **t.meta())
     return y
 
 
@@ -262,9 +276,10 @@ def grad_sums_partials(grad, x, y, mean, order: int) -> torch.Tensor:
     """(P, 2, C) float32 partial sums of g and g * (x - mean) per field; ``y`` given: the ReLU's mask."""
     t = Tiles(x, order)
     partials = torch.empty(t.partials_shape(2), dtype=torch.float32, device=x.device)
-    grad_sums_kernel[t.reduce_grid](grad, x, y if y is not None else x, mean, partials, t.R, t.L,
-                                    x.shape[1] // order, partials[0].numel(), S=order, RELU=y is not None,
-                                    ITERS=t.iters, **t.meta())
+    with _on_device(x):
+        grad_sums_kernel[t.reduce_grid](grad, x, y if y is not None else x, mean, partials, t.R, t.L,
+                                        x.shape[1] // order, partials[0].numel(), S=order, RELU=y is not None,
+                                        ITERS=t.iters, **t.meta())
     return _per_field(partials, t, x.shape[1] // order, order)
 
 
@@ -273,7 +288,8 @@ def input_grad(grad, x, y, mean, a, b, c, order: int, residual_grad: bool) -> li
     t = Tiles(x, order)
     dx = torch.empty_like(x)
     dresidual = torch.empty_like(x) if residual_grad else None
-    input_grad_kernel[t.grid](grad, x, y if y is not None else x, dx, dresidual if residual_grad else dx, mean,
-                              a, b, c, t.R, t.L, x.shape[1] // order, S=order, RELU=y is not None,
-                              RESIDUAL_GRAD=residual_grad, **t.meta())
+    with _on_device(x):
+        input_grad_kernel[t.grid](grad, x, y if y is not None else x, dx, dresidual if residual_grad else dx, mean,
+                                  a, b, c, t.R, t.L, x.shape[1] // order, S=order, RELU=y is not None,
+                                  RESIDUAL_GRAD=residual_grad, **t.meta())
     return [dx, dresidual] if residual_grad else [dx]

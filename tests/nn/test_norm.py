@@ -117,3 +117,20 @@ def test_compiles_in_one_graph_without_recompiles(momentum):
     for name, value in eager.state_dict().items():
         assert max_rel_err(compiled_bn.state_dict()[name], value) < 1e-6, name
     assert max_rel_err(compiled_bn.weight.grad, eager.weight.grad) < 1e-5
+
+
+def test_bfloat16_activations_with_float32_parameters():
+    """What autocast hands batch norm: low-precision maps, float32 weights and statistics."""
+    bn = randomize_affine(GroupBatchNorm2d(2, relu=True))
+    reference = randomize_affine(GroupBatchNorm2d(2, relu=True).double())
+    reference.load_state_dict(bn.state_dict())
+    x = (torch.randn(2, 16, 4, 5) * 2 + 1).bfloat16().requires_grad_()
+    out = bn(x)
+    out.float().square().sum().backward()
+    x64 = x.detach().double().requires_grad_()
+    expected = reference(x64)
+    expected.square().sum().backward()
+    assert out.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16 and bn.weight.grad.dtype == torch.float32
+    assert max_rel_err(out, expected) < 8e-3 and max_rel_err(x.grad, x64.grad) < 2e-2
+    assert max_rel_err(bn.weight.grad, reference.weight.grad) < 4e-3
+    assert bn.running_mean.dtype == torch.float32 and max_rel_err(bn.running_var, reference.running_var) < 1e-6
