@@ -267,7 +267,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=defaults.backend,
                    help="auto | reference | cpp | triton: GER-UNet's convolutions (`ger-unet info` lists them)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help="per process: under torchrun the global batch is this x the number of processes")
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--lr-decay", type=float, default=defaults.lr_decay, help="per-epoch factor")
     p.add_argument("--dice-weight", type=float, default=defaults.dice_weight)
