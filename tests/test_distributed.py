@@ -177,10 +177,16 @@ def _training_task(rank, folder, ports):
     _new_group(ports)
     training.train(config(folder), TinySlices(), progress=False)
     torch.save(trained["model"].state_dict(), os.path.join(folder, f"rank{rank}.pt"))
-    # 2. resuming under two processes a run of one (written by the parent)
+    # 2. interrupted after epoch 1 and resumed, under two processes, as a run of 2 epochs (with random
+    # augmentation: each process's generator is reseeded per epoch)
+    for folder_name, epochs in (("split", 1), ("split", 2), ("whole", 2)):
+        _new_group(ports)
+        training.train(config(folder, out=os.path.join(folder, folder_name), epochs=epochs, augment=True),
+                       TinySlices(), progress=False)
+    # 3. resuming under two processes a run of one (written by the parent)
     _new_group(ports)
     training.train(config(folder, out=os.path.join(folder, "one"), epochs=2), TinySlices(), progress=False)
-    # 3. a NaN in an image of rank 1's first batch stops both processes, without a hang
+    # 4. a NaN in an image of rank 1's first batch stops both processes, without a hang
     data = TinySlices()
     train_idx, _ = training._split_validation(data, 0.25, 0)
     sampler = CaseShardSampler([data.volume_ids[i] for i in train_idx], WORLD, 1, 2)
@@ -189,13 +195,13 @@ def _training_task(rank, folder, ports):
     with pytest.raises(FloatingPointError, match=r"training loss at epoch 1, step 1 of 2 on rank 1 of 2 is nan "
                                                  r"\(the batch's images hold 1 NaN/Inf values"):
         training.train(config(folder, out=os.path.join(folder, "nan")), data, progress=False)
-    # 4. the command line: rank 0 alone prints, first the backend and world size
+    # 5. the command line: rank 0 alone prints, first the backend and world size
     _new_group(ports)
     with open(os.path.join(folder, f"cli{rank}.txt"), "w") as out, contextlib.redirect_stdout(out):
         assert cli.main(["train", "--data", "phantom:4", "--size", "16", "--widths", "2", "3", "4", "5",
                          "--epochs", "1", "--batch-size", "1", "--max-batches", "1", "--device", "cpu",
                          "--out", os.path.join(folder, "cli"), "--quiet"]) == 0
-    # 5. a process failing mid-epoch makes the other fail too, within the timeout, instead of hanging (last:
+    # 6. a process failing mid-epoch makes the other fail too, within the timeout, instead of hanging (last:
     # the other process waits out the timeout)
     distributed.TIMEOUT = datetime.timedelta(seconds=15)
     _new_group(ports)
@@ -245,7 +251,7 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path):
     folder = str(tmp_path)
     one = config(folder, out=os.path.join(folder, "one"))
     training.train(one, TinySlices(), progress=False)  # for the workers to resume under two processes
-    spawn(_training_task, tmp_path, runs=5)
+    spawn(_training_task, tmp_path, runs=8)
 
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
     for name, tensor in ranks[0].items():
@@ -273,6 +279,12 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path):
     val_loss, val_dice = training._validate(model, loader, torch.device("cpu"), True, 0.0)
     row = saved["state"]["history"][0]
     assert (row["val_loss"], row["val_dice"]) == pytest.approx((val_loss, val_dice), rel=1e-6, abs=1e-9)
+
+    # resumed under two processes as it would have run on: the same data order and seeds per epoch
+    split, whole = (training.load_checkpoint(os.path.join(folder, name, "last.pt")) for name in ("split", "whole"))
+    torch.testing.assert_close(split["model"], whole["model"], rtol=0, atol=0)
+    assert [row["train_loss"] for row in split["state"]["history"]] == \
+        [row["train_loss"] for row in whole["state"]["history"]]
 
     # a checkpoint of two processes resumes under one
     resumed = training.train(config(folder, epochs=2), TinySlices(), progress=False)
