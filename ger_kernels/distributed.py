@@ -6,6 +6,7 @@ or several CPU processes).
   the CPU, with a timeout (``TIMEOUT``) after which a collective that some rank never joins
   fails instead of waiting forever. Without ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing
   is set up and training runs in one process as before.
+- ``data_parallel``: the model in ``DistributedDataParallel``, its batch norms synchronized.
 - ``CaseShardSampler``: each process's share of the training slices, whole cases only,
   reshuffled per epoch from (seed, epoch), the same number of batches on every process.
 - ``SyncGroupBatchNorm2d`` / ``convert_sync_group_batchnorm``: group batch norm with batch
