@@ -15,6 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ger_kernels import cli, distributed, training
+from ger_kernels import group_batch_norm as gbn
+from ger_kernels import triton as triton_backend
 from ger_kernels.distributed import CaseShardSampler, SyncGroupBatchNorm2d, convert_sync_group_batchnorm
 from ger_kernels.models import GERUNet
 from ger_kernels.nn import GroupBatchNorm2d
@@ -121,10 +123,16 @@ def test_conversion_keeps_the_state_dict_and_single_process_behaviour():
 def _sync_batch_norm_task(rank, folder, ports):
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=WORLD)
     torch.manual_seed(0)  # the same global batch on both processes
-    for momentum in (0.1, None):
-        x = torch.randn(6, 3 * 8, 5, 5, dtype=torch.float64) * 3 + 1
+    cases = [(torch.float64, 0.1), (torch.float64, None)]  # plain torch
+    os.environ["TRITON_INTERPRET"] = "1"  # then float32 runs the stages' Triton kernels, interpreted
+    if triton_backend.status("cpu")[0]:
+        cases.append((torch.float32, 0.1))
+    for dtype, momentum in cases:
+        os.environ["TRITON_INTERPRET"] = "1" if dtype == torch.float32 else "0"
+        x = (torch.randn(6, 3 * 8, 5, 5, dtype=torch.float64) * 3 + 1).to(dtype)
+        assert gbn._on_triton(x) == (dtype == torch.float32)
         residual, grad = torch.randn_like(x), torch.randn_like(x)
-        reference = GroupBatchNorm2d(3, relu=True, momentum=momentum).double()
+        reference = GroupBatchNorm2d(3, relu=True, momentum=momentum).to(dtype)
         with torch.no_grad():
             reference.weight.uniform_(0.5, 1.5)
             reference.bias.uniform_(-0.5, 0.5)
