@@ -5,6 +5,7 @@ and its workers do several things, saving what the parent checks under tmp_path.
 import contextlib
 import copy
 import datetime
+import itertools
 import os
 import socket
 import time
@@ -15,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ger_kernels import cli, distributed, training
+from ger_kernels._io import write_text_atomically
 from ger_kernels import group_batch_norm as gbn
 from ger_kernels import triton as triton_backend
 from ger_kernels.distributed import CaseShardSampler, SyncGroupBatchNorm2d, convert_sync_group_batchnorm
@@ -31,18 +33,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, task, ports, folder):
+def _worker(rank, task, folder):
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
-    task(rank, folder, iter(ports))
+    task(rank, folder)
 
 
-def spawn(task, folder, runs=0, timeout_s=150):
-    """Runs ``task(rank, folder, ports)`` in WORLD processes; fails the test on an error or a hang.
-    ``ports``: a free port for each of the task's ``runs`` process groups (as each torchrun has its own)."""
-    ports = [_free_port() for _ in range(runs)]
-    context = mp.start_processes(_worker, args=(task, ports, str(folder)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
+def spawn(task, folder, timeout_s=600):
+    """Runs ``task(rank, folder)`` in WORLD processes; fails the test on an error or a hang."""
+    context = mp.start_processes(_worker, args=(task, str(folder)), nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
@@ -120,7 +119,7 @@ def test_conversion_keeps_the_state_dict_and_single_process_behaviour():
     torch.testing.assert_close(converted.state_dict(), reference.state_dict(), rtol=0, atol=0)
 
 
-def _sync_batch_norm_task(rank, folder, ports):
+def _sync_batch_norm_task(rank, folder):
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=WORLD)
     torch.manual_seed(0)  # the same global batch on both processes
     cases = [(torch.float64, 0.1), (torch.float64, None)]  # plain torch
@@ -168,11 +167,19 @@ def config(folder, **kwargs):
     return training.TrainConfig(**{**defaults, **kwargs})
 
 
-def _new_group(ports):
-    os.environ["MASTER_PORT"] = str(next(ports))
+def _new_group(folder, rank, groups):
+    """Sets MASTER_PORT for the next process group: a port that rank 0 finds free just before (each
+    torchrun run has its own; ports picked long before could be taken by then)."""
+    path = os.path.join(folder, f"port{next(groups)}")
+    if rank == 0:
+        write_text_atomically(path, str(_free_port()))
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    os.environ["MASTER_PORT"] = open(path).read()
 
 
-def _training_task(rank, folder, ports):
+def _training_task(rank, folder):
+    groups = itertools.count()
     # 1. two processes from scratch; each keeps the weights it ends with
     trained = {}
     data_parallel = distributed.data_parallel
@@ -182,42 +189,40 @@ def _training_task(rank, folder, ports):
         return data_parallel(model, device, processes)
 
     distributed.data_parallel = keep
-    _new_group(ports)
+    _new_group(folder, rank, groups)
     training.train(config(folder), TinySlices(), progress=False)
     torch.save(trained["model"].state_dict(), os.path.join(folder, f"rank{rank}.pt"))
     # 2. interrupted after epoch 1 and resumed, under two processes, as a run of 2 epochs (with random
     # augmentation: each process's generator is reseeded per epoch)
     for folder_name, epochs in (("split", 1), ("split", 2), ("whole", 2)):
-        _new_group(ports)
+        _new_group(folder, rank, groups)
         training.train(config(folder, out=os.path.join(folder, folder_name), epochs=epochs, augment=True),
                        TinySlices(), progress=False)
     # 3. resuming under two processes a run of one (written by the parent)
-    _new_group(ports)
+    _new_group(folder, rank, groups)
     training.train(config(folder, out=os.path.join(folder, "one"), epochs=2), TinySlices(), progress=False)
     # 4. a NaN in an image of rank 1's first batch stops both processes, without a hang
     data = TinySlices()
     train_idx, _ = training._split_validation(data, 0.25, 0)
     sampler = CaseShardSampler([data.volume_ids[i] for i in train_idx], WORLD, 1, 2)
     data.images[train_idx[sampler.shards(1)[1][0]], 0, 0, 0] = float("nan")
-    _new_group(ports)
+    _new_group(folder, rank, groups)
     with pytest.raises(FloatingPointError, match=r"training loss at epoch 1, step 1 of 2 on rank 1 of 2 is nan "
                                                  r"\(the batch's images hold 1 NaN/Inf values"):
         training.train(config(folder, out=os.path.join(folder, "nan")), data, progress=False)
     # 5. the command line: rank 0 alone prints, first the backend and world size
-    _new_group(ports)
+    _new_group(folder, rank, groups)
     with open(os.path.join(folder, f"cli{rank}.txt"), "w") as out, contextlib.redirect_stdout(out):
         assert cli.main(["train", "--data", "phantom:4", "--size", "16", "--widths", "2", "3", "4", "5",
                          "--epochs", "1", "--batch-size", "1", "--max-batches", "1", "--device", "cpu",
                          "--out", os.path.join(folder, "cli"), "--quiet"]) == 0
     # 6. a process failing mid-epoch makes the other fail too, within the timeout, instead of hanging (last:
     # the other process waits out the timeout)
-    distributed.TIMEOUT = datetime.timedelta(seconds=15)
-    _new_group(ports)
-    start = time.monotonic()
+    distributed.TIMEOUT = datetime.timedelta(seconds=20)
+    _new_group(folder, rank, groups)
     with pytest.raises(RuntimeError, match="rank 1 fails" if rank == 1 else "Timed out|Connection closed"):
         training.train(config(folder, out=os.path.join(folder, "fail")), FailingSlices(fail=rank == 1),
                        progress=False)
-    assert time.monotonic() - start < 60
 
 
 class FailingSlices(TinySlices):
@@ -259,7 +264,7 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path):
     folder = str(tmp_path)
     one = config(folder, out=os.path.join(folder, "one"))
     training.train(one, TinySlices(), progress=False)  # for the workers to resume under two processes
-    spawn(_training_task, tmp_path, runs=8)
+    spawn(_training_task, tmp_path)
 
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
     for name, tensor in ranks[0].items():
