@@ -103,16 +103,22 @@ def _train_config(args: argparse.Namespace):
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from ger_kernels import data
-    from ger_kernels.training import train
+    """Trains in this process, or as one of ``torchrun``'s processes (then rank 0 alone prints)."""
+    from ger_kernels import data, distributed
+    from ger_kernels.training import check_runs_here, train
 
     config = _train_config(args)
+    processes = distributed.environment(check_runs_here(config))
+    if processes.main and processes.distributed:
+        print(f"distributed: {processes.backend}, world size {processes.world_size}", flush=True)
     train_set, _ = data.open_dataset(config.data, config.size, tumor_only=config.tumor_only, seed=config.seed,
                                      cache_dir=args.cache_dir)
-    print(f"train: {train_set.describe()}")
+    if processes.main:
+        print(f"train: {train_set.describe()}")
     summary = train(config, train_set, resume=not args.no_resume, progress=not args.quiet)
-    print(f"best validation Dice {summary['best_val_dice']:.4f} (loss {summary['best_val_loss']:.4f}) at epoch "
-          f"{summary['best_epoch']}; checkpoints in {config.out}")
+    if processes.main:
+        print(f"best validation Dice {summary['best_val_dice']:.4f} (loss {summary['best_val_loss']:.4f}) at epoch "
+              f"{summary['best_epoch']}; checkpoints in {config.out}")
     return 0
 
 
@@ -261,7 +267,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=defaults.backend,
                    help="auto | reference | cpp | triton: GER-UNet's convolutions (`ger-unet info` lists them)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help="per process: under torchrun the global batch is this x the number of processes")
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--lr-decay", type=float, default=defaults.lr_decay, help="per-epoch factor")
     p.add_argument("--dice-weight", type=float, default=defaults.dice_weight)

@@ -13,6 +13,11 @@ training with an error before anything is saved, so the checkpoints keep the las
 Checkpoints hold only tensors and plain data (str, int, float, bool, None, lists, dicts) and
 are loaded with ``torch.load(weights_only=True)``: a file holding other Python objects is
 refused unread, since unpickling them could run code.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs ``train``: one model trained by
+DistributedDataParallel (``ger_kernels.distributed``) with synchronized group batch norm, a
+global batch of ``batch_size`` x processes, shards of whole cases, validation over the whole
+validation set; rank 0 alone prints and writes the folder, the others wait for it.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ger_kernels import metrics
+from ger_kernels import distributed, metrics
 from ger_kernels._io import write_atomically, write_text_atomically
 from ger_kernels._validation import check_int
 from ger_kernels.backends import BACKENDS, backends
@@ -175,9 +180,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def check_runs_here(config: TrainConfig) -> torch.device:
-    """The device ``config`` trains on, after checking that it and the backend exist on this machine
-    (``ValueError`` otherwise). R-UNet has no group convolutions, so its backend is not used."""
-    device = resolve_device(config.device)
+    """The device ``config`` trains on (under ``torchrun`` CUDA means this process's GPU), after checking
+    that it and the backend exist on this machine (``ValueError`` otherwise). R-UNet has no group
+    convolutions, so its backend is not used."""
+    device = distributed.local_device(resolve_device(config.device))
     if config.model == "ger-unet" and config.backend != "auto":
         status = backends(device)[config.backend]
         if not status.available:
@@ -301,18 +307,22 @@ def predict_batches(model: nn.Module, loader: DataLoader, device: torch.device, 
         yield scores.argmax(1).cpu(), masks
 
 
-def _validate(model, loader, device, amp, dice_weight) -> tuple[float, float]:
-    """Mean loss and per-slice mean Dice (``ger_kernels.metrics`` conventions)."""
+def _validate(model, loader, device, amp, dice_weight, processes=distributed.SINGLE) -> tuple[float, float]:
+    """Mean loss and per-slice mean Dice (``ger_kernels.metrics`` conventions) over the validation
+    slices of every process (``loader`` holds this process's share)."""
     model.eval()
-    losses, dices = [], []
+    loss_sum, dice_sum, count = 0.0, 0.0, 0
     with torch.no_grad():
         for images, masks in loader:
             with _autocast(device, amp):
                 scores = model(images.to(device))
-            losses.append(_loss(scores, masks.to(device), dice_weight).item() * len(images))
+            loss_sum += _loss(scores, masks.to(device), dice_weight).item() * len(images)
             for pred, target in zip(scores.argmax(1).cpu(), masks):
-                dices.append(metrics.slice_metrics(pred.numpy(), target.numpy())["dice"])
-    return sum(losses) / max(len(dices), 1), float(np.mean(dices)) if dices else 0.0
+                dice_sum += metrics.slice_metrics(pred.numpy(), target.numpy())["dice"]
+                count += 1
+    totals = distributed.all_reduce_sum(torch.tensor([loss_sum, dice_sum, count], dtype=torch.float64,
+                                                     device=device), processes).tolist()
+    return totals[0] / max(totals[2], 1), totals[1] / totals[2] if totals[2] else 0.0
 
 
 def _write_logs(out: str, history: list[dict]) -> None:
@@ -331,6 +341,8 @@ def train(config: TrainConfig, train_set, *, resume: bool = True, progress: bool
     With ``config.deterministic``, torch's deterministic algorithms are on while it runs (ops
     without one warn), so a run repeats bit for bit on the same machine; ``config.threads`` sets
     torch's CPU threads while it runs. Both global settings are restored afterwards.
+
+    Under ``torchrun``, each process calls it (see the module docstring) and gets the same summary.
 
     Returns ``{"best_epoch", "best_val_dice", "best_val_loss", "epochs_run", "seconds", "history"}``.
     Raises ``FloatingPointError`` on a non-finite loss, before the epoch is saved.
@@ -365,10 +377,10 @@ def _check_resumable(config: TrainConfig, payload: dict, path: str) -> None:
                          f"--out, or --no-resume")
 
 
-def _non_finite_loss(config: TrainConfig, state: dict, what: str, value: float, images: torch.Tensor | None) -> str:
-    if images is not None and not torch.isfinite(images).all():
-        cause = (f"the batch's images hold {int((~torch.isfinite(images)).sum())} NaN/Inf values: check the "
-                 f"training data")
+def _non_finite_loss(config: TrainConfig, state: dict, what: str, value: float, bad_inputs: int | None) -> str:
+    """The message of a non-finite loss; ``bad_inputs``: the NaN/Inf values in the batch's images."""
+    if bad_inputs:
+        cause = f"the batch's images hold {bad_inputs} NaN/Inf values: check the training data"
     else:
         cause = "the inputs are finite, so training diverged: try a lower --lr or --no-amp (with --no-resume)"
     kept = (f"{os.path.join(config.out, 'last.pt')} keeps epoch {state['epoch']} and best.pt epoch "
@@ -376,17 +388,46 @@ def _non_finite_loss(config: TrainConfig, state: dict, what: str, value: float, 
     return f"training stopped: the {what} is {value} ({cause}); {kept}"
 
 
+def _seed_process(seed: int, epoch: int, rank: int, generator: torch.Generator) -> None:
+    """Under several processes: this process's augmentation ``generator`` and torch's RNG, seeded
+    from (seed, epoch, rank) at the start of each epoch, so that ranks draw differently and a
+    resumed run (with as many processes) draws as an uninterrupted one."""
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
+    generator.manual_seed(int(state[0]))
+    torch.manual_seed(int(state[1]))
+
+
+def _loaders(config: TrainConfig, train_set, train_idx: list[int], val_idx: list[int], generator: torch.Generator,
+             processes: distributed.Processes) -> tuple[DataLoader, DataLoader]:
+    """This process's training loader (one process: all slices shuffled by ``generator``; several:
+    its ``CaseShardSampler`` shard) and its validation loader (a contiguous 1/world_size of them)."""
+    val_share = val_idx[processes.rank * len(val_idx) // processes.world_size:
+                        (processes.rank + 1) * len(val_idx) // processes.world_size]
+    val_loader = DataLoader(Subset(train_set, val_share), config.batch_size)
+    if not processes.distributed:
+        return DataLoader(Subset(train_set, train_idx), config.batch_size, shuffle=True, generator=generator,
+                          drop_last=len(train_idx) > config.batch_size), val_loader
+    sampler = distributed.CaseShardSampler([train_set.volume_ids[i] for i in train_idx], processes.world_size,
+                                           processes.rank, config.batch_size, config.seed)
+    return DataLoader(Subset(train_set, train_idx), config.batch_size, sampler=sampler, drop_last=True), val_loader
+
+
 def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict:
     device = check_runs_here(config)
+    with distributed.process_group(device) as processes:
+        return _train_processes(config, train_set, resume, progress and processes.main, device, processes)
+
+
+def _train_processes(config: TrainConfig, train_set, resume: bool, progress: bool, device: torch.device,
+                     processes: distributed.Processes) -> dict:
+    """The training of one process of ``processes``; rank 0 writes the files while the others wait."""
     train_idx, val_idx = _split_validation(train_set, config.val_fraction, config.seed)
     _seed_everything(config.seed)
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(Subset(train_set, train_idx), config.batch_size, shuffle=True, generator=generator,
-                              drop_last=len(train_idx) > config.batch_size)
-    val_loader = DataLoader(Subset(train_set, val_idx), config.batch_size)
+    train_loader, val_loader = _loaders(config, train_set, train_idx, val_idx, generator, processes)
     steps = len(train_loader) if config.max_batches is None else min(len(train_loader), config.max_batches)
     state = {"epoch": 0, "best_val_dice": -1.0, "best_val_loss": math.inf, "best_epoch": 0, "history": [],
              "stale": 0, "seconds": 0.0}
@@ -403,17 +444,25 @@ def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict
         if "best_val_loss" not in state:  # written before the loss broke ties
             state["best_val_loss"] = state["history"][state["best_epoch"] - 1]["val_loss"] if state["best_epoch"] \
                 else math.inf
-    os.makedirs(config.out, exist_ok=True)
-    write_text_atomically(os.path.join(config.out, "config.json"), json.dumps(config.to_dict(), indent=1))
+    trained = distributed.data_parallel(model, device, processes)
+    if processes.main:
+        os.makedirs(config.out, exist_ok=True)
+        write_text_atomically(os.path.join(config.out, "config.json"), json.dumps(config.to_dict(), indent=1))
     threads = torch.get_num_threads()
     if progress:
         begin = f"resuming after epoch {state['epoch']}" if state["epoch"] else "from scratch"
+        batch = (f"global batch {config.batch_size * processes.world_size} = {config.batch_size} per process x "
+                 f"{processes.world_size} processes" if processes.distributed else f"batch {config.batch_size}")
         print(f"{config.model}: {device}, {threads} CPU threads, {len(train_idx)} training and "
-              f"{len(val_idx)} validation slices, {steps} steps per epoch; {begin} in {config.out}", flush=True)
+              f"{len(val_idx)} validation slices, {steps} steps per epoch, {batch}; {begin} in {config.out}",
+              flush=True)
     while state["epoch"] < config.epochs and state["stale"] < config.patience:
         start = time.perf_counter()
         epoch = state["epoch"] + 1
-        model.train()
+        if processes.distributed:
+            train_loader.sampler.set_epoch(epoch)
+            _seed_process(config.seed, epoch, processes.rank, generator)
+        trained.train()
         total, seen = 0.0, 0
         batches = tqdm(itertools.islice(train_loader, steps), total=steps,
                        desc=f"{config.model} epoch {epoch}/{config.epochs}",
@@ -423,19 +472,28 @@ def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict
                 images, masks = _augment(images, masks, generator)
             images, masks = images.to(device), masks.to(device)
             with _autocast(device, config.amp):
-                loss = _loss(model(images), masks, config.dice_weight)
-            value = loss.item()
-            if not math.isfinite(value):
+                loss = _loss(trained(images), masks, config.dice_weight)
+            # every process's loss and count of non-finite inputs, so that all stop together
+            checks = torch.zeros(2, processes.world_size, dtype=torch.float64, device=device)
+            checks[0, processes.rank] = loss.detach()
+            checks[1, processes.rank] = (~torch.isfinite(images)).sum()
+            losses, bad_inputs = distributed.all_reduce_sum(checks, processes).tolist()
+            diverged = [r for r, value in enumerate(losses) if not math.isfinite(value)]
+            if diverged:
+                # a rank with non-finite inputs if any (synchronized batch norm spreads them to the others)
+                rank = next((r for r, count in enumerate(bad_inputs) if count), diverged[0])
+                value = losses[rank]
+                where = f" on rank {rank} of {processes.world_size}" if processes.distributed else ""
                 raise FloatingPointError(_non_finite_loss(config, state, f"training loss at epoch {epoch}, step "
-                                                          f"{step} of {steps}", value, images))
+                                                          f"{step} of {steps}{where}", value, int(bad_inputs[rank])))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += value * len(images)
-            seen += len(images)
-            batches.set_postfix(loss=f"{value:.4f}")
+            total += sum(losses) * len(images)
+            seen += len(images) * processes.world_size
+            batches.set_postfix(loss=f"{losses[processes.rank]:.4f}")
         scheduler.step()
-        val_loss, val_dice = _validate(model, val_loader, device, config.amp, config.dice_weight)
+        val_loss, val_dice = _validate(model, val_loader, device, config.amp, config.dice_weight, processes)
         if not math.isfinite(val_loss):
             raise FloatingPointError(_non_finite_loss(config, state, f"validation loss after epoch {epoch}",
                                                       val_loss, None))
@@ -448,17 +506,19 @@ def _train(config: TrainConfig, train_set, resume: bool, progress: bool) -> dict
         state["stale"] = 0 if improved else state["stale"] + 1
         if improved:
             state["best_val_dice"], state["best_val_loss"], state["best_epoch"] = val_dice, val_loss, epoch
-        payload = {"config": config.to_dict(), "model": model.state_dict(), "epoch": epoch,
-                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "state": state}
-        if improved:
-            save_checkpoint(os.path.join(config.out, "best.pt"), payload)
-        save_checkpoint(last, payload)
-        _write_logs(config.out, state["history"])
+        if processes.main:
+            payload = {"config": config.to_dict(), "model": model.state_dict(), "epoch": epoch,
+                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "state": state}
+            if improved:
+                save_checkpoint(os.path.join(config.out, "best.pt"), payload)
+            save_checkpoint(last, payload)
+            _write_logs(config.out, state["history"])
+        distributed.barrier(processes, device)
         if progress:
             print(f"{config.model} epoch {epoch}: train loss {state['history'][-1]['train_loss']:.4f}, "
                   f"val loss {val_loss:.4f}, val Dice {val_dice:.4f}{' (best)' if improved else ''}", flush=True)
-    if state["best_val_dice"] == 0:
+    if state["best_val_dice"] == 0 and processes.main:
         _log.warning("%s: the validation Dice stayed 0 in every epoch (no tumor found in the validation slices); "
                      "best.pt holds the epoch with the lowest validation loss (%d)", config.out, state["best_epoch"])
     return {"best_epoch": state["best_epoch"], "best_val_dice": state["best_val_dice"],

@@ -59,6 +59,19 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert json.load(open(tmp_path / "b" / "run" / "config.json"))["lr"] == config(tmp_path).lr
 
 
+def test_each_process_draws_its_own_numbers_per_epoch():
+    """Under torchrun, augmentation and torch's RNG are seeded from (seed, epoch, rank)."""
+    def draws(seed, epoch, rank):
+        generator = torch.Generator()
+        with torch.random.fork_rng():
+            training._seed_process(seed, epoch, rank, generator)
+            return torch.randint(8, (16,), generator=generator).tolist(), torch.rand(4).tolist()
+
+    runs = [draws(0, 1, 0), draws(0, 1, 1), draws(0, 2, 0), draws(1, 1, 0)]
+    assert all(a[0] != b[0] and a[1] != b[1] for i, a in enumerate(runs) for b in runs[:i])
+    assert draws(0, 1, 1) == runs[1]
+
+
 def test_resume_does_not_depend_on_how_the_folder_is_spelled(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train(config(tmp_path, out="run", epochs=1), TinySlices(), progress=False)
@@ -172,7 +185,7 @@ def test_threads_are_set_logged_and_restored(tmp_path, capsys):
     assert [row["threads"] for row in summary["history"]] == [1]
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("ger-unet: cpu, 1 CPU threads, 12 training and 4 validation slices, "
-                            "3 steps per epoch; from scratch in ")
+                            "3 steps per epoch, batch 4; from scratch in ")
 
 
 def test_progress_bar_counts_max_batches(tmp_path, monkeypatch):

@@ -40,11 +40,14 @@ class GroupBatchNorm2d(nn.BatchNorm3d):
             )
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)  # as BatchNorm3d, before the cumulative average reads it
+        return self._batch_norm(input, residual, self.relu if relu is None else relu)
+
+    def _batch_norm(self, input: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
+        """The normalization of a checked input (``SyncGroupBatchNorm2d`` reduces it over processes)."""
         return group_batch_norm(
             input, self.group.order, self.running_mean if not self.training or self.track_running_stats else None,
             self.running_var if not self.training or self.track_running_stats else None, self.weight, self.bias,
-            self.training, self.momentum, self.eps, residual, self.relu if relu is None else relu,
-            self.num_batches_tracked)
+            self.training, self.momentum, self.eps, residual, relu, self.num_batches_tracked)
 
     def extra_repr(self) -> str:
         return f"{self.group.name}, " + super().extra_repr() + (", relu=True" if self.relu else "")
