@@ -48,7 +48,8 @@ def test_quick_sweep_in_the_interpreter_writes_the_default_table(tmp_path, monke
 
     monkeypatch.setattr(group_conv, "_TUNER", recorder)
     for shape in gpu_sweep.QUICK_LAYERS:
-        for step in gpu_sweep.layer_passes(shape, torch.float32, torch.device("cpu")).values():
+        for step in gpu_sweep.layer_steps(shape, torch.float32, torch.device("cpu"),
+                                           gpu_sweep.fused_passes("triton")).values():
             step[0]()
     entries = tuning.read_defaults("cpu", tmp_path)
     assert sorted(entries) == sorted(recorder.entries)
