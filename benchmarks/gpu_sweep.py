@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_triton import LAYERS, PASSES, QUICK_LAYERS, fused_passes, layer_steps, rel_diff  # noqa: E402
+from measure import describe, timed_ms  # noqa: E402
 from run import label  # noqa: E402
 
 from ger_kernels._io import write_text_atomically  # noqa: E402
@@ -69,9 +70,7 @@ def time_ms(step, device: torch.device) -> float:
         import triton.testing
 
         return triton.testing.do_bench(step, warmup=10, rep=40, return_mode="median")
-    start = time.perf_counter()
-    step()
-    return (time.perf_counter() - start) * 1e3
+    return timed_ms(step, device)
 
 
 def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, configs: list[tuning.Config],
@@ -92,7 +91,7 @@ def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, 
                 row["rel_diff"] = rel_diff(fused(), expected)
                 row["ms"] = time_ms(fused, device)
         except Exception as error:  # a config that does not compile or run here is recorded, not fatal
-            row.update(ok=False, error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            row.update(ok=False, error=describe(error))
         else:
             row.update(ok=row["rel_diff"] <= TOLERANCE[kind], tflops=flops / (row["ms"] * 1e9),
                        x_cudnn=cudnn_ms / row["ms"])
