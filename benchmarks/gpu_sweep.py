@@ -35,7 +35,7 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_triton import LAYERS, PASSES, QUICK_LAYERS, fused_passes, layer_steps, rel_diff  # noqa: E402
+from bench_triton import LAYERS, QUICK_LAYERS, fused_passes, layer_steps, rel_diff  # noqa: E402
 from measure import describe, timed_ms  # noqa: E402
 from run import label  # noqa: E402
 
