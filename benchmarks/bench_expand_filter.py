@@ -55,5 +55,6 @@ def main() -> None:
                     if "cpp" in expansions else ["-", "-"])
         print("| " + " | ".join(row) + " |")
 
+
 if __name__ == "__main__":
     main()

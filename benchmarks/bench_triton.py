@@ -61,10 +61,18 @@ def fused_passes(backend: str) -> tuple[Callable, Callable, Callable]:
             group_conv.weight_grad)
 
 
-def bench_layer(shape: ConvShape, dtype: torch.dtype, device: torch.device, repeats: int,
-                peak_tflops: float, backend: str = "triton") -> list[dict]:
-    """One row per pass: the backend's and cuDNN's milliseconds, their ratio, TFLOP/s, fraction of peak."""
-    forward, input_grad, weight_grad = fused_passes(backend)
+PASSES = ("forward", "input_grad", "weight_grad")
+
+
+def layer_steps(shape: ConvShape, dtype: torch.dtype, device: torch.device,
+                fused: tuple[Callable, Callable, Callable]) -> dict[str, tuple[Callable, Callable, torch.Tensor]]:
+    """Per pass of ``PASSES``: (fused step, cuDNN step, cuDNN's result as the fused step returns it).
+
+    One random p4m problem of ``shape``: x channels_last, w (C_out, C_in, S_in, k, k), b (C_out,), dy;
+    ``fused`` is ``fused_passes(backend)``. cuDNN runs on ``W~`` expanded once; its weight gradient
+    dW~ is folded to the base weight (the vjp of ``reference.expand_filter``) for the expected result
+    only. Computing the expected results runs each cuDNN step once (it picks its algorithms)."""
+    forward, input_grad, weight_grad = fused
     c_in, s_in, c_out, k = shape.in_fields, shape.in_orientations, shape.out_fields, shape.kernel_size
     conv = (shape.stride, shape.padding, shape.dilation)
     x = torch.randn(shape.batch, c_in * s_in, shape.height, shape.width, device=device, dtype=dtype)
@@ -73,8 +81,7 @@ def bench_layer(shape: ConvShape, dtype: torch.dtype, device: torch.device, repe
     b = torch.randn(c_out, device=device, dtype=dtype)
     expanded = reference.expand_filter(w, P4M)
     expanded_bias = b.repeat_interleave(P4M.order)
-    out = F.conv2d(x, expanded, expanded_bias, *conv)
-    dy = torch.randn_like(out)
+    dy = torch.randn_like(F.conv2d(x, expanded, expanded_bias, *conv))
 
     def cudnn_grad(mask):
         return torch.ops.aten.convolution_backward(dy, x, expanded, None, [shape.stride] * 2, [shape.padding] * 2,
@@ -88,12 +95,18 @@ def bench_layer(shape: ConvShape, dtype: torch.dtype, device: torch.device, repe
         "weight_grad": (lambda: weight_grad(dy, x, k, s_in, *conv, P4M.order),
                         lambda: cudnn_grad([False, True, False])[1]),
     }
+    fold = torch.func.vjp(lambda v: reference.expand_filter(v, P4M), w.float())[1]
+    expected = {name: cudnn() for name, (_, cudnn) in steps.items()}
+    expected["weight_grad"] = fold(expected["weight_grad"].float())[0]
+    return {name: (*steps[name], expected[name]) for name in PASSES}
+
+
+def bench_layer(shape: ConvShape, dtype: torch.dtype, device: torch.device, repeats: int,
+                peak_tflops: float, backend: str = "triton") -> list[dict]:
+    """One row per pass: the backend's and cuDNN's milliseconds, their ratio, TFLOP/s, fraction of peak."""
     rows = []
-    for name, (fused, cudnn) in steps.items():
-        fused_result, cudnn_result = fused(), cudnn()  # first calls tune and pick algorithms
-        if name == "weight_grad":  # fold dW~ to the base weight for the comparison only
-            fold = torch.func.vjp(lambda v: reference.expand_filter(v, P4M), w.float())[1]
-            cudnn_result = fold(cudnn_result.float())[0]
+    for name, (fused, cudnn, expected) in layer_steps(shape, dtype, device, fused_passes(backend)).items():
+        fused_result = fused()  # the first call tunes
         ms = interleaved_medians({"fused": fused, "cudnn": cudnn}, device, repeats)
         fused_tflops, fused_fraction = throughput(shape, name, ms["fused"], peak_tflops)
         cudnn_tflops, cudnn_fraction = throughput(shape, name, ms["cudnn"], peak_tflops)
@@ -101,7 +114,7 @@ def bench_layer(shape: ConvShape, dtype: torch.dtype, device: torch.device, repe
                      "pass": name, "fused_ms": ms["fused"], "cudnn_ms": ms["cudnn"],
                      "fused_over_cudnn": ms["fused"] / ms["cudnn"], "fused_tflops": fused_tflops,
                      "cudnn_tflops": cudnn_tflops, "fused_fraction_of_peak": fused_fraction,
-                     "cudnn_fraction_of_peak": cudnn_fraction, "rel_diff": rel_diff(fused_result, cudnn_result)})
+                     "cudnn_fraction_of_peak": cudnn_fraction, "rel_diff": rel_diff(fused_result, expected)})
     return rows
 
 

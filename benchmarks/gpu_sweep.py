@@ -33,20 +33,18 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_triton import LAYERS, QUICK_LAYERS, rel_diff  # noqa: E402
+from bench_triton import LAYERS, QUICK_LAYERS, fused_passes, layer_steps, rel_diff  # noqa: E402
+from measure import describe, timed_ms  # noqa: E402
 from run import label  # noqa: E402
 
-from ger_kernels import reference  # noqa: E402
 from ger_kernels._io import write_text_atomically  # noqa: E402
 from ger_kernels.groups import P4M  # noqa: E402
 from ger_kernels.machine import machine_description  # noqa: E402
 from ger_kernels.roofline import ConvShape, conv_flops  # noqa: E402
 from ger_kernels.triton import tuning  # noqa: E402
 
-PASSES = ("forward", "input_grad", "weight_grad")
 # largest |triton - cuDNN| / max |cuDNN| of a correct config; a wrong index map is off by O(1)
 TOLERANCE = {"float32": 1e-3, "half": 3e-2}
 
@@ -72,39 +70,7 @@ def time_ms(step, device: torch.device) -> float:
         import triton.testing
 
         return triton.testing.do_bench(step, warmup=10, rep=40, return_mode="median")
-    start = time.perf_counter()
-    step()
-    return (time.perf_counter() - start) * 1e3
-
-
-def layer_passes(shape: ConvShape, dtype: torch.dtype, device: torch.device) -> dict[str, tuple]:
-    """Per pass: (fused step, cuDNN step, cuDNN's result as the fused step returns it)."""
-    from ger_kernels.triton import group_conv
-
-    c_in, s_in, c_out, k = shape.in_fields, shape.in_orientations, shape.out_fields, shape.kernel_size
-    conv = (shape.stride, shape.padding, shape.dilation)
-    x = torch.randn(shape.batch, c_in * s_in, shape.height, shape.width, device=device, dtype=dtype)
-    x = x.to(memory_format=torch.channels_last)
-    w = torch.randn(c_out, c_in, s_in, k, k, device=device, dtype=dtype) / (c_in * s_in * k * k) ** 0.5
-    b = torch.randn(c_out, device=device, dtype=dtype)
-    expanded = reference.expand_filter(w, P4M)
-    expanded_bias = b.repeat_interleave(P4M.order)
-    dy = torch.randn_like(F.conv2d(x, expanded, expanded_bias, *conv))
-
-    def cudnn_grad(mask):
-        return torch.ops.aten.convolution_backward(dy, x, expanded, None, [shape.stride] * 2, [shape.padding] * 2,
-                                                   [shape.dilation] * 2, False, [0, 0], 1, mask)
-
-    cudnn = {"forward": lambda: F.conv2d(x, expanded, expanded_bias, *conv),
-             "input_grad": lambda: cudnn_grad([True, False, False])[0],
-             "weight_grad": lambda: cudnn_grad([False, True, False])[1]}
-    fold = torch.func.vjp(lambda v: reference.expand_filter(v, P4M), w.float())[1]
-    expected = {name: step() for name, step in cudnn.items()}
-    expected["weight_grad"] = fold(expected["weight_grad"].float())[0]  # dW~ folded to the base weight
-    fused = {"forward": lambda: group_conv.forward(x, w, b, *conv, P4M.order, False),
-             "input_grad": lambda: group_conv.input_grad(dy, w, list(x.shape), True, *conv, P4M.order),
-             "weight_grad": lambda: group_conv.weight_grad(dy, x, k, s_in, *conv, P4M.order)}
-    return {name: (fused[name], cudnn[name], expected[name]) for name in PASSES}
+    return timed_ms(step, device)
 
 
 def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, configs: list[tuning.Config],
@@ -125,7 +91,7 @@ def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, 
                 row["rel_diff"] = rel_diff(fused(), expected)
                 row["ms"] = time_ms(fused, device)
         except Exception as error:  # a config that does not compile or run here is recorded, not fatal
-            row.update(ok=False, error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            row.update(ok=False, error=describe(error))
         else:
             row.update(ok=row["rel_diff"] <= TOLERANCE[kind], tflops=flops / (row["ms"] * 1e9),
                        x_cudnn=cudnn_ms / row["ms"])
@@ -235,7 +201,7 @@ def main(argv=None) -> int:
             weight_shape = (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
                             shape.kernel_size)
             input_shape = (shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width)
-            for family, steps in layer_passes(shape, dtype, device).items():
+            for family, steps in layer_steps(shape, dtype, device, fused_passes("triton")).items():
                 configs = tuning.CONFIGS[kind][family][:args.max_configs]
                 key = group_conv.problem_class(family, dtype, input_shape, weight_shape, shape.stride, shape.padding,
                                                shape.dilation, P4M.order)

@@ -41,15 +41,32 @@ def interleaved_medians(steps: dict[str, Callable[[], object]], device: torch.de
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
+def _cuda_peak_bytes(step: Callable[[], object], device: torch.device) -> tuple[object, int]:
+    """``step()``'s result, and the peak bytes the CUDA caching allocator held during the call beyond
+    what it held before it."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    result = step()
+    synchronize(device)
+    return result, torch.cuda.max_memory_allocated(device) - before
+
+
+def _trace(step: Callable[[], object], device: torch.device) -> profile:
+    """One call of ``step`` under torch.profiler: CPU ops, and CUDA kernels on CUDA; allocation
+    events on the CPU only (CUDA memory is read from the allocator's counters instead)."""
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, profile_memory=not cuda) as prof:
+        step()
+        synchronize(device)
+    return prof
+
+
 def peak_memory_bytes(step: Callable[[], object], device: torch.device) -> int:
     """Peak bytes allocated by one call of ``step`` beyond what was allocated before it."""
     if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
+        return _cuda_peak_bytes(step, device)[1]
     return profiled_step(step, device)[1]
 
 
@@ -57,17 +74,9 @@ def profiled_step(step: Callable[[], object], device: torch.device) -> tuple[pro
     """One call of ``step`` under torch.profiler (CPU ops; CUDA kernels on CUDA): the trace and
     the peak bytes allocated beyond what was allocated before the call (CUDA: the caching
     allocator's counters; CPU: the trace's allocation events)."""
-    cuda = device.type == "cuda"
-    if cuda:
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, profile_memory=not cuda) as prof:
-        step()
-        synchronize(device)
-    if cuda:
-        return prof, torch.cuda.max_memory_allocated(device) - before
+    if device.type == "cuda":
+        return _cuda_peak_bytes(lambda: _trace(step, device), device)
+    prof = _trace(step, device)
     # Every allocation and free of the CPU allocator, those inside compiled kernels included, each
     # counted once: by the innermost op that made it (self), in the order the ops started.
     changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()

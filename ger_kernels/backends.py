@@ -2,8 +2,9 @@
 and what ``auto`` runs.
 
 Backends compute the same function (SPEC section 3) with the same weights:
-``reference`` (pure PyTorch, always available), ``cpp`` (fused C++/CUDA kernels of
-``ger_kernels._C``) and ``triton`` (fused Triton kernels). Each is a function
+``reference`` (``F.conv2d`` on the materialized expanded filter, always available;
+``ger_kernels.reference``), ``cpp`` (fused C++/CUDA kernels of ``ger_kernels._C``) and
+``triton`` (fused Triton kernels). Each is a function
 ``fn(input, weight, bias, stride, padding, dilation, group)`` of arguments already checked.
 """
 

@@ -9,10 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ger_kernels.data import read_volume, volume_to_slices, write_mask
+from ger_kernels.data.nifti import NIFTI_SUFFIXES
 
 __all__ = ["predict_volume", "check_prediction_paths"]
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def check_prediction_paths(input_path: str, output_path: str) -> None:

@@ -1,6 +1,7 @@
 // CuTe (CUTLASS) tensor-core kernels of the fused group convolution for float16/bfloat16 on sm_80 and newer
 // (group_conv_cute.cu, built with GER_KERNELS_CUTE=1). The launchers of group_conv_kernels.h call them where
-// they apply and keep their WMMA and SIMT kernels for the rest. Torch-free: raw pointers and a stream.
+// they apply, when enabled (CudaDevice::cute_enabled), and keep their WMMA and SIMT kernels for the rest.
+// Torch-free: raw pointers and a stream.
 //
 // Arguments are those of group_conv_kernels.h; `kind` is kHalf or kBFloat16 and the device is sm_80 or newer.
 // Forward and input gradient copy their activation operand (input, grad_output) in 16-byte chunks with

@@ -7,8 +7,9 @@
 // the global loads of the next step are in flight into registers.
 // A problem (Forward, InputGrad, WeightGrad) supplies the loads of one step and the epilogue: row(m, z) is the
 // offset of output row m (decoded once per row), store(row, n, acc) writes one element of it.
-// Built with GER_KERNELS_CUTE=1, float16/bfloat16 on sm_80 and newer run the CuTe kernels of group_conv_cute.cu
-// instead (forward and input gradient where their activation is cute_vectorizable, the weight gradient always).
+// Built with GER_KERNELS_CUTE=1 and enabled at run time (CudaDevice::cute_enabled), float16/bfloat16 on sm_80 and
+// newer run the CuTe kernels of group_conv_cute.cu instead (forward and input gradient where their activation is
+// cute_vectorizable, the weight gradient always).
 #include <mma.h>
 
 #include <algorithm>

@@ -4,8 +4,8 @@
 // Tensors: input/grad_input (B, C_in*S_in, H, W), output/grad_output (B, C_out*S, H', W'), any strides;
 // weight/grad_weight (C_out, C_in, S_in, k, k) and bias (C_out,) contiguous. All have the element type `kind`.
 // float16/bfloat16 run on tensor cores with float accumulation: from sm_80 the CuTe kernels (group_conv_cute.h)
-// where they apply, else WMMA where the device has it (sm_70 for float16, sm_80 for bfloat16); float32 and
-// float64 on a SIMT FMA kernel. Each launcher returns
+// where they apply and are enabled (CudaDevice::cute_enabled), else WMMA where the device has it (sm_70 for
+// float16, sm_80 for bfloat16); float32 and float64 on a SIMT FMA kernel. Each launcher returns
 // cudaGetLastError(), or cudaErrorInvalidValue for sizes beyond the index types: channel counts times k*k
 // below 2^31, padded spatial sizes below 2^30 (fits_spatial); pixel counts and element offsets are int64.
 #pragma once

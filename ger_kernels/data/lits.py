@@ -15,7 +15,7 @@ import re
 
 from ger_kernels.data.cache import file_identity
 from ger_kernels.data.folder import short_listing
-from ger_kernels.data.nifti import read_labels, read_volume
+from ger_kernels.data.nifti import NIFTI_SUFFIXES, read_labels, read_volume
 from ger_kernels.data.preprocess import Case, PreparedSlices, Preprocessing, prepare_volume
 
 __all__ = ["find_lits_pairs", "lits_cases"]
@@ -35,7 +35,7 @@ def find_lits_pairs(root: str) -> dict[int, tuple[str, str]]:
         for name in sorted(names):
             match = _LITS_FILE.match(name)
             if match is None:
-                if name.lower().endswith((".nii", ".nii.gz")):
+                if name.lower().endswith(NIFTI_SUFFIXES):
                     skipped.append(os.path.join(folder, name))
                 continue
             kind, number, path = match.group(1), int(match.group(2)), os.path.join(folder, name)

@@ -22,7 +22,9 @@ from nibabel.spatialimages import HeaderDataError
 
 from ger_kernels._io import write_atomically
 
-__all__ = ["Volume", "read_volume", "read_labels", "write_nifti", "write_mask"]
+__all__ = ["NIFTI_SUFFIXES", "Volume", "read_volume", "read_labels", "write_nifti", "write_mask"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 
@@ -73,7 +75,7 @@ def read_labels(path: str) -> np.ndarray:
 def write_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> None:
     """Writes ``array (D, H, W)`` with its dtype and ``affine`` to ``.nii`` or ``.nii.gz``, atomically
     (a temporary file in the same folder, then ``os.replace``)."""
-    if not path.endswith((".nii", ".nii.gz")):
+    if not path.endswith(NIFTI_SUFFIXES):
         raise ValueError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():

@@ -11,8 +11,9 @@ Architecture (``w1..w4`` = ``widths``, planar channels for R-UNet, fields for GE
 
 A block is conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (identity, or 1x1 conv + BN when
 the width changes), then ReLU. GER-UNet fuses each BN-ReLU and the last BN-add-ReLU of a
-block into single passes of group batch norm (the ReLU modules are then Identities). Pools are 2x2/2 max pools, so the network is exactly
-equivariant (GER-UNet) on inputs whose H and W are divisible by 8; other sizes raise.
+block into single passes of group batch norm (the ReLU modules are then Identities). Pools
+are 2x2/2 max pools, so the network is exactly equivariant (GER-UNet) on inputs whose H and
+W are divisible by 8; other sizes raise.
 Inputs ``(B, in_channels, H, W)``, outputs class scores ``(B, num_classes, H, W)``.
 """
 

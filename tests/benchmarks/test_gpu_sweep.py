@@ -14,6 +14,7 @@ import torch
 pytest.importorskip("triton")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
 import gpu_sweep  # noqa: E402
+from bench_triton import PASSES  # noqa: E402
 
 from ger_kernels.triton import tuning  # noqa: E402
 from ger_kernels.triton.tuning import CONFIGS, Config, Tuner  # noqa: E402
@@ -38,7 +39,7 @@ def test_quick_sweep_in_the_interpreter_writes_the_default_table(tmp_path, monke
     assert report["complete"] and report["arch"] == "cpu"
     assert [(r["layer"], r["pass"], r["config"]) for r in report["rows"]] == [
         (gpu_sweep.label(shape), family, config.name) for shape in gpu_sweep.QUICK_LAYERS
-        for family in gpu_sweep.PASSES for config in CONFIGS["float32"][family][:2]]
+        for family in PASSES for config in CONFIGS["float32"][family][:2]]
     assert all(r["ok"] and r["rel_diff"] < 1e-5 for r in report["rows"])
     assert "| best config |" in (tmp_path / "sweep.md").read_text()
 
@@ -48,7 +49,8 @@ def test_quick_sweep_in_the_interpreter_writes_the_default_table(tmp_path, monke
 
     monkeypatch.setattr(group_conv, "_TUNER", recorder)
     for shape in gpu_sweep.QUICK_LAYERS:
-        for step in gpu_sweep.layer_passes(shape, torch.float32, torch.device("cpu")).values():
+        for step in gpu_sweep.layer_steps(shape, torch.float32, torch.device("cpu"),
+                                           gpu_sweep.fused_passes("triton")).values():
             step[0]()
     entries = tuning.read_defaults("cpu", tmp_path)
     assert sorted(entries) == sorted(recorder.entries)
