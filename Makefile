@@ -27,7 +27,9 @@ ctest: $(VENV)/.installed
 	ctest --test-dir build/cmake --output-on-failure
 
 # e2cnn needs numpy<2: its import test runs in a venv of its own, on this source tree and the
-# extension built into it by the main venv.
+# extension built into it by the main venv. triton is installed there too: without it, pytest's
+# tests/ on sys.path makes tests/triton pass for a namespace package `triton`, which breaks
+# torch._dynamo's import (ger_kernels imports it through torch.compiler).
 E2CNN_VENV ?= .venv-e2cnn
 test-e2cnn: $(VENV)/.installed $(E2CNN_VENV)/.ready
 	GER_KERNELS_REQUIRE_E2CNN=1 PYTHONPATH=$(CURDIR) $(E2CNN_VENV)/bin/python -m pytest -p no:cacheprovider \
@@ -35,7 +37,7 @@ test-e2cnn: $(VENV)/.installed $(E2CNN_VENV)/.ready
 
 $(E2CNN_VENV)/.ready:
 	$(PYTHON) -m venv $(E2CNN_VENV)
-	$(E2CNN_VENV)/bin/python -m pip install torch==$(TORCH_VERSION) "numpy<2" e2cnn pytest
+	$(E2CNN_VENV)/bin/python -m pip install torch==$(TORCH_VERSION) "numpy<2" e2cnn pytest "triton>=3.6"
 	touch $@
 
 demo: $(VENV)/.installed
