@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import gc
 import os
+import traceback
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -124,7 +126,13 @@ def process_group(device: torch.device) -> Iterator[Processes]:
     dist.init_process_group(processes.backend, timeout=TIMEOUT)
     try:
         yield Processes(dist.get_rank(), dist.get_world_size(), processes.backend)
+    except BaseException as error:
+        # the frames of a failed run still hold its DistributedDataParallel model, whose reducer holds the
+        # group: a reducer freed after the group is destroyed can hang in gloo's teardown, so free it first
+        traceback.clear_frames(error.__traceback__)
+        raise
     finally:
+        gc.collect()  # a model in a reference cycle, too
         dist.destroy_process_group()
 
 
