@@ -226,9 +226,11 @@ class _SyncGroupBatchNorm(torch.autograd.Function):
         gathered = [torch.empty_like(stats) for _ in range(dist.get_world_size(group))]
         dist.all_gather(gathered, stats, group=group)
         count, mean, m2 = gbn.merge_statistics(torch.stack(gathered))
-        count = int(count[0].item())
-        if count <= 1:
-            raise ValueError(f"Expected more than 1 value per field over all processes when training, got {count}")
+        count = count[0]  # values per field over every process, kept on the device: no host sync per layer
+        local = input.numel() // (input.shape[1] // order)
+        if local <= 1 and count.item() <= 1:  # only a process with at most 1 value per field can see this
+            raise ValueError(f"Expected more than 1 value per field over all processes when training, "
+                             f"got {int(count.item())}")
         var = m2 / count
         invstd = torch.rsqrt(var + eps)
         if running_mean is not None:
@@ -282,7 +284,7 @@ class SyncGroupBatchNorm2d(GroupBatchNorm2d):
         running = self.track_running_stats and self.running_mean is not None
         factor = self.momentum
         if running and factor is None:
-            factor = 1.0 / self.num_batches_tracked.item()
+            factor = 1.0 / self.num_batches_tracked  # a 0-d tensor: no host sync
         return _SyncGroupBatchNorm.apply(input, self.weight, self.bias, residual,
                                          self.running_mean if running else None,
                                          self.running_var if running else None, factor, self.eps, self.group.order,
