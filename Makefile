@@ -53,6 +53,7 @@ bench: $(VENV)/.installed $(E2CNN_VENV)/.ready
 # with the device call (build/wheels); gpu_suite.sh's build stage installs it.
 gpu-wheels:
 	$(PYTHON) -m pip download --no-deps -d build/wheels nvidia-cutlass
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d build/wheels nibabel
 
 $(VENV)/.torch:
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \

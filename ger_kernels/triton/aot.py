@@ -33,11 +33,14 @@ __all__ = ["Resources", "compile_config", "compile_batch_norm", "report", "forma
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input_grad_kernel,
+            "forward-fields": group_conv.forward_fields_kernel,
+            "input_grad-fields": group_conv.input_grad_fields_kernel,
             "weight_grad": group_conv.weight_grad_kernel,
             "weight_grad-channels": group_conv.weight_grad_channels_kernel}  # family-variant of a Config
 # Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table.
-_POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"],
+_POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"], "forward-fields": ["x", "x", "x", "x", "i32", "i32"],
              "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
+             "input_grad-fields": ["x", "x", "x", "i32", "i32", "i32", "i32"],
              "weight_grad": ["x", "x", "fp32", "i32", "i32"], "weight_grad-channels": ["x", "x", "fp32", "i32", "i32"]}
 
 
@@ -71,7 +74,7 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
     constexprs.update({name: 1 for name in ("sxc", "soc", "sdc") if name in fn.arg_names})
     if family != "weight_grad":
         constexprs["ALIGN"] = 8  # strides of a channels_last map with a multiple of 8 channels
-    if family == "forward":
+    if family.startswith("forward"):
         constexprs.update(HAS_BIAS=True, RELU=False)
     signature = {}
     for i, name in enumerate(fn.arg_names):

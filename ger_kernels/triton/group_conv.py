@@ -93,6 +93,66 @@ def forward_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+@Kernel.specializing(("sxc", "soc"))
+def forward_fields_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
+    B, C, H, W, C_OUT, LD, H_out, W_out, channel_blocks, steps,
+    sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+    stride, padding, dilation,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    ALIGN: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """``forward_kernel``'s result (config variant "fields") with the weight tile read as vectors.
+    A program's columns are BLOCK_N // S whole output fields o0 .. o0 + FIELDS, ordered (t, o)
+    inside the tile. ``w_ptr`` is the field-minor copy of the base weight (``_field_minor``): row
+    ``tap*C + c`` holds ``w[:, c // S_IN, c % S_IN, tap]`` over the output fields, zero-padded to
+    LD (a multiple of 8) entries, so for a reduction row c0 + k and an element t the tile's FIELDS
+    entries are contiguous at row ``taps[t, tap]*C + c0 + k - s + T[t, s]`` (s = k % S_IN). The
+    accumulator's columns are put back in channel order (o, t) before the store."""
+    TAPS: tl.constexpr = KSIZE * KSIZE
+    FIELDS: tl.constexpr = BLOCK_N // S
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    o0 = tl.program_id(1) * FIELDS
+    ro = o0 + tl.arange(0, FIELDS)
+    rt = tl.arange(0, S)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < B * H_out * W_out
+    o_ok = ro // 8 < LD // 8  # = ro < LD, constant over 8 fields (vector loads); fields >= C_OUT read zeros
+    ow = rm % W_out
+    oh = (rm // W_out) % H_out
+    batch = (rm // (W_out * H_out)).to(tl.int64)
+    # (k, t) -> the row offset of reduction row c0 + k within its tap's rows, for element t
+    if S_IN > 1:
+        within = (rk // S_IN * S_IN)[:, None] + tl.load(orient_ptr + rt[None, :] * S + (rk % S_IN)[:, None])
+    else:
+        within = rk[:, None] + 0 * rt[None, :]
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
+        tap = step // channel_blocks
+        c0 = step % channel_blocks * BLOCK_K
+        ih = oh * stride - padding + (tap // KSIZE) * dilation
+        iw = ow * stride - padding + (tap % KSIZE) * dilation
+        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        c_ok = (c0 + rk) // ALIGN < C // ALIGN  # = c < C, constant over ALIGN channels (vector loads)
+        rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
+        a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
+                    mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+        w_rows = (tl.load(taps_ptr + rt * TAPS + tap) * C + c0)[None, :] + within  # (BLOCK_K, S)
+        b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ro[None, None, :],
+                    mask=c_ok[:, None, None] & o_ok[None, None, :], other=0.0)
+        acc = tl.dot(a, tl.reshape(b, (BLOCK_K, BLOCK_N)), acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        fields = o0 + tl.arange(0, BLOCK_N) % FIELDS
+        acc += tl.load(bias_ptr + fields, mask=fields < C_OUT, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
+    rn = o0 * S + tl.arange(0, BLOCK_N)  # channel order (o, t)
+    out_ptrs = out_ptr + (batch * sob + oh * soh + ow * sow)[:, None] + rn[None, :] * soc
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (rn < C_OUT * S)[None, :])
+
+
 @Kernel.specializing(("sdc", "sxc"))
 def input_grad_kernel(
     dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr,
@@ -142,6 +202,64 @@ def input_grad_kernel(
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rn[None, :] * sxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+
+@Kernel.specializing(("sdc", "sxc"))
+def input_grad_fields_kernel(
+    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr,
+    B, C_IN, H, W, N, LD, H_out, W_out, H_phase, W_phase, channel_blocks,
+    sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
+    stride, padding, dilation,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """``input_grad_kernel``'s result (config variant "fields") with the weight tile read as
+    vectors. A program's columns are BLOCK_N // S_IN whole input fields i0 .. i0 + FIELDS, ordered
+    (s, i) inside the tile. ``w_ptr`` is the input-field-minor copy of the base weight
+    (``_field_minor``): row ``(tap*C_out + o)*S_IN + s`` holds ``w[o, :, s, tap]`` over the input
+    fields, zero-padded to LD (a multiple of 8) entries, so for reduction row n = o*S + t and
+    column orientation s the tile's FIELDS entries are contiguous at row
+    ``(taps[t, tap]*C_out + o)*S_IN + T[t, s]``. Columns go back to channel order (i, s) before
+    the store."""
+    TAPS: tl.constexpr = KSIZE * KSIZE
+    FIELDS: tl.constexpr = BLOCK_N // S_IN
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    i0 = tl.program_id(1) * FIELDS
+    ri = i0 + tl.arange(0, FIELDS)
+    rs = tl.arange(0, S_IN)
+    rk = tl.arange(0, BLOCK_K)
+    h = tl.program_id(2) // stride + (rm // W_phase) % H_phase * stride
+    w = tl.program_id(2) % stride + rm % W_phase * stride
+    batch = (rm // (W_phase * H_phase)).to(tl.int64)
+    m_ok = (rm < B * H_phase * W_phase) & (h < H) & (w < W)
+    i_ok = ri // 8 < LD // 8  # = ri < LD, constant over 8 fields (vector loads); fields >= C_IN read zeros
+    t = rk % S  # reduction rows n0 + k, n0 a multiple of S
+    if S_IN > 1:
+        orient = tl.load(orient_ptr + t[:, None] * S + rs[None, :])  # (BLOCK_K, S_IN): T[t, s]
+    else:
+        orient = 0 * rk[:, None] + rs[None, :]
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    phase = tl.program_id(2)
+    steps = tl.load(phase_tap_counts_ptr + phase) * channel_blocks
+    for step in range(steps):  # one loop over (tap of the phase, channel block): one software pipeline
+        tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
+        n0 = step % channel_blocks * BLOCK_K
+        oh = (h + padding - tap // KSIZE * dilation) // stride  # exact division: no rounding direction issue
+        ow = (w + padding - tap % KSIZE * dilation) // stride
+        pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
+        n_ok = (n0 + rk) // ALIGN < N // ALIGN  # = n < N, constant over ALIGN channels
+        rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
+        a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
+                    other=0.0)
+        o = (n0 + rk) // S
+        w_rows = ((tl.load(taps_ptr + t * TAPS + tap) * (N // S) + o) * S_IN)[:, None] + orient  # (BLOCK_K, S_IN)
+        b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ri[None, None, :],
+                    mask=n_ok[:, None, None] & i_ok[None, None, :], other=0.0)
+        acc = tl.dot(a, tl.reshape(b, (BLOCK_K, BLOCK_N)), acc, input_precision=PRECISION)
+    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S_IN, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
+    rc = i0 * S_IN + tl.arange(0, BLOCK_N)  # channel order (i, s)
+    dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rc[None, :] * sxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & (rc < C_IN * S_IN)[None, :])
 
 
 @Kernel.specializing(("sdc", "sxc"))
@@ -302,10 +420,41 @@ def phase_taps(kernel_size: int, stride: int, padding: int, dilation: int, devic
     return _PHASE_TAPS[key]
 
 
+def _field_minor(weight: torch.Tensor, fields_dim: int) -> torch.Tensor:
+    """The base weight ``(C_out, C_in, S_in, k, k)`` as rows over the fields of dimension
+    ``fields_dim`` (0: output, 1: input fields), zero-padded to a multiple of 8 entries: rows
+    ``(kh, kw, i, s)`` for the output fields (forward), ``(kh, kw, o, s)`` for the input fields
+    (input gradient). The "fields" kernels read 8 neighbouring fields as one 16-byte vector."""
+    c_out, c_in, s_in, k, _ = weight.shape
+    order = (3, 4, 1, 2, 0) if fields_dim == 0 else (3, 4, 0, 2, 1)
+    fields = weight.shape[fields_dim]
+    rows = weight.permute(order).reshape(-1, fields)
+    padded = weight.new_zeros((rows.shape[0], triton.cdiv(fields, 8) * 8))
+    padded[:, :fields] = rows
+    return padded
+
+
 def _tap_major(weight: torch.Tensor) -> torch.Tensor:
     """The base weight ``(C_out, C_in, S_in, k, k)`` laid out ``(C_out, k, k, C_in, S_in)``: the
     kernels read the S_in orientations of consecutive input fields from contiguous memory."""
     return weight.permute(0, 3, 4, 1, 2).contiguous()
+
+
+class _WeightLayouts:
+    """The copies of one call's base weight that the kernels read, made on first use (a call
+    being tuned launches several configs): ``tap_major`` and ``field_minor`` over the
+    fields of ``fields_dim``."""
+
+    def __init__(self, weight: torch.Tensor, fields_dim: int):
+        self.weight, self.fields_dim = weight, fields_dim
+
+    @functools.cached_property
+    def tap_major(self) -> torch.Tensor:
+        return _tap_major(self.weight)
+
+    @functools.cached_property
+    def field_minor(self) -> torch.Tensor:
+        return _field_minor(self.weight, self.fields_dim)
 
 
 def precision(dtype: torch.dtype) -> str:
@@ -389,14 +538,25 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
         return out
     _check_offsets(x, out)
     key = problem_class("forward", x.dtype, x.shape, weight.shape, stride, padding, dilation, order)
-    weight = _tap_major(weight)
+    layouts = _WeightLayouts(weight, fields_dim=0)
     table = tables(get_group(order), k, x.device)
     pixels, n = batch * h_out * w_out, c_out * order
 
     def launch(config: Config) -> None:
+        if config.variant == "fields":
+            rows = layouts.field_minor
+            grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(c_out, config.block_n // order))
+            forward_fields_kernel[grid](
+                x, rows, bias if bias is not None else rows, out, table["orient"], table["taps"],
+                batch, channels, height, width, c_out, rows.shape[1], h_out, w_out,
+                triton.cdiv(channels, config.block_k), k * k * triton.cdiv(channels, config.block_k),
+                *x.stride(), *out.stride(), stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k,
+                HAS_BIAS=bias is not None, RELU=relu, ALIGN=_alignment(x), PRECISION=precision(x.dtype),
+                **config.meta())
+            return
         grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(n, config.block_n))
         forward_kernel[grid](
-            x, weight, bias if bias is not None else weight, out, table["orient"], table["taps"],
+            x, layouts.tap_major, bias if bias is not None else weight, out, table["orient"], table["taps"],
             batch, channels, height, width, n, h_out, w_out, triton.cdiv(channels, config.block_k),
             k * k * triton.cdiv(channels, config.block_k), *x.stride(), *out.stride(),
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu,
@@ -418,7 +578,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
         return dx
     _check_offsets(grad, dx)
     key = problem_class("input_grad", grad.dtype, input_size, weight.shape, stride, padding, dilation, order)
-    weight = _tap_major(weight)
+    layouts = _WeightLayouts(weight, fields_dim=1)
     table = tables(get_group(order), k, grad.device)
     h_out, w_out = grad.shape[-2:]
     h_phase, w_phase = triton.cdiv(height, stride), triton.cdiv(width, stride)
@@ -426,10 +586,21 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
     taps_of_phase, tap_counts = phase_taps(k, stride, padding, dilation, grad.device)
 
     def launch(config: Config) -> None:
+        if config.variant == "fields":
+            rows = layouts.field_minor
+            grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m),
+                    triton.cdiv(channels // s_in, config.block_n // s_in), stride * stride)
+            input_grad_fields_kernel[grid](
+                grad, rows, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
+                batch, channels // s_in, height, width, n, rows.shape[1], h_out, w_out, h_phase, w_phase,
+                triton.cdiv(n, config.block_k), *grad.stride(), *dx.stride(),
+                stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),
+                PRECISION=precision(grad.dtype), **config.meta())
+            return
         grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m), triton.cdiv(channels, config.block_n),
                 stride * stride)
         input_grad_kernel[grid](
-            grad, weight, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
+            grad, layouts.tap_major, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
             batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, triton.cdiv(n, config.block_k),
             *grad.stride(), *dx.stride(),
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),

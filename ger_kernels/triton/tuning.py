@@ -81,15 +81,23 @@ _HALF_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config
                     Config(64, 64, 16, 4, 4), Config(128, 64, 64, 8, 3), Config(64, 64, 64, 4, 4)]
 _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
                 Config(64, 32, 32, 4, 3)]
+# The "fields" variant of forward and input_grad: a tile's columns are BLOCK_N // S whole fields,
+# its weight tile read as 16-byte vectors (cp.async) from a field-minor copy of w (see group_conv).
+# 128x128 tiles spill with it too (triton 3.9, sm_90, bf16: 360-720 bytes at 8 warps, up to 136 at 16).
+_HALF_FIELDS = [Config(128, 64, 64, 8, 3, "fields"), Config(128, 64, 64, 8, 4, "fields"),
+                Config(128, 64, 32, 8, 4, "fields"), Config(64, 128, 64, 8, 3, "fields"),
+                Config(64, 64, 64, 4, 4, "fields")]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
-    "half": {"forward": _HALF_PIXEL_GEMM, "input_grad": _HALF_PIXEL_GEMM,
+    "half": {"forward": _HALF_PIXEL_GEMM + _HALF_FIELDS, "input_grad": _HALF_PIXEL_GEMM + _HALF_FIELDS,
              "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 64, 8, 3), Config(128, 128, 32, 8, 3),
                                             Config(128, 128, 64, 8, 3, "channels"),
                                             Config(128, 128, 32, 8, 3, "channels"),
                                             Config(128, 64, 64, 8, 3, "channels")]},
     "float32": {
-        "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
-        "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)],
+        "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3),
+                    Config(128, 64, 16, 8, 3, "fields"), Config(64, 64, 32, 8, 3, "fields")],
+        "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3),
+                       Config(128, 64, 16, 8, 3, "fields"), Config(64, 64, 32, 8, 3, "fields")],
         "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 16, 8, 3, "channels")],
     },
 }

@@ -123,6 +123,39 @@ def test_weight_gradient_with_output_channel_rows_channels_last(device, monkeypa
     assert errs["dw"] <= 1e-5, errs
 
 
+FIELDS_CASES = [CASES[0], CASES[1], CASES[3], CASES[5], CASES[7], CASES[9], CASES[10]]
+
+
+@pytest.mark.parametrize("case", FIELDS_CASES, ids=["lift", "p4m", "p4-s2", "p4m-d2", "k2-s2", "lift-k5-s2", "p4-k1"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_fields_variant(device, monkeypatch, case, layout):
+    """The "fields" variant of forward and input_grad (weight tiles as vectors of whole fields,
+    a field-minor copy of w padded to 8 fields): 9 and 23 output fields, partial field tiles."""
+    group, lifting, k, stride, padding, dilation, height, width, batch = case
+    firsts = [next(c.name for c in CONFIGS["float32"][family] if c.variant == "fields")
+              for family in ("forward", "input_grad")]
+    monkeypatch.setenv(FORCE_ENV, ",".join(firsts))
+    view = (lambda t: t.to(memory_format=torch.channels_last)) if layout == "channels_last" else None
+    for c_out in (9, 23):
+        x, w, b = conv_args(group, lifting, k, height, width, batch, c_in=2, c_out=c_out, device=device)
+        errs = parity(x, w, b, stride, padding, dilation, group, x_view=view, relu=c_out == 23)
+        assert max(errs.values()) <= 1e-5, (c_out, errs)
+
+
+def test_field_minor_layout():
+    """Row (kh, kw, i, s) of the forward copy holds w[:, i, s, kh, kw]; row (kh, kw, o, s) of the
+    input-gradient copy holds w[o, :, s, kh, kw]; both zero-padded to a multiple of 8 fields."""
+    w = torch.randn(5, 3, 8, 3, 3)
+    rows = group_conv._field_minor(w, 0)
+    assert rows.shape == (3 * 3 * 3 * 8, 8)
+    assert torch.equal(rows[((2 * 3 + 1) * 3 + 2) * 8 + 5, :5], w[:, 2, 5, 2, 1])
+    assert not rows[:, 5:].any()
+    rows = group_conv._field_minor(w, 1)
+    assert rows.shape == (3 * 3 * 5 * 8, 8)
+    assert torch.equal(rows[((1 * 3 + 2) * 5 + 4) * 8 + 7, :3], w[4, :, 7, 1, 2])
+    assert not rows[:, 3:].any()
+
+
 def test_weight_gradient_reduction_is_split():
     assert group_conv._splits(torch.device("cpu"), 9, 2 * 12 * 11, 32) == 2
     assert group_conv._splits(torch.device("cpu"), 9, 2 * 9 * 7, 32) == 1
