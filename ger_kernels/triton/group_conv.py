@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 from torch._prims_common import suggest_memory_format
 
 from ger_kernels._autocast import register_autocast
@@ -150,6 +151,62 @@ def forward_fields_kernel(
     acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
     rn = o0 * S + tl.arange(0, BLOCK_N)  # channel order (o, t)
     out_ptrs = out_ptr + (batch * sob + oh * soh + ow * sow)[:, None] + rn[None, :] * soc
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (rn < C_OUT * S)[None, :])
+
+
+@Kernel.specializing(("soc",))
+def forward_tma_kernel(
+    x_desc, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
+    C, C_OUT, LD, H_out, W_out, channel_blocks, steps, tiles_h, tiles_w,
+    sob, soc, soh, sow, padding, dilation,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    PRECISION: tl.constexpr, TILE_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """``forward_fields_kernel`` at stride 1 (config variant "tma") with the activation tile read by
+    the tensor-memory accelerator: ``x_desc`` describes the channels_last input as (B, H, W, C)
+    in boxes of (1, BLOCK_M // TILE_W, TILE_W, BLOCK_K). A program's pixels are one such
+    rectangle of output rows and columns of one image; per tap the box is shifted by the tap,
+    and what falls outside the image (the padding) or past C reads as zeros. C is a multiple of 8."""
+    TAPS: tl.constexpr = KSIZE * KSIZE
+    TILE_H: tl.constexpr = BLOCK_M // TILE_W
+    FIELDS: tl.constexpr = BLOCK_N // S
+    tile = tl.program_id(0)
+    batch = tile // (tiles_h * tiles_w)
+    h0 = tile // tiles_w % tiles_h * TILE_H
+    w0 = tile % tiles_w * TILE_W
+    rm = tl.arange(0, BLOCK_M)
+    oh = h0 + rm // TILE_W
+    ow = w0 + rm % TILE_W
+    m_ok = (oh < H_out) & (ow < W_out)
+    o0 = tl.program_id(1) * FIELDS
+    ro = o0 + tl.arange(0, FIELDS)
+    rt = tl.arange(0, S)
+    rk = tl.arange(0, BLOCK_K)
+    o_ok = ro // 8 < LD // 8  # = ro < LD, constant over 8 fields (vector loads); fields >= C_OUT read zeros
+    if S_IN > 1:
+        within = (rk // S_IN * S_IN)[:, None] + tl.load(orient_ptr + rt[None, :] * S + (rk % S_IN)[:, None])
+    else:
+        within = rk[:, None] + 0 * rt[None, :]
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
+        tap = step // channel_blocks
+        c0 = step % channel_blocks * BLOCK_K
+        a = x_desc.load([batch, h0 - padding + tap // KSIZE * dilation, w0 - padding + tap % KSIZE * dilation, c0])
+        c_ok = (c0 + rk) // 8 < C // 8  # = c < C
+        w_rows = (tl.load(taps_ptr + rt * TAPS + tap) * C + c0)[None, :] + within  # (BLOCK_K, S)
+        b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ro[None, None, :],
+                    mask=c_ok[:, None, None] & o_ok[None, None, :], other=0.0)
+        acc = tl.dot(tl.reshape(a, (BLOCK_M, BLOCK_K)), tl.reshape(b, (BLOCK_K, BLOCK_N)), acc,
+                     input_precision=PRECISION)
+    if HAS_BIAS:
+        fields = o0 + tl.arange(0, BLOCK_N) % FIELDS
+        acc += tl.load(bias_ptr + fields, mask=fields < C_OUT, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
+    rn = o0 * S + tl.arange(0, BLOCK_N)  # channel order (o, t)
+    out_ptrs = out_ptr + (batch.to(tl.int64) * sob + oh * soh + ow * sow)[:, None] + rn[None, :] * soc
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (rn < C_OUT * S)[None, :])
 
 
@@ -457,6 +514,14 @@ class _WeightLayouts:
         return _field_minor(self.weight, self.fields_dim)
 
 
+def _tma_eligible(x: torch.Tensor, stride: int) -> bool:
+    """Whether the "tma" forward can read ``x`` through a tensor descriptor: stride 1, a
+    channels_last map whose channels are 16-byte rows (the descriptor's strides), 16-byte aligned."""
+    channels_last = x.permute(0, 2, 3, 1).is_contiguous()
+    return (stride == 1 and channels_last and x.shape[1] * x.element_size() % 16 == 0
+            and x.data_ptr() % 16 == 0)
+
+
 def precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input_precision: IEEE float32 unless ``GER_KERNELS_TRITON_TF32=1`` opts in."""
     return "tf32" if dtype == torch.float32 and os.environ.get(TF32_ENV) == "1" else "ieee"
@@ -543,7 +608,20 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     pixels, n = batch * h_out * w_out, c_out * order
 
     def launch(config: Config) -> None:
-        if config.variant == "fields":
+        if config.variant == "tma" and _tma_eligible(x, stride):
+            rows = layouts.field_minor
+            tile_w = 16
+            tiles_h, tiles_w = triton.cdiv(h_out, config.block_m // tile_w), triton.cdiv(w_out, tile_w)
+            x_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1),
+                                                  [1, config.block_m // tile_w, tile_w, config.block_k])
+            forward_tma_kernel[(batch * tiles_h * tiles_w, triton.cdiv(c_out, config.block_n // order))](
+                x_desc, rows, bias if bias is not None else rows, out, table["orient"], table["taps"],
+                channels, c_out, rows.shape[1], h_out, w_out, triton.cdiv(channels, config.block_k),
+                k * k * triton.cdiv(channels, config.block_k), tiles_h, tiles_w, *out.stride(), padding, dilation,
+                S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu, PRECISION=precision(x.dtype),
+                TILE_W=tile_w, **config.meta())
+            return
+        if config.variant in ("fields", "tma"):  # "tma" where the input does not allow it: the same tiles
             rows = layouts.field_minor
             grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(c_out, config.block_n // order))
             forward_fields_kernel[grid](

@@ -173,27 +173,37 @@ def test_never_allocates_the_expanded_filter(lifting):
     assert largest_allocation(reference_step) >= expanded_bytes
 
 
-def test_errors_name_the_argument():
+ERROR_CASES = [
+    (lambda x, w, b: (x[:, :15], w, b), "input must have C_in\\*S_in = 2\\*8 = 16 channels"),
+    (lambda x, w, b: (x[0], w, b), "input must be 4-D"),
+    (lambda x, w, b: (x, w.double(), b), "weight.dtype must match input.dtype Float, got Double"),
+    (lambda x, w, b: (x, w, b.double()), "bias.dtype must match input.dtype"),
+    (lambda x, w, b: (x, w, b[:2]), "bias must have shape \\(3,\\)"),
+    (lambda x, w, b: (x, w[..., :2], b), "square k x k taps, got 3 x 2"),
+    (lambda x, w, b: (x, w[:, :, :4], b), "S_in\\) must be 1 \\(lifting\\) or 8, got 4"),
+    (lambda x, w, b: (x.long(), w, b), "input must be a floating point tensor"),
+    (lambda x, w, b: (x[..., :2, :2], w, b), "input of size 2 x 2 is smaller than the 3 x 3 kernel"),
+]
+
+
+@pytest.mark.parametrize("make_args,message", ERROR_CASES,
+                         ids=["channels", "ndim", "weight-dtype", "bias-dtype", "bias-shape", "taps", "s-in",
+                              "integer-input", "too-small"])
+def test_errors_name_the_argument(make_args, message):
     x, w, b = make_case(P4M, False, 3, dtype=torch.float32)
-    cases = [
-        ((x[:, :15], w, b), "input must have C_in\\*S_in = 2\\*8 = 16 channels"),
-        ((x[0], w, b), "input must be 4-D"),
-        ((x, w.double(), b), "weight.dtype must match input.dtype Float, got Double"),
-        ((x, w, b.double()), "bias.dtype must match input.dtype"),
-        ((x, w, b[:2]), "bias must have shape \\(3,\\)"),
-        ((x, w[..., :2], b), "square k x k taps, got 3 x 2"),
-        ((x, w[:, :, :4], b), "S_in\\) must be 1 \\(lifting\\) or 8, got 4"),
-        ((x.long(), w, b), "input must be a floating point tensor"),
-        ((x[..., :2, :2], w, b), "input of size 2 x 2 is smaller than the 3 x 3 kernel"),
-    ]
-    for args, message in cases:
-        with pytest.raises(RuntimeError, match=message):
-            torch.ops.ger_kernels.group_conv2d(*args, 1, 0, 1, 8)
-    for name, value, message in [("stride", 0, "stride must be >= 1"), ("padding", -1, "padding must be >= 0"),
-                                 ("dilation", 0, "dilation must be >= 1"), ("group", 6, "group_order must be 8")]:
-        params = {"stride": 1, "padding": 0, "dilation": 1, "group": 8} | {name: value}
-        with pytest.raises(RuntimeError, match=message):
-            torch.ops.ger_kernels.group_conv2d(x, w, b, *params.values())
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.ger_kernels.group_conv2d(*make_args(x, w, b), 1, 0, 1, 8)
+
+
+@pytest.mark.parametrize("name,value,message", [("stride", 0, "stride must be >= 1"),
+                                                ("padding", -1, "padding must be >= 0"),
+                                                ("dilation", 0, "dilation must be >= 1"),
+                                                ("group", 6, "group_order must be 8")])
+def test_errors_name_the_conv_parameter(name, value, message):
+    x, w, b = make_case(P4M, False, 3, dtype=torch.float32)
+    params = {"stride": 1, "padding": 0, "dilation": 1, "group": 8} | {name: value}
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.ger_kernels.group_conv2d(x, w, b, *params.values())
 
 
 def test_backward_op_errors():
