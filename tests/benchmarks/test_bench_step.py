@@ -100,7 +100,7 @@ def test_a_short_budget_measures_the_most_important_rows_and_skips_the_rest(tmp_
 
 @pytest.mark.parametrize("slow_step", [1, 2])
 def test_a_warm_up_that_runs_out_of_budget_still_times_a_step_once_one_warm_up_step_finished(monkeypatch, slow_step):
-    calls = []
+    calls, measure_timed_ms = [], bench_step.timed_ms
 
     def timed_ms(step, device):
         calls.append(step)
@@ -108,7 +108,6 @@ def test_a_warm_up_that_runs_out_of_budget_still_times_a_step_once_one_warm_up_s
             time.sleep(30)  # stopped by the row's time limit
         return measure_timed_ms(step, device)
 
-    measure_timed_ms = bench_step.timed_ms
     monkeypatch.setattr(bench_step, "timed_ms", timed_ms)
     args = SimpleNamespace(widths=[4, 8, 8, 8], batch=1, size=16, warmup=3, steps=2)
     config = bench_step.Config("R-UNet", "-", "fp32", "nchw", False)
