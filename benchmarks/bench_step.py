@@ -10,9 +10,18 @@ what was allocated before it (parameters, gradients, Adam state; CUDA: the cachi
 CPU: torch.profiler's allocation events); and the top kernels of one profiled step (self device
 time on CUDA, self CPU time on CPU) with the share of each category. A configuration that fails
 (an exception, out of memory, an unavailable backend, its time budget run out) is a row with the
-error, and the run goes on. Rows run under time budgets so that the whole run fits --budget-s:
---compile-budget-s of it is kept for the compiled rows, which run last, each with all the time
-left; what does not fit is listed as skipped. results.md and results.json in --out are rewritten after every row.
+error, and the run goes on.
+
+Rows run most important first, so that a short --budget-s measures those: by --precisions, then
+--layouts (each in the order given; CUDA: bf16-autocast and channels_last first, what `ger-unet
+train` would run there), then GER-UNet auto, R-UNet (its baseline), the other GER-UNet backends in
+--backends order; compiled rows last. Each row gets what is left of --budget-s, at most
+--row-budget-s; a row starts only when at least MIN_ROW_S (or --row-budget-s if less) is left, and
+what does not start is listed as skipped. --compile-budget-s (at most --budget-s) is kept for the
+compiled rows, each of which gets all the time left, from every eager row but those of the first
+precision and layout; a compiled row starts with at least a third of it.
+When the budget runs out in a warm-up step after one has finished, the row still times one step
+(see run_row). results.md and results.json in --out are rewritten after every row.
 
     python benchmarks/bench_step.py --out benchmarks/results/step-h200   # CUDA: 4x3x448x448, paper widths
     python benchmarks/bench_step.py --out benchmarks/results/step-cpu    # CPU: 4x3x64x64, demo widths
@@ -55,13 +64,24 @@ from ger_kernels.models import GERUNet, RUNet, count_parameters, group_widths  #
 MODELS = ("R-UNet", "GER-UNet")
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 LAYOUTS = ("nchw", "channels_last")
-# Defaults per device: CUDA at the paper's size within one ~4-minute GPU call, CPU at the demo's size.
+# Defaults per device, most important precision and layout first: CUDA at the paper's size within
+# one ~4-minute GPU call, CPU at the demo's size.
 DEFAULTS = {
     "cuda": dict(size=448, batch=4, widths=[64, 128, 256, 512], precisions=["bf16-autocast", "bf16"],
-                 budget_s=210.0, row_budget_s=15.0, compile_budget_s=90.0),
+                 layouts=["channels_last", "nchw"], budget_s=210.0, row_budget_s=30.0, compile_budget_s=90.0),
     "cpu": dict(size=64, batch=4, widths=[16, 32, 64, 128], precisions=list(PRECISIONS),
-                budget_s=900.0, row_budget_s=60.0, compile_budget_s=300.0),
+                layouts=["nchw", "channels_last"], budget_s=900.0, row_budget_s=60.0, compile_budget_s=300.0),
 }
+# Seconds a row needs at least to finish its warm-up: a row starts only with this much of the
+# budget left (or all of --row-budget-s, if that is less). On the H200 the first step of R-UNet at
+# the paper's size took over 10 s (CUDA context, cuDNN benchmark autotuning of every convolution,
+# forward and backward); GER-UNet's Triton kernels also compile in their first step. On CPU
+# the first step at the demo's size takes under 1 s.
+MIN_ROW_S = {"cuda": 20.0, "cpu": 5.0}
+# When the budget has run out in the warm-up, one step is still timed, within this many times the
+# last finished warm-up step plus a second (a bound, not what it takes: the first warm-up step,
+# with autotuning or compiling, is the slowest).
+PAST_BUDGET_STEPS = 1.5
 # Kernel (CUDA) or op (CPU) names by category: the first pattern that matches (case-insensitive)
 # wins; dtype casts of autocast are copies too, so they count as "layout/copy". A name that matches
 # none (Triton kernels are named after their function only) takes the category of the nearest op
@@ -197,9 +217,16 @@ def training_step(model: torch.nn.Module, forward: Callable, x: torch.Tensor, y:
 
 
 def run_row(config: Config, args, device: torch.device, budget_s: float) -> dict:
-    """Measures one configuration within ``budget_s`` seconds; a failure becomes the row's error."""
+    """Measures one configuration within ``budget_s`` seconds; a failure becomes the row's error.
+    When the budget runs out in the warm-up after at least one warm-up step has finished, the
+    warm-up stops there and one step is still timed (within PAST_BUDGET_STEPS times the last
+    warm-up step, plus a second); when it runs out in the timing, the steps timed so far count."""
     row: dict = {**dataclasses.asdict(config), "budget_s": round(budget_s, 1), "notes": []}
     deadline = time.perf_counter() + budget_s
+
+    def left_ms() -> float:
+        return (deadline - time.perf_counter()) * 1e3
+
     phase = "setup"
     cuda = device.type == "cuda"
     if cuda:
@@ -209,6 +236,7 @@ def run_row(config: Config, args, device: torch.device, budget_s: float) -> dict
         torch._dynamo.reset()
         counters.clear()
     try:
+        warmup: list[float] = []
         with time_limit(budget_s):
             model = build_model(config, args.widths, device)
             row["parameters"] = count_parameters(model)
@@ -221,36 +249,45 @@ def run_row(config: Config, args, device: torch.device, budget_s: float) -> dict
             forward = torch.compile(model) if config.compiled else model
             step = training_step(model, forward, x, y, config.precision == "bf16-autocast")
 
-            def left() -> float:
-                return (deadline - time.perf_counter()) * 1e3
-
             phase = "warm-up"
-            warmup = [timed_ms(step, device)]
             # a compiled model may compile again on its second call: that belongs to the warm-up
             minimum = min(args.warmup, 2 if config.compiled else 1)
-            while len(warmup) < args.warmup and (len(warmup) < minimum or left() > 3 * warmup[-1]):
-                warmup.append(timed_ms(step, device))
-            row["warmup_s"] = sum(warmup) / 1e3
-            if len(warmup) < args.warmup:
-                row["notes"].append(f"{len(warmup)} warm-up steps (budget)")
-            if config.compiled:
-                row["dynamo"] = dynamo_counts()
-            phase = "timing"
-            times = [timed_ms(step, device)]
-            while len(times) < args.steps and left() > 2 * times[-1]:
-                times.append(timed_ms(step, device))
-            row.update(steps=len(times), ms=statistics.median(times), ms_min=min(times), ms_max=max(times))
-            if len(times) < args.steps:
-                row["notes"].append(f"{len(times)} of {args.steps} steps (budget)")
-            if config.compiled:
-                graphs = dynamo_counts()["graphs"] - row["dynamo"]["graphs"]
-                if graphs:
-                    row["notes"].append(f"{graphs} graphs compiled during timing")
-            if cuda:
-                row["peak_total_bytes"] = torch.cuda.max_memory_allocated(device) - baseline
+            try:
+                while len(warmup) < args.warmup and (len(warmup) < minimum or left_ms() > 3 * warmup[-1]):
+                    warmup.append(timed_ms(step, device))
+            except BudgetExceeded:
+                if not warmup:
+                    raise
+                row["notes"].append(f"{len(warmup)} warm-up steps (budget ran out in step {len(warmup) + 1})")
+            else:
+                if len(warmup) < args.warmup:
+                    row["notes"].append(f"{len(warmup)} warm-up steps (budget)")
+        row["warmup_s"] = sum(warmup) / 1e3
+        if config.compiled:
+            row["dynamo"] = dynamo_counts()
+        phase = "timing"
+        if left_ms() <= 0:
+            row["notes"].append("timed after its budget ran out")
+        times: list[float] = []
+        with time_limit(max(left_ms(), PAST_BUDGET_STEPS * warmup[-1] + 1e3) / 1e3):
+            try:
+                while not times or (len(times) < args.steps and left_ms() > 2 * times[-1]):
+                    times.append(timed_ms(step, device))
+            except BudgetExceeded:
+                if not times:
+                    raise
+        row.update(steps=len(times), ms=statistics.median(times), ms_min=min(times), ms_max=max(times))
+        if len(times) < args.steps:
+            row["notes"].append(f"{len(times)} of {args.steps} steps (budget)")
+        if config.compiled:
+            graphs = dynamo_counts()["graphs"] - row["dynamo"]["graphs"]
+            if graphs:
+                row["notes"].append(f"{graphs} graphs compiled during timing")
+        if cuda:
+            row["peak_total_bytes"] = torch.cuda.max_memory_allocated(device) - baseline
         # outside the time limit: stopping the profiler halfway could leave it unusable for the next rows
         phase = "profile"
-        if left() > 1.5 * row["ms"] + 2e3:
+        if left_ms() > 1.5 * row["ms"] + 2e3:
             prof, row["peak_extra_bytes"] = profiled_step(step, device)
             row.update(kernel_summary(prof, device))
         else:
@@ -270,14 +307,15 @@ def release(device: torch.device, compiled: bool) -> None:
 
 
 def eager_configs(args) -> list[Config]:
-    """In order of importance, since the tail may not fit the budget: precision, layout, model, backend."""
-    configs = []
-    for precision in args.precisions:
-        for layout in args.layouts:
-            for model in args.models:
-                for backend in (["-"] if model == "R-UNet" else args.backends):
-                    configs.append(Config(model, backend, precision, layout, False))
-    return configs
+    """In order of importance, since the tail may not fit the budget: by --precisions, then by
+    --layouts (each in the order given), then GER-UNet auto, R-UNet (the baseline it is compared
+    to) and the other GER-UNet backends in --backends order."""
+    ger_backends = args.backends if "GER-UNet" in args.models else []
+    models = [("GER-UNet", b) for b in ger_backends if b == "auto"]
+    models += [("R-UNet", "-")] if "R-UNet" in args.models else []
+    models += [("GER-UNet", b) for b in ger_backends if b != "auto"]
+    return [Config(model, backend, precision, layout, False)
+            for precision in args.precisions for layout in args.layouts for model, backend in models]
 
 
 def compiled_configs(args, rows: list[dict]) -> tuple[list[Config], list[str]]:
@@ -374,19 +412,21 @@ def parse_args(argv) -> argparse.Namespace:
                         "(cuda 64 128 256 512, cpu 16 32 64 128)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--backends", nargs="+", choices=["auto", *BACKENDS],
-                        help="GER-UNet backends (default: reference, auto and those available on --device)")
+                        help="GER-UNet backends (default: auto, triton, cpp, reference, those available on --device)")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS,
                         help="cuda: bf16-autocast bf16; cpu: fp32 bf16-autocast bf16")
-    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS,
+                        help="cuda: channels_last nchw; cpu: nchw channels_last")
     parser.add_argument("--compile", default="best", choices=["none", "best", "all"],
                         help="compiled rows: none, the fastest eager configuration of each model, or all")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per row (at most)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps per row (at most)")
     parser.add_argument("--quick", action="store_true", help="1 warm-up and 1 timed step (a smoke test)")
     parser.add_argument("--budget-s", type=float, help="time for the whole run (cuda 210, cpu 900)")
-    parser.add_argument("--row-budget-s", type=float, help="time for one eager row (cuda 15, cpu 60)")
+    parser.add_argument("--row-budget-s", type=float, help="time for one eager row at most (cuda 30, cpu 60)")
     parser.add_argument("--compile-budget-s", type=float,
-                        help="part of --budget-s kept for the compiled rows (cuda 90, cpu 300)")
+                        help="part of --budget-s kept for the compiled rows from the eager rows after those of "
+                        "the first precision and layout (cuda 90, cpu 300)")
     parser.add_argument("--deterministic", action="store_true",
                         help="torch.use_deterministic_algorithms (as `ger-unet train` by default)")
     args = parser.parse_args(argv)
@@ -397,7 +437,7 @@ def parse_args(argv) -> argparse.Namespace:
             setattr(args, name, value)
     if args.backends is None:
         available = backends(args.device)
-        args.backends = [b for b in ("reference", "auto", "triton", "cpp") if b == "auto" or available[b].available]
+        args.backends = [b for b in ("auto", "triton", "cpp", "reference") if b == "auto" or available[b].available]
     if args.quick:
         args.steps = args.warmup = 1
     if args.size < 8 or args.size % 8:
@@ -448,11 +488,16 @@ def main(argv=None) -> dict:
     write(report, args.out)
     print(f"{report['machine']}\n{report['command']}\n\n{TABLE_HEADER}", flush=True)
     deadline = start + args.budget_s
-    reserve = args.compile_budget_s if args.compile != "none" else 0.0
+    # kept for the compiled rows from the eager rows after those of the first precision and layout
+    reserve = min(args.compile_budget_s, args.budget_s) if args.compile != "none" else 0.0
+    eager_minimum_s = min(MIN_ROW_S[args.device], args.row_budget_s)
 
-    def run(config: Config, budget_s: float, minimum_s: float) -> None:
+    def run(config: Config, cap_s: float, kept_s: float, minimum_s: float) -> None:
+        budget_s = min(cap_s, deadline - kept_s - time.perf_counter())
         if budget_s < minimum_s:
-            reason = f"{config.label()}: skipped, {max(budget_s, 0):.0f} s of the time budget left"
+            kept = f" after the {kept_s:.0f} s kept for compiled rows" if kept_s else ""
+            reason = (f"{config.label()}: skipped, {max(budget_s, 0):.0f} s of the time budget left{kept} "
+                      f"(a row starts with at least {minimum_s:.0f} s)")
             report["skipped"].append(reason)
             print(f"[{reason}]", flush=True)
         else:
@@ -461,13 +506,14 @@ def main(argv=None) -> dict:
             print(row_line(report["rows"][-1]), flush=True)
         write(report, args.out)
 
+    first = (args.precisions[0], args.layouts[0])
     for config in eager_configs(args):
-        left = deadline - reserve - time.perf_counter()
-        run(config, min(args.row_budget_s, left), args.row_budget_s / 3)
+        kept_s = 0.0 if (config.precision, config.layout) == first else reserve
+        run(config, args.row_budget_s, kept_s, eager_minimum_s)
     configs, missing = compiled_configs(args, report["rows"])
     report["skipped"] += missing
     for config in configs:
-        run(config, deadline - time.perf_counter(), max(args.compile_budget_s / 3, 1.0))
+        run(config, float("inf"), 0.0, max(reserve / 3, eager_minimum_s))
     write(report, args.out)
     print(f"\nwrote {args.out / 'results.md'} and results.json in {time.perf_counter() - start:.0f} s", flush=True)
     return report

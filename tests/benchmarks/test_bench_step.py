@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import signal
 import sys
 import time
@@ -45,12 +46,80 @@ def test_rows_that_do_not_fit_the_budget_are_listed_as_skipped(tmp_path):
                               "--backends", "reference", "--compile", "best"])
     assert report["rows"] == []
     budget = [reason for reason in report["skipped"] if "time budget" in reason]
-    assert budget[:2] == ["R-UNet, fp32, nchw, eager: skipped, 0 s of the time budget left",
-                          "GER-UNet reference, fp32, nchw, eager: skipped, 0 s of the time budget left"]
+    assert budget[:2] == [
+        "R-UNet, fp32, nchw, eager: skipped, 0 s of the time budget left (a row starts with at least 5 s)",
+        "GER-UNet reference, fp32, nchw, eager: skipped, 0 s of the time budget left (a row starts with at least 5 s)"]
     assert len(budget) == 2 * len(bench_step.PRECISIONS)
     assert report["skipped"][-2:] == ["GER-UNet, compiled: no eager configuration was measured",
                                       "R-UNet, compiled: no eager configuration was measured"]
     assert "Skipped:" in (tmp_path / "results.md").read_text()
+
+
+def test_rows_run_most_important_first():
+    cuda = SimpleNamespace(models=list(bench_step.MODELS), backends=["triton", "reference", "auto", "cpp"],
+                           precisions=bench_step.DEFAULTS["cuda"]["precisions"],
+                           layouts=bench_step.DEFAULTS["cuda"]["layouts"])
+    configs = [(c.model, c.backend, c.precision, c.layout) for c in bench_step.eager_configs(cuda)]
+    assert configs[:5] == [("GER-UNet", "auto", "bf16-autocast", "channels_last"),
+                           ("R-UNet", "-", "bf16-autocast", "channels_last"),
+                           ("GER-UNet", "triton", "bf16-autocast", "channels_last"),
+                           ("GER-UNet", "reference", "bf16-autocast", "channels_last"),
+                           ("GER-UNet", "cpp", "bf16-autocast", "channels_last")]
+    assert [c[2:] for c in configs[5::5]] == [("bf16-autocast", "nchw"), ("bf16", "channels_last"), ("bf16", "nchw")]
+    assert len(configs) == len(set(configs)) == 20
+    cpu = bench_step.parse_args(["--device", "cpu", "--out", "unused"])
+    assert cpu.backends == [b for b in ("auto", "triton", "cpp", "reference") if b in cpu.backends]
+    assert cpu.backends[0] == "auto" and cpu.backends[-1] == "reference"
+    assert [(c.model, c.backend, c.precision, c.layout) for c in bench_step.eager_configs(cpu)[:2]] == [
+        ("GER-UNet", "auto", "fp32", "nchw"), ("R-UNet", "-", "fp32", "nchw")]
+
+
+def test_a_short_budget_measures_the_most_important_rows_and_skips_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench_step.MIN_ROW_S, "cpu", 1.0)
+    # rows that time steps until their 1.5 s run out: two fit 3.5 s, the third would start with ~0.5 s;
+    # the time kept for compiled rows is not taken from the first precision and layout
+    report = bench_step.main(["--device", "cpu", "--size", "16", "--batch", "1", "--widths", "4", "8", "8", "8",
+                              "--compile", "best", "--compile-budget-s", "100", "--precisions", "fp32",
+                              "--layouts", "nchw", "--backends", "reference", "auto", "--warmup", "1",
+                              "--steps", "100000", "--row-budget-s", "1.5", "--budget-s", "3.5",
+                              "--out", str(tmp_path)])
+    rows = report["rows"]
+    assert [(r["model"], r["backend"]) for r in rows] == [("GER-UNet", "auto"), ("R-UNet", "-")]
+    for row in rows:
+        assert "error" not in row and row["budget_s"] == 1.5 and row["steps"] >= 1 and row["ms"] > 0
+        assert row["notes"][0] == f"{row['steps']} of 100000 steps (budget)"
+    budget = [reason for reason in report["skipped"] if "time budget" in reason]
+    assert len(budget) == 3 and re.fullmatch(r"GER-UNet reference, fp32, nchw, eager: skipped, [01] s of the time "
+                                             r"budget left \(a row starts with at least 1 s\)", budget[0])
+    assert [reason.split(": ")[0] for reason in budget[1:]] == ["GER-UNet auto, fp32, nchw, compiled",
+                                                                "R-UNet, fp32, nchw, compiled"]
+    # what is kept for compiled rows is at most the budget, 3.5 s: they start with at least 1.2 s
+    assert all(reason.endswith("(a row starts with at least 1 s)") for reason in budget[1:])
+    assert all(reason in (tmp_path / "results.md").read_text() for reason in budget)
+
+
+@pytest.mark.parametrize("slow_step", [1, 2])
+def test_a_warm_up_that_runs_out_of_budget_still_times_a_step_once_one_warm_up_step_finished(monkeypatch, slow_step):
+    calls, measure_timed_ms = [], bench_step.timed_ms
+
+    def timed_ms(step, device):
+        calls.append(step)
+        if len(calls) == slow_step:
+            time.sleep(30)  # stopped by the row's time limit
+        return measure_timed_ms(step, device)
+
+    monkeypatch.setattr(bench_step, "timed_ms", timed_ms)
+    args = SimpleNamespace(widths=[4, 8, 8, 8], batch=1, size=16, warmup=3, steps=2)
+    config = bench_step.Config("R-UNet", "-", "fp32", "nchw", False)
+    start = time.perf_counter()
+    row = bench_step.run_row(config, args, torch.device("cpu"), budget_s=1.0)
+    assert time.perf_counter() - start < 10
+    if slow_step == 1:  # nothing finished: the row fails
+        assert row["error"] == "warm-up: BudgetExceeded: its time budget of 1 s ran out" and "ms" not in row
+    else:
+        assert "error" not in row and row["steps"] == 1 and row["ms"] > 0 and len(calls) == 3
+        assert row["notes"] == ["1 warm-up steps (budget ran out in step 2)", "timed after its budget ran out",
+                                "1 of 2 steps (budget)", "not profiled (budget)"]
 
 
 def test_best_compiles_the_fastest_measured_eager_configuration_of_each_model():
