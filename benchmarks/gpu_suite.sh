@@ -85,6 +85,14 @@ for stage in $STAGES; do
       # the CUDA kernels of ger_kernels._C, the Triton kernels (on the GPU, not the interpreter),
       # and everything that compares backends; the CuTe cases (opt-in kernels, first run here) go
       # last in a process of their own, so a fault there cannot take the others' CUDA context down
+      # the error paths of the CPU ops first, one test per case and named (-v): a segfault in one was
+      # seen here on 2026-11-29 (torch 2.11); if the process dies, cuda-gdb prints the native stack
+      if ! timeout "$(cap 60)" $PY -m pytest -v -p no:cacheprovider tests/csrc/test_group_conv.py -k "errors" \
+          > "$OUT/errors.log" 2>&1; then
+        echo "error-path tests FAILED: see $OUT/errors.log"
+        command -v cuda-gdb > /dev/null && timeout "$(cap 90)" cuda-gdb -batch -ex run -ex bt --args $PY -m pytest \
+          -x -q -p no:cacheprovider tests/csrc/test_group_conv.py -k "errors" > "$OUT/errors-gdb.log" 2>&1 || true
+      fi
       GER_KERNELS_REQUIRE_EXTENSION=1 timeout "$(cap 150)" $PY -m pytest -q -p no:cacheprovider -k "not cute" \
         tests/csrc/test_group_conv_cuda.py tests/csrc/test_group_conv.py tests/test_ops.py tests/triton \
         --ignore=tests/triton/test_triton_aot.py tests/test_group_batch_norm.py tests/nn/test_norm.py \

@@ -26,7 +26,11 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
+
+try:  # host-side tensor descriptors (triton >= 3.3 here; the "tma" forward falls back without them)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 from torch._prims_common import suggest_memory_format
 
 from ger_kernels._autocast import register_autocast
@@ -319,6 +323,58 @@ def input_grad_fields_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & (rc < C_IN * S_IN)[None, :])
 
 
+@Kernel.specializing(("sxc",))
+def input_grad_tma_kernel(
+    dy_desc, w_ptr, dx_ptr, orient_ptr, taps_ptr,
+    C_IN, H, W, N, LD, channel_blocks, steps, tiles_h, tiles_w,
+    sxb, sxc, sxh, sxw, padding, dilation,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, PRECISION: tl.constexpr, TILE_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """``input_grad_fields_kernel`` at stride 1 (config variant "tma") with the output-gradient tile
+    read by the tensor-memory accelerator: ``dy_desc`` describes the channels_last dy as
+    (B, H_out, W_out, N) in boxes of (1, BLOCK_M // TILE_W, TILE_W, BLOCK_K). A program's pixels
+    are one rectangle of input rows and columns of one image; per tap the box is shifted back by
+    the tap, and what falls outside dy or past N reads as zeros."""
+    TAPS: tl.constexpr = KSIZE * KSIZE
+    TILE_H: tl.constexpr = BLOCK_M // TILE_W
+    FIELDS: tl.constexpr = BLOCK_N // S_IN
+    tile = tl.program_id(0)
+    batch = tile // (tiles_h * tiles_w)
+    h0 = tile // tiles_w % tiles_h * TILE_H
+    w0 = tile % tiles_w * TILE_W
+    rm = tl.arange(0, BLOCK_M)
+    h = h0 + rm // TILE_W
+    w = w0 + rm % TILE_W
+    m_ok = (h < H) & (w < W)
+    i0 = tl.program_id(1) * FIELDS
+    ri = i0 + tl.arange(0, FIELDS)
+    rs = tl.arange(0, S_IN)
+    rk = tl.arange(0, BLOCK_K)
+    i_ok = ri // 8 < LD // 8  # = ri < LD, constant over 8 fields (vector loads); fields >= C_IN read zeros
+    t = rk % S  # reduction rows n0 + k, n0 a multiple of S
+    if S_IN > 1:
+        orient = tl.load(orient_ptr + t[:, None] * S + rs[None, :])  # (BLOCK_K, S_IN): T[t, s]
+    else:
+        orient = 0 * rk[:, None] + rs[None, :]
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
+        tap = step // channel_blocks
+        n0 = step % channel_blocks * BLOCK_K
+        a = dy_desc.load([batch, h0 + padding - tap // KSIZE * dilation, w0 + padding - tap % KSIZE * dilation, n0])
+        n_ok = (n0 + rk) // 8 < N // 8  # = n < N
+        o = (n0 + rk) // S
+        w_rows = ((tl.load(taps_ptr + t * TAPS + tap) * (N // S) + o) * S_IN)[:, None] + orient  # (BLOCK_K, S_IN)
+        b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ri[None, None, :],
+                    mask=n_ok[:, None, None] & i_ok[None, None, :], other=0.0)
+        acc = tl.dot(tl.reshape(a, (BLOCK_M, BLOCK_K)), tl.reshape(b, (BLOCK_K, BLOCK_N)), acc,
+                     input_precision=PRECISION)
+    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S_IN, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
+    rc = i0 * S_IN + tl.arange(0, BLOCK_N)  # channel order (i, s)
+    dx_ptrs = dx_ptr + (batch.to(tl.int64) * sxb + h * sxh + w * sxw)[:, None] + rc[None, :] * sxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & (rc < C_IN * S_IN)[None, :])
+
+
 @Kernel.specializing(("sdc", "sxc"))
 def weight_grad_kernel(
     dy_ptr, x_ptr, dw_ptr, source_ptr, inverse_taps_ptr,
@@ -515,10 +571,10 @@ class _WeightLayouts:
 
 
 def _tma_eligible(x: torch.Tensor, stride: int) -> bool:
-    """Whether the "tma" forward can read ``x`` through a tensor descriptor: stride 1, a
+    """Whether a "tma" kernel can read ``x`` (the input, or dy) through a tensor descriptor: stride 1, a
     channels_last map whose channels are 16-byte rows (the descriptor's strides), 16-byte aligned."""
     channels_last = x.permute(0, 2, 3, 1).is_contiguous()
-    return (stride == 1 and channels_last and x.shape[1] * x.element_size() % 16 == 0
+    return (TensorDescriptor is not None and stride == 1 and channels_last and x.shape[1] * x.element_size() % 16 == 0
             and x.data_ptr() % 16 == 0)
 
 
@@ -664,7 +720,19 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
     taps_of_phase, tap_counts = phase_taps(k, stride, padding, dilation, grad.device)
 
     def launch(config: Config) -> None:
-        if config.variant == "fields":
+        if config.variant == "tma" and _tma_eligible(grad, stride):
+            rows = layouts.field_minor
+            tile_w = 16
+            tiles_h, tiles_w = triton.cdiv(height, config.block_m // tile_w), triton.cdiv(width, tile_w)
+            dy_desc = TensorDescriptor.from_tensor(grad.permute(0, 2, 3, 1),
+                                                   [1, config.block_m // tile_w, tile_w, config.block_k])
+            input_grad_tma_kernel[(batch * tiles_h * tiles_w, triton.cdiv(channels // s_in, config.block_n // s_in))](
+                dy_desc, rows, dx, table["orient"], table["taps"],
+                channels // s_in, height, width, n, rows.shape[1], triton.cdiv(n, config.block_k),
+                k * k * triton.cdiv(n, config.block_k), tiles_h, tiles_w, *dx.stride(), padding, dilation,
+                S=order, S_IN=s_in, KSIZE=k, PRECISION=precision(grad.dtype), TILE_W=tile_w, **config.meta())
+            return
+        if config.variant in ("fields", "tma"):  # "tma" where dy does not allow it: the same tiles
             rows = layouts.field_minor
             grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m),
                     triton.cdiv(channels // s_in, config.block_n // s_in), stride * stride)

@@ -73,10 +73,12 @@ def test_float32_matches_reference(device, group, lifting, k, stride, padding, d
     assert max(errs.values()) <= 1e-5, errs
 
 
-def assert_half_parity(x, w, b, stride, padding, dilation, group, dtype):
-    """SPEC section 8: at most twice the error of PyTorch's conv on W~ in ``dtype``, and <= 1e-2."""
+def assert_half_parity(x, w, b, stride, padding, dilation, group, dtype, x_view=None):
+    """SPEC section 8: at most twice the error of PyTorch's conv on W~ in ``dtype``, and <= 1e-2.
+    ``x_view`` lays out the input and the output gradient."""
     grad = torch.randn_like(reference.conv_expanded(x, w, b, stride, padding, dilation, group))
-    errs = parity(x, w, b, stride, padding, dilation, group, dtype=dtype, grad=grad)
+    grad = x_view(grad) if x_view else grad
+    errs = parity(x, w, b, stride, padding, dilation, group, dtype=dtype, grad=grad, x_view=x_view)
     conv = lambda x, w, b: reference.conv_expanded(x, w, b, stride, padding, dilation, group)  # noqa: E731
     torch_errs = errors(run(conv, x, w, b, grad, dtype), run(conv, x, w, b, grad))
     for name, err in errs.items():
@@ -140,6 +142,32 @@ def test_fields_variant(device, monkeypatch, case, layout):
         x, w, b = conv_args(group, lifting, k, height, width, batch, c_in=2, c_out=c_out, device=device)
         errs = parity(x, w, b, stride, padding, dilation, group, x_view=view, relu=c_out == 23)
         assert max(errs.values()) <= 1e-5, (c_out, errs)
+
+
+@pytest.mark.parametrize("group,padding,dilation,height,width", [(P4M, 1, 1, 9, 19), (P4M, 2, 2, 7, 5),
+                                                                   (P4, 0, 1, 10, 17)])
+def test_tma_variant(device, monkeypatch, group, padding, dilation, height, width):
+    """The "tma" forward and input gradient (input and dy boxes through tensor descriptors, zeros
+    outside the map) on channels_last maps at stride 1, in float16 (its configs are the 16-bit
+    ones): tiles cut by the map's edges, 10 and 22 output fields, boxes wider than the channels."""
+    config = next(c for c in CONFIGS["half"]["forward"] if c.variant == "tma")
+    monkeypatch.setenv(FORCE_ENV, config.name)
+    view = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    for c_in, c_out in ((2, 10), (6, 22)):  # channels of 16-byte rows: 16, 48 (p4m), 8, 24 (p4) in; 80, 176, 40, 88 out
+        x, w, b = conv_args(group, False, 3, height, width, 1, c_in=c_in, c_out=c_out, device=device)
+        assert group_conv._tma_eligible(view(x).half(), 1)
+        assert group_conv._tma_eligible(view(torch.randn(1, c_out * group.order, 2, 2, dtype=torch.half)), 1)
+        assert_half_parity(x, w, b, 1, padding, dilation, group, torch.float16, x_view=view)
+
+
+def test_tma_eligibility():
+    """Where no descriptor can describe the input, a "tma" config runs the "fields" kernel."""
+    x = torch.randn(1, 16, 5, 6, dtype=torch.float16)
+    channels_last = x.to(memory_format=torch.channels_last)
+    assert group_conv._tma_eligible(channels_last, 1)
+    assert not group_conv._tma_eligible(channels_last, 2)  # stride 2
+    assert not group_conv._tma_eligible(x, 1)  # NCHW
+    assert not group_conv._tma_eligible(torch.randn(1, 3, 5, 6).to(memory_format=torch.channels_last), 1)  # 12 B
 
 
 def test_field_minor_layout():
