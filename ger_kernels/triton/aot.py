@@ -33,9 +33,9 @@ __all__ = ["Resources", "compile_config", "compile_batch_norm", "report", "forma
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input_grad_kernel,
-            "forward-fields": group_conv.forward_fields_kernel, "forward-tma": group_conv.forward_tma_kernel,
+            "forward-fields": group_conv.forward_fields_kernel, "forward-tma": group_conv.forward_fields_kernel,
             "input_grad-fields": group_conv.input_grad_fields_kernel,
-            "input_grad-tma": group_conv.input_grad_tma_kernel,
+            "input_grad-tma": group_conv.input_grad_fields_kernel,
             "weight_grad": group_conv.weight_grad_kernel,
             "weight_grad-channels": group_conv.weight_grad_channels_kernel}  # family-variant of a Config
 # Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table.
@@ -43,7 +43,7 @@ _POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"], "forward-fields": ["
              "forward-tma": ["desc", "x", "x", "x", "i32", "i32"],
              "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
              "input_grad-fields": ["x", "x", "x", "i32", "i32", "i32", "i32"],
-             "input_grad-tma": ["desc", "x", "x", "i32", "i32"],
+             "input_grad-tma": ["desc", "x", "x", "i32", "i32", "i32", "i32"],
              "weight_grad": ["x", "x", "fp32", "i32", "i32"], "weight_grad-channels": ["x", "x", "fp32", "i32", "i32"]}
 
 
@@ -75,7 +75,7 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
     pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _POINTERS[family]]  # "*desc": set by the caller
     constexprs = {"S": 8, "S_IN": 8, "KSIZE": 3, "PRECISION": group_conv.precision(dtype)}
     constexprs.update({name: 1 for name in ("sxc", "soc", "sdc") if name in fn.arg_names})
-    if family not in ("weight_grad", "forward-tma", "input_grad-tma"):
+    if family != "weight_grad":
         constexprs["ALIGN"] = 8  # strides of a channels_last map with a multiple of 8 channels
     if family.startswith("forward"):
         constexprs.update(HAS_BIAS=True, RELU=False)
@@ -109,10 +109,12 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
     kernel = f"{family}-{config.variant}" if config.variant else family
     signature, constexprs, attrs = _signature(kernel, dtype)
     constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
+    if config.variant in ("fields", "tma"):
+        constexprs.update(TMA=config.variant == "tma", TILE_W=group_conv._TILE_W)
     if config.variant == "tma":  # the input's (dy's) descriptor: boxes of (1, BLOCK_M // 16, 16, BLOCK_K)
-        constexprs["TILE_W"] = 16
-        name = "x_desc" if family == "forward" else "dy_desc"
-        signature[name] = f"tensordesc<{DTYPES[dtype]}[1,{config.block_m // 16},16,{config.block_k}]>"
+        name = "x_ptr" if family == "forward" else "dy_ptr"
+        box = f"1,{config.block_m // group_conv._TILE_W},{group_conv._TILE_W},{config.block_k}"
+        signature[name] = f"tensordesc<{DTYPES[dtype]}[{box}]>"
     return _compile(family, config.name, dtype, _KERNELS[kernel].jit, signature, constexprs, attrs,
                     {"num_warps": config.num_warps, "num_stages": config.num_stages}, arch)
 

@@ -101,11 +101,11 @@ def forward_kernel(
 @Kernel.specializing(("sxc", "soc"))
 def forward_fields_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
-    B, C, H, W, C_OUT, LD, H_out, W_out, channel_blocks, steps,
+    B, C, H, W, C_OUT, LD, H_out, W_out, channel_blocks, steps, tiles_h, tiles_w,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    ALIGN: tl.constexpr, PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """``forward_kernel``'s result (config variant "fields") with the weight tile read as vectors.
@@ -114,19 +114,33 @@ def forward_fields_kernel(
     ``tap*C + c`` holds ``w[:, c // S_IN, c % S_IN, tap]`` over the output fields, zero-padded to
     LD (a multiple of 8) entries, so for a reduction row c0 + k and an element t the tile's FIELDS
     entries are contiguous at row ``taps[t, tap]*C + c0 + k - s + T[t, s]`` (s = k % S_IN). The
-    accumulator's columns are put back in channel order (o, t) before the store."""
+    accumulator's columns are put back in channel order (o, t) before the store.
+    TMA (config variant "tma", stride 1): ``x_ptr`` is a tensor descriptor of the channels_last
+    input as (B, H, W, C) in boxes of (1, BLOCK_M // TILE_W, TILE_W, BLOCK_K); a program's pixels
+    are one such rectangle of output rows and columns (tiles_h x tiles_w per image), per tap the
+    box is shifted by the tap, and what falls outside the image or past C reads as zeros."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_N // S
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    if TMA:
+        tile = tl.program_id(0)
+        image = tile // (tiles_h * tiles_w)
+        h0 = tile // tiles_w % tiles_h * (BLOCK_M // TILE_W)
+        w0 = tile % tiles_w * TILE_W
+        oh = h0 + tl.arange(0, BLOCK_M) // TILE_W
+        ow = w0 + tl.arange(0, BLOCK_M) % TILE_W
+        m_ok = (oh < H_out) & (ow < W_out)
+        batch = image.to(tl.int64)
+    else:
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = rm < B * H_out * W_out
+        ow = rm % W_out
+        oh = (rm // W_out) % H_out
+        batch = (rm // (W_out * H_out)).to(tl.int64)
     o0 = tl.program_id(1) * FIELDS
     ro = o0 + tl.arange(0, FIELDS)
     rt = tl.arange(0, S)
     rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < B * H_out * W_out
     o_ok = ro // 8 < LD // 8  # = ro < LD, constant over 8 fields (vector loads); fields >= C_OUT read zeros
-    ow = rm % W_out
-    oh = (rm // W_out) % H_out
-    batch = (rm // (W_out * H_out)).to(tl.int64)
     # (k, t) -> the row offset of reduction row c0 + k within its tap's rows, for element t
     if S_IN > 1:
         within = (rk // S_IN * S_IN)[:, None] + tl.load(orient_ptr + rt[None, :] * S + (rk % S_IN)[:, None])
@@ -136,13 +150,17 @@ def forward_fields_kernel(
     for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
         tap = step // channel_blocks
         c0 = step % channel_blocks * BLOCK_K
-        ih = oh * stride - padding + (tap // KSIZE) * dilation
-        iw = ow * stride - padding + (tap % KSIZE) * dilation
-        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         c_ok = (c0 + rk) // ALIGN < C // ALIGN  # = c < C, constant over ALIGN channels (vector loads)
-        rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
-        a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
-                    mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+        if TMA:
+            a = tl.reshape(x_ptr.load([image, h0 - padding + tap // KSIZE * dilation,
+                                       w0 - padding + tap % KSIZE * dilation, c0]), (BLOCK_M, BLOCK_K))
+        else:
+            ih = oh * stride - padding + (tap // KSIZE) * dilation
+            iw = ow * stride - padding + (tap % KSIZE) * dilation
+            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
+            a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
+                        mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
         w_rows = (tl.load(taps_ptr + rt * TAPS + tap) * C + c0)[None, :] + within  # (BLOCK_K, S)
         b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ro[None, None, :],
                     mask=c_ok[:, None, None] & o_ok[None, None, :], other=0.0)
@@ -155,62 +173,6 @@ def forward_fields_kernel(
     acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
     rn = o0 * S + tl.arange(0, BLOCK_N)  # channel order (o, t)
     out_ptrs = out_ptr + (batch * sob + oh * soh + ow * sow)[:, None] + rn[None, :] * soc
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (rn < C_OUT * S)[None, :])
-
-
-@Kernel.specializing(("soc",))
-def forward_tma_kernel(
-    x_desc, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
-    C, C_OUT, LD, H_out, W_out, channel_blocks, steps, tiles_h, tiles_w,
-    sob, soc, soh, sow, padding, dilation,
-    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    PRECISION: tl.constexpr, TILE_W: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """``forward_fields_kernel`` at stride 1 (config variant "tma") with the activation tile read by
-    the tensor-memory accelerator: ``x_desc`` describes the channels_last input as (B, H, W, C)
-    in boxes of (1, BLOCK_M // TILE_W, TILE_W, BLOCK_K). A program's pixels are one such
-    rectangle of output rows and columns of one image; per tap the box is shifted by the tap,
-    and what falls outside the image (the padding) or past C reads as zeros. C is a multiple of 8."""
-    TAPS: tl.constexpr = KSIZE * KSIZE
-    TILE_H: tl.constexpr = BLOCK_M // TILE_W
-    FIELDS: tl.constexpr = BLOCK_N // S
-    tile = tl.program_id(0)
-    batch = tile // (tiles_h * tiles_w)
-    h0 = tile // tiles_w % tiles_h * TILE_H
-    w0 = tile % tiles_w * TILE_W
-    rm = tl.arange(0, BLOCK_M)
-    oh = h0 + rm // TILE_W
-    ow = w0 + rm % TILE_W
-    m_ok = (oh < H_out) & (ow < W_out)
-    o0 = tl.program_id(1) * FIELDS
-    ro = o0 + tl.arange(0, FIELDS)
-    rt = tl.arange(0, S)
-    rk = tl.arange(0, BLOCK_K)
-    o_ok = ro // 8 < LD // 8  # = ro < LD, constant over 8 fields (vector loads); fields >= C_OUT read zeros
-    if S_IN > 1:
-        within = (rk // S_IN * S_IN)[:, None] + tl.load(orient_ptr + rt[None, :] * S + (rk % S_IN)[:, None])
-    else:
-        within = rk[:, None] + 0 * rt[None, :]
-    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
-        tap = step // channel_blocks
-        c0 = step % channel_blocks * BLOCK_K
-        a = x_desc.load([batch, h0 - padding + tap // KSIZE * dilation, w0 - padding + tap % KSIZE * dilation, c0])
-        c_ok = (c0 + rk) // 8 < C // 8  # = c < C
-        w_rows = (tl.load(taps_ptr + rt * TAPS + tap) * C + c0)[None, :] + within  # (BLOCK_K, S)
-        b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ro[None, None, :],
-                    mask=c_ok[:, None, None] & o_ok[None, None, :], other=0.0)
-        acc = tl.dot(tl.reshape(a, (BLOCK_M, BLOCK_K)), tl.reshape(b, (BLOCK_K, BLOCK_N)), acc,
-                     input_precision=PRECISION)
-    if HAS_BIAS:
-        fields = o0 + tl.arange(0, BLOCK_N) % FIELDS
-        acc += tl.load(bias_ptr + fields, mask=fields < C_OUT, other=0.0).to(tl.float32)[None, :]
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
-    rn = o0 * S + tl.arange(0, BLOCK_N)  # channel order (o, t)
-    out_ptrs = out_ptr + (batch.to(tl.int64) * sob + oh * soh + ow * sow)[:, None] + rn[None, :] * soc
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (rn < C_OUT * S)[None, :])
 
 
@@ -268,11 +230,12 @@ def input_grad_kernel(
 @Kernel.specializing(("sdc", "sxc"))
 def input_grad_fields_kernel(
     dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr,
-    B, C_IN, H, W, N, LD, H_out, W_out, H_phase, W_phase, channel_blocks,
+    B, C_IN, H, W, N, LD, H_out, W_out, H_phase, W_phase, channel_blocks, tiles_h, tiles_w,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """``input_grad_kernel``'s result (config variant "fields") with the weight tile read as
     vectors. A program's columns are BLOCK_N // S_IN whole input fields i0 .. i0 + FIELDS, ordered
@@ -281,18 +244,31 @@ def input_grad_fields_kernel(
     fields, zero-padded to LD (a multiple of 8) entries, so for reduction row n = o*S + t and
     column orientation s the tile's FIELDS entries are contiguous at row
     ``(taps[t, tap]*C_out + o)*S_IN + T[t, s]``. Columns go back to channel order (i, s) before
-    the store."""
+    the store. TMA (config variant "tma", stride 1: one phase): ``dy_ptr`` is a tensor descriptor
+    of the channels_last dy as (B, H_out, W_out, N) in boxes of (1, BLOCK_M // TILE_W, TILE_W,
+    BLOCK_K); a program's pixels are one such rectangle of input rows and columns, per tap the box
+    is shifted back by the tap, and what falls outside dy or past N reads as zeros."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_N // S_IN
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    if TMA:
+        tile = tl.program_id(0)
+        image = tile // (tiles_h * tiles_w)
+        h0 = tile // tiles_w % tiles_h * (BLOCK_M // TILE_W)
+        w0 = tile % tiles_w * TILE_W
+        h = h0 + tl.arange(0, BLOCK_M) // TILE_W
+        w = w0 + tl.arange(0, BLOCK_M) % TILE_W
+        m_ok = (h < H) & (w < W)
+        batch = image.to(tl.int64)
+    else:
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        h = tl.program_id(2) // stride + (rm // W_phase) % H_phase * stride
+        w = tl.program_id(2) % stride + rm % W_phase * stride
+        batch = (rm // (W_phase * H_phase)).to(tl.int64)
+        m_ok = (rm < B * H_phase * W_phase) & (h < H) & (w < W)
     i0 = tl.program_id(1) * FIELDS
     ri = i0 + tl.arange(0, FIELDS)
     rs = tl.arange(0, S_IN)
     rk = tl.arange(0, BLOCK_K)
-    h = tl.program_id(2) // stride + (rm // W_phase) % H_phase * stride
-    w = tl.program_id(2) % stride + rm % W_phase * stride
-    batch = (rm // (W_phase * H_phase)).to(tl.int64)
-    m_ok = (rm < B * H_phase * W_phase) & (h < H) & (w < W)
     i_ok = ri // 8 < LD // 8  # = ri < LD, constant over 8 fields (vector loads); fields >= C_IN read zeros
     t = rk % S  # reduction rows n0 + k, n0 a multiple of S
     if S_IN > 1:
@@ -305,13 +281,17 @@ def input_grad_fields_kernel(
     for step in range(steps):  # one loop over (tap of the phase, channel block): one software pipeline
         tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
         n0 = step % channel_blocks * BLOCK_K
-        oh = (h + padding - tap // KSIZE * dilation) // stride  # exact division: no rounding direction issue
-        ow = (w + padding - tap % KSIZE * dilation) // stride
-        pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
         n_ok = (n0 + rk) // ALIGN < N // ALIGN  # = n < N, constant over ALIGN channels
-        rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
-        a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
-                    other=0.0)
+        if TMA:
+            a = tl.reshape(dy_ptr.load([image, h0 + padding - tap // KSIZE * dilation,
+                                        w0 + padding - tap % KSIZE * dilation, n0]), (BLOCK_M, BLOCK_K))
+        else:
+            oh = (h + padding - tap // KSIZE * dilation) // stride  # exact division: no rounding direction issue
+            ow = (w + padding - tap % KSIZE * dilation) // stride
+            pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
+            rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
+            a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
+                        other=0.0)
         o = (n0 + rk) // S
         w_rows = ((tl.load(taps_ptr + t * TAPS + tap) * (N // S) + o) * S_IN)[:, None] + orient  # (BLOCK_K, S_IN)
         b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ri[None, None, :],
@@ -320,58 +300,6 @@ def input_grad_fields_kernel(
     acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S_IN, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
     rc = i0 * S_IN + tl.arange(0, BLOCK_N)  # channel order (i, s)
     dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rc[None, :] * sxc
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & (rc < C_IN * S_IN)[None, :])
-
-
-@Kernel.specializing(("sxc",))
-def input_grad_tma_kernel(
-    dy_desc, w_ptr, dx_ptr, orient_ptr, taps_ptr,
-    C_IN, H, W, N, LD, channel_blocks, steps, tiles_h, tiles_w,
-    sxb, sxc, sxh, sxw, padding, dilation,
-    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, PRECISION: tl.constexpr, TILE_W: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """``input_grad_fields_kernel`` at stride 1 (config variant "tma") with the output-gradient tile
-    read by the tensor-memory accelerator: ``dy_desc`` describes the channels_last dy as
-    (B, H_out, W_out, N) in boxes of (1, BLOCK_M // TILE_W, TILE_W, BLOCK_K). A program's pixels
-    are one rectangle of input rows and columns of one image; per tap the box is shifted back by
-    the tap, and what falls outside dy or past N reads as zeros."""
-    TAPS: tl.constexpr = KSIZE * KSIZE
-    TILE_H: tl.constexpr = BLOCK_M // TILE_W
-    FIELDS: tl.constexpr = BLOCK_N // S_IN
-    tile = tl.program_id(0)
-    batch = tile // (tiles_h * tiles_w)
-    h0 = tile // tiles_w % tiles_h * TILE_H
-    w0 = tile % tiles_w * TILE_W
-    rm = tl.arange(0, BLOCK_M)
-    h = h0 + rm // TILE_W
-    w = w0 + rm % TILE_W
-    m_ok = (h < H) & (w < W)
-    i0 = tl.program_id(1) * FIELDS
-    ri = i0 + tl.arange(0, FIELDS)
-    rs = tl.arange(0, S_IN)
-    rk = tl.arange(0, BLOCK_K)
-    i_ok = ri // 8 < LD // 8  # = ri < LD, constant over 8 fields (vector loads); fields >= C_IN read zeros
-    t = rk % S  # reduction rows n0 + k, n0 a multiple of S
-    if S_IN > 1:
-        orient = tl.load(orient_ptr + t[:, None] * S + rs[None, :])  # (BLOCK_K, S_IN): T[t, s]
-    else:
-        orient = 0 * rk[:, None] + rs[None, :]
-    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
-        tap = step // channel_blocks
-        n0 = step % channel_blocks * BLOCK_K
-        a = dy_desc.load([batch, h0 + padding - tap // KSIZE * dilation, w0 + padding - tap % KSIZE * dilation, n0])
-        n_ok = (n0 + rk) // 8 < N // 8  # = n < N
-        o = (n0 + rk) // S
-        w_rows = ((tl.load(taps_ptr + t * TAPS + tap) * (N // S) + o) * S_IN)[:, None] + orient  # (BLOCK_K, S_IN)
-        b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ri[None, None, :],
-                    mask=n_ok[:, None, None] & i_ok[None, None, :], other=0.0)
-        acc = tl.dot(tl.reshape(a, (BLOCK_M, BLOCK_K)), tl.reshape(b, (BLOCK_K, BLOCK_N)), acc,
-                     input_precision=PRECISION)
-    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S_IN, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
-    rc = i0 * S_IN + tl.arange(0, BLOCK_N)  # channel order (i, s)
-    dx_ptrs = dx_ptr + (batch.to(tl.int64) * sxb + h * sxh + w * sxw)[:, None] + rc[None, :] * sxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & (rc < C_IN * S_IN)[None, :])
 
 
@@ -570,6 +498,23 @@ class _WeightLayouts:
         return _field_minor(self.weight, self.fields_dim)
 
 
+# Columns of the pixel rectangle a "tma" program covers (its rows: BLOCK_M // _TILE_W).
+_TILE_W = 16
+
+
+def _pixel_tiles(source: torch.Tensor, tma: bool, height: int, width: int, config: Config):
+    """What a "fields" kernel reads its activation operand from, and its pixel tiles: with
+    ``tma``, a descriptor of the channels_last ``source`` in (1, BLOCK_M // 16, 16, BLOCK_K) boxes
+    and the rectangles of 16 columns tiling a ``height x width`` map, else ``source`` itself and
+    ``cdiv(pixels, BLOCK_M)`` runs of pixels. Returns (source, tiles_h, tiles_w, programs)."""
+    if not tma:
+        return source, 0, 0, triton.cdiv(source.shape[0] * height * width, config.block_m)
+    rows = config.block_m // _TILE_W
+    tiles_h, tiles_w = triton.cdiv(height, rows), triton.cdiv(width, _TILE_W)
+    descriptor = TensorDescriptor.from_tensor(source.permute(0, 2, 3, 1), [1, rows, _TILE_W, config.block_k])
+    return descriptor, tiles_h, tiles_w, source.shape[0] * tiles_h * tiles_w
+
+
 def _tma_eligible(x: torch.Tensor, stride: int) -> bool:
     """Whether a "tma" kernel can read ``x`` (the input, or dy) through a tensor descriptor: stride 1, a
     channels_last map whose channels are 16-byte rows (the descriptor's strides), 16-byte aligned."""
@@ -664,29 +609,17 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     pixels, n = batch * h_out * w_out, c_out * order
 
     def launch(config: Config) -> None:
-        if config.variant == "tma" and _tma_eligible(x, stride):
+        if config.variant in ("fields", "tma"):
             rows = layouts.field_minor
-            tile_w = 16
-            tiles_h, tiles_w = triton.cdiv(h_out, config.block_m // tile_w), triton.cdiv(w_out, tile_w)
-            x_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1),
-                                                  [1, config.block_m // tile_w, tile_w, config.block_k])
-            forward_tma_kernel[(batch * tiles_h * tiles_w, triton.cdiv(c_out, config.block_n // order))](
-                x_desc, rows, bias if bias is not None else rows, out, table["orient"], table["taps"],
-                channels, c_out, rows.shape[1], h_out, w_out, triton.cdiv(channels, config.block_k),
-                k * k * triton.cdiv(channels, config.block_k), tiles_h, tiles_w, *out.stride(), padding, dilation,
-                S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu, PRECISION=precision(x.dtype),
-                TILE_W=tile_w, **config.meta())
-            return
-        if config.variant in ("fields", "tma"):  # "tma" where the input does not allow it: the same tiles
-            rows = layouts.field_minor
-            grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(c_out, config.block_n // order))
-            forward_fields_kernel[grid](
-                x, rows, bias if bias is not None else rows, out, table["orient"], table["taps"],
+            tma = config.variant == "tma" and _tma_eligible(x, stride)
+            source, tiles_h, tiles_w, programs = _pixel_tiles(x, tma, h_out, w_out, config)
+            forward_fields_kernel[(programs, triton.cdiv(c_out, config.block_n // order))](
+                source, rows, bias if bias is not None else rows, out, table["orient"], table["taps"],
                 batch, channels, height, width, c_out, rows.shape[1], h_out, w_out,
-                triton.cdiv(channels, config.block_k), k * k * triton.cdiv(channels, config.block_k),
+                triton.cdiv(channels, config.block_k), k * k * triton.cdiv(channels, config.block_k), tiles_h, tiles_w,
                 *x.stride(), *out.stride(), stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k,
-                HAS_BIAS=bias is not None, RELU=relu, ALIGN=_alignment(x), PRECISION=precision(x.dtype),
-                **config.meta())
+                HAS_BIAS=bias is not None, RELU=relu, ALIGN=_alignment(x), PRECISION=precision(x.dtype), TMA=tma,
+                TILE_W=_TILE_W, **config.meta())
             return
         grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(n, config.block_n))
         forward_kernel[grid](
@@ -720,28 +653,18 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
     taps_of_phase, tap_counts = phase_taps(k, stride, padding, dilation, grad.device)
 
     def launch(config: Config) -> None:
-        if config.variant == "tma" and _tma_eligible(grad, stride):
+        if config.variant in ("fields", "tma"):
             rows = layouts.field_minor
-            tile_w = 16
-            tiles_h, tiles_w = triton.cdiv(height, config.block_m // tile_w), triton.cdiv(width, tile_w)
-            dy_desc = TensorDescriptor.from_tensor(grad.permute(0, 2, 3, 1),
-                                                   [1, config.block_m // tile_w, tile_w, config.block_k])
-            input_grad_tma_kernel[(batch * tiles_h * tiles_w, triton.cdiv(channels // s_in, config.block_n // s_in))](
-                dy_desc, rows, dx, table["orient"], table["taps"],
-                channels // s_in, height, width, n, rows.shape[1], triton.cdiv(n, config.block_k),
-                k * k * triton.cdiv(n, config.block_k), tiles_h, tiles_w, *dx.stride(), padding, dilation,
-                S=order, S_IN=s_in, KSIZE=k, PRECISION=precision(grad.dtype), TILE_W=tile_w, **config.meta())
-            return
-        if config.variant in ("fields", "tma"):  # "tma" where dy does not allow it: the same tiles
-            rows = layouts.field_minor
-            grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m),
-                    triton.cdiv(channels // s_in, config.block_n // s_in), stride * stride)
+            tma = config.variant == "tma" and _tma_eligible(grad, stride)
+            source, tiles_h, tiles_w, programs = _pixel_tiles(grad, tma, height, width, config)
+            grid = (programs if tma else triton.cdiv(batch * h_phase * w_phase, config.block_m),
+                    triton.cdiv(channels // s_in, config.block_n // s_in), 1 if tma else stride * stride)
             input_grad_fields_kernel[grid](
-                grad, rows, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
+                source, rows, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
                 batch, channels // s_in, height, width, n, rows.shape[1], h_out, w_out, h_phase, w_phase,
-                triton.cdiv(n, config.block_k), *grad.stride(), *dx.stride(),
+                triton.cdiv(n, config.block_k), tiles_h, tiles_w, *grad.stride(), *dx.stride(),
                 stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),
-                PRECISION=precision(grad.dtype), **config.meta())
+                PRECISION=precision(grad.dtype), TMA=tma, TILE_W=_TILE_W, **config.meta())
             return
         grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m), triton.cdiv(channels, config.block_n),
                 stride * stride)
