@@ -37,14 +37,16 @@ _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input
             "input_grad-fields": group_conv.input_grad_fields_kernel,
             "input_grad-tma": group_conv.input_grad_fields_kernel,
             "weight_grad": group_conv.weight_grad_kernel,
-            "weight_grad-channels": group_conv.weight_grad_channels_kernel}  # family-variant of a Config
+            "weight_grad-channels": group_conv.weight_grad_channels_kernel,
+            "weight_grad-channels-tma": group_conv.weight_grad_channels_kernel}  # family-variant of a Config
 # Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table.
 _POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"], "forward-fields": ["x", "x", "x", "x", "i32", "i32"],
              "forward-tma": ["desc", "x", "x", "x", "i32", "i32"],
              "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
              "input_grad-fields": ["x", "x", "x", "i32", "i32", "i32", "i32"],
              "input_grad-tma": ["desc", "x", "x", "i32", "i32", "i32", "i32"],
-             "weight_grad": ["x", "x", "fp32", "i32", "i32"], "weight_grad-channels": ["x", "x", "fp32", "i32", "i32"]}
+             "weight_grad": ["x", "x", "fp32", "i32", "i32"], "weight_grad-channels": ["x", "x", "fp32", "i32", "i32"],
+             "weight_grad-channels-tma": ["desc", "desc", "fp32", "i32", "i32"]}
 
 
 # Group batch norm kernels and their pointer arguments ("x" the map's dtype, "fp32" per-field vectors, partials)
@@ -109,12 +111,15 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
     kernel = f"{family}-{config.variant}" if config.variant else family
     signature, constexprs, attrs = _signature(kernel, dtype)
     constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
-    if config.variant in ("fields", "tma"):
-        constexprs.update(TMA=config.variant == "tma", TILE_W=group_conv._TILE_W)
+    if config.variant:  # every variant kernel has the TMA path
+        constexprs.update(TMA=config.variant.endswith("tma"), TILE_W=group_conv._TILE_W)
+    rows = f"1,{config.block_m // group_conv._TILE_W},{group_conv._TILE_W}"
     if config.variant == "tma":  # the input's (dy's) descriptor: boxes of (1, BLOCK_M // 16, 16, BLOCK_K)
-        name = "x_ptr" if family == "forward" else "dy_ptr"
-        box = f"1,{config.block_m // group_conv._TILE_W},{group_conv._TILE_W},{config.block_k}"
-        signature[name] = f"tensordesc<{DTYPES[dtype]}[{box}]>"
+        signature["x_ptr" if family == "forward" else "dy_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_k}]>"
+    if config.variant == "channels-tma":  # boxes of (1, BLOCK_K // 16, 16, BLOCK_M or BLOCK_N)
+        rows = f"1,{config.block_k // group_conv._TILE_W},{group_conv._TILE_W}"
+        signature["dy_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_m}]>"
+        signature["x_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_n}]>"
     return _compile(family, config.name, dtype, _KERNELS[kernel].jit, signature, constexprs, attrs,
                     {"num_warps": config.num_warps, "num_stages": config.num_stages}, arch)
 

@@ -357,11 +357,12 @@ def weight_grad_kernel(
 @Kernel.specializing(("sdc", "sxc"))
 def weight_grad_channels_kernel(
     dy_ptr, x_ptr, dw_ptr, orient_ptr, taps_ptr,
-    B, C, H, W, N, H_out, W_out, pixels_per_split, blocks_per_split,
+    B, C, H, W, N, H_out, W_out, pixels_per_split, blocks_per_split, tiles_h, tiles_w,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """The weight gradient's other GEMM (config variant "channels"): one split of the pixels of
     dW~ tiles, folded to the base weight in the epilogue. Per tap, the tile dW~[n, c, tap] =
@@ -372,7 +373,12 @@ def weight_grad_channels_kernel(
     multiple of S and BLOCK_N of S_IN, so a program owns whole fields of rows and columns: its
     read-add-writes race with no other program and run in a fixed order (deterministic). No
     W~-sized buffer: the partials hold one base-weight gradient per split. ALIGN divides N, C and
-    the strides of dy and x but the channels' (vector loads along channels of channels_last maps)."""
+    the strides of dy and x but the channels' (vector loads along channels of channels_last maps).
+    TMA (config variant "channels-tma", stride 1): ``dy_ptr`` and ``x_ptr`` are tensor descriptors
+    of the channels_last maps as (B, H', W', channels) in boxes of (1, BLOCK_K // TILE_W, TILE_W,
+    BLOCK_M) and (..., BLOCK_N); a reduction block is one rectangle of output pixels (tiles_h x
+    tiles_w per image, blocks_per_split of them per split), the x box is shifted by the tap, and
+    what falls outside a map (or past the images) reads as zeros."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_M // S
     tiles_c = (C + BLOCK_N - 1) // BLOCK_N
@@ -389,20 +395,31 @@ def weight_grad_channels_kernel(
     for tap in range(TAPS):
         acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
         for block in range(blocks_per_split):
-            p = split * pixels_per_split + block * BLOCK_K + rk
-            p_ok = p < pixels
-            ow = p % W_out
-            oh = (p // W_out) % H_out
-            batch = (p // (W_out * H_out)).to(tl.int64)
-            ih = oh * stride - padding + (tap // KSIZE) * dilation
-            iw = ow * stride - padding + (tap % KSIZE) * dilation
-            pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            dy_rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
-            x_rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
-            a = tl.load(dy_ptr + dy_rows[None, :] + (rn * sdc)[:, None], mask=n_ok[:, None] & p_ok[None, :],
-                        other=0.0)
-            b = tl.load(x_ptr + x_rows[:, None] + (rc * sxc)[None, :], mask=pix_ok[:, None] & c_ok[None, :],
-                        other=0.0)
+            if TMA:
+                tile = split * blocks_per_split + block  # past the last image: boxes of zeros
+                image = tile // (tiles_h * tiles_w)
+                h0 = tile // tiles_w % tiles_h * (BLOCK_K // TILE_W)
+                w0 = tile % tiles_w * TILE_W
+                n0 = tl.program_id(0) // tiles_c * BLOCK_M
+                c0 = tl.program_id(0) % tiles_c * BLOCK_N
+                a = tl.trans(tl.reshape(dy_ptr.load([image, h0, w0, n0]), (BLOCK_K, BLOCK_M)))
+                b = tl.reshape(x_ptr.load([image, h0 - padding + tap // KSIZE * dilation,
+                                           w0 - padding + tap % KSIZE * dilation, c0]), (BLOCK_K, BLOCK_N))
+            else:
+                p = split * pixels_per_split + block * BLOCK_K + rk
+                p_ok = p < pixels
+                ow = p % W_out
+                oh = (p // W_out) % H_out
+                batch = (p // (W_out * H_out)).to(tl.int64)
+                ih = oh * stride - padding + (tap // KSIZE) * dilation
+                iw = ow * stride - padding + (tap % KSIZE) * dilation
+                pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                dy_rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
+                x_rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
+                a = tl.load(dy_ptr + dy_rows[None, :] + (rn * sdc)[:, None], mask=n_ok[:, None] & p_ok[None, :],
+                            other=0.0)
+                b = tl.load(x_ptr + x_rows[:, None] + (rc * sxc)[None, :], mask=pix_ok[:, None] & c_ok[None, :],
+                            other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         by_t = tl.permute(tl.reshape(acc, (FIELDS, S, BLOCK_N)), (0, 2, 1))  # (field, c, t)
         for fold in tl.static_range(S):  # the fold, one t at a time
@@ -700,8 +717,9 @@ def _splits(device: torch.device, programs: int, pixels: int, block_k: int) -> i
 def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, padding: int, dilation: int,
                 order: int) -> torch.Tensor:
     """Gradient w.r.t. the base weight ``(C_out, C_in, S_in, k, k)``; partial sums over pixel
-    ranges are float32, added in a fixed order (deterministic). Configs of variant "channels"
-    run ``weight_grad_channels_kernel`` (GEMM rows C_out*S), the others ``weight_grad_kernel``."""
+    ranges are float32, added in a fixed order (deterministic). Configs of variant "channels" (and
+    "channels-tma") run ``weight_grad_channels_kernel`` (GEMM rows C_out*S), the others
+    ``weight_grad_kernel``."""
     _check(x)
     batch, channels, height, width = x.shape
     c_out = grad.shape[1] // order
@@ -715,7 +733,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
     pixels = batch * h_out * w_out
 
     def launch(config: Config) -> torch.Tensor:
-        if config.variant == "channels":
+        if config.variant in ("channels", "channels-tma"):
             return launch_channels(config)
         tiles = triton.cdiv(c_out, config.block_m) * triton.cdiv(channels, config.block_n)
         splits = _splits(x.device, tiles * taps, pixels, config.block_k)
@@ -732,16 +750,28 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
 
     def launch_channels(config: Config) -> torch.Tensor:
         tiles = triton.cdiv(c_out * order, config.block_m) * triton.cdiv(channels, config.block_n)
-        splits = _splits(x.device, tiles, pixels, config.block_k)
-        per_split = triton.cdiv(triton.cdiv(pixels, splits), config.block_k) * config.block_k
-        partials = torch.zeros((triton.cdiv(pixels, per_split), c_out, channels, taps), dtype=torch.float32,
+        tma = config.variant == "channels-tma" and _tma_eligible(grad, stride) and _tma_eligible(x, stride)
+        if tma:  # reduction blocks: rectangles of (BLOCK_K // 16) x 16 output pixels
+            rows = config.block_k // _TILE_W
+            tiles_h, tiles_w = triton.cdiv(h_out, rows), triton.cdiv(w_out, _TILE_W)
+            blocks = batch * tiles_h * tiles_w
+            dy_source = TensorDescriptor.from_tensor(grad.permute(0, 2, 3, 1), [1, rows, _TILE_W, config.block_m])
+            x_source = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), [1, rows, _TILE_W, config.block_n])
+        else:
+            tiles_h = tiles_w = 0
+            blocks = triton.cdiv(pixels, config.block_k)
+            dy_source, x_source = grad, x
+        splits = _splits(x.device, tiles, blocks * config.block_k, config.block_k)
+        per_split = triton.cdiv(blocks, splits)  # reduction blocks per split
+        partials = torch.zeros((triton.cdiv(blocks, per_split), c_out, channels, taps), dtype=torch.float32,
                                device=x.device)
         weight_grad_channels_kernel[(tiles, partials.shape[0])](
-            grad, x, partials, table["orient"], table["taps"],
-            batch, channels, height, width, c_out * order, h_out, w_out, per_split, per_split // config.block_k,
-            *grad.stride(), *x.stride(),
+            dy_source, x_source, partials, table["orient"], table["taps"],
+            batch, channels, height, width, c_out * order, h_out, w_out, per_split * config.block_k, per_split,
+            tiles_h, tiles_w, *grad.stride(), *x.stride(),
             stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
-            ALIGN=min(_alignment(x), _alignment(grad)), PRECISION=precision(x.dtype), **config.meta())
+            ALIGN=min(_alignment(x), _alignment(grad)), PRECISION=precision(x.dtype), TMA=tma, TILE_W=_TILE_W,
+            **config.meta())
         return partials
 
     key = problem_class("weight_grad", x.dtype, x.shape, shape, stride, padding, dilation, order)

@@ -93,12 +93,15 @@ _HALF_FIELDS = [Config(128, 64, 64, 8, 3, "fields"), Config(128, 64, 64, 8, 4, "
 # no spills up to 128x256 and 256x128 (triton 3.9, sm_90, bf16).
 _HALF_TMA = [Config(128, 128, 64, 8, 3, "tma"), Config(128, 64, 64, 8, 3, "tma"), Config(128, 256, 64, 8, 3, "tma"),
              Config(256, 128, 64, 8, 3, "tma"), Config(128, 128, 32, 8, 4, "tma"), Config(64, 128, 64, 4, 4, "tma")]
+# The 16-bit weight gradient has only the "channels" kernel: the one with rows of output fields was
+# 10-30x slower at every GER-UNet layer on an H200 (benchmarks/results/h200-2026-11-29b/sweep-bf16.md).
+_HALF_WEIGHT_GRAD = [Config(128, 128, 64, 8, 3, "channels"), Config(128, 128, 32, 8, 3, "channels"),
+                     Config(128, 64, 64, 8, 3, "channels"), Config(128, 128, 64, 8, 3, "channels-tma"),
+                     Config(128, 64, 64, 8, 3, "channels-tma"), Config(128, 128, 32, 8, 4, "channels-tma")]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
-    "half": {"forward": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA, "input_grad": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA,
-             "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 64, 8, 3), Config(128, 128, 32, 8, 3),
-                                            Config(128, 128, 64, 8, 3, "channels"),
-                                            Config(128, 128, 32, 8, 3, "channels"),
-                                            Config(128, 64, 64, 8, 3, "channels")]},
+    "half": {"forward": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA,
+             "input_grad": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA,
+             "weight_grad": _HALF_WEIGHT_GRAD},
     "float32": {
         "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3),
                     Config(128, 64, 16, 8, 3, "fields"), Config(64, 64, 32, 8, 3, "fields")],

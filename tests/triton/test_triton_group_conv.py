@@ -147,11 +147,13 @@ def test_fields_variant(device, monkeypatch, case, layout):
 @pytest.mark.parametrize("group,padding,dilation,height,width", [(P4M, 1, 1, 9, 19), (P4M, 2, 2, 7, 5),
                                                                    (P4, 0, 1, 10, 17)])
 def test_tma_variant(device, monkeypatch, group, padding, dilation, height, width):
-    """The "tma" forward and input gradient (input and dy boxes through tensor descriptors, zeros
-    outside the map) on channels_last maps at stride 1, in float16 (its configs are the 16-bit
-    ones): tiles cut by the map's edges, 10 and 22 output fields, boxes wider than the channels."""
-    config = next(c for c in CONFIGS["half"]["forward"] if c.variant == "tma")
-    monkeypatch.setenv(FORCE_ENV, config.name)
+    """The "tma" forward and input gradient and the "channels-tma" weight gradient (input and dy
+    boxes through tensor descriptors, zeros outside the map) on channels_last maps at stride 1, in
+    float16 (their configs are the 16-bit ones): tiles cut by the map's edges, 10 and 22 output
+    fields, boxes wider than the channels."""
+    names = [next(c.name for c in CONFIGS["half"][family] if c.variant.endswith("tma"))
+             for family in ("forward", "input_grad", "weight_grad")]
+    monkeypatch.setenv(FORCE_ENV, ",".join(names))
     view = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
     for c_in, c_out in ((2, 10), (6, 22)):  # channels of 16-byte rows: 16, 48 (p4m), 8, 24 (p4) in; 80, 176, 40, 88 out
         x, w, b = conv_args(group, False, 3, height, width, 1, c_in=c_in, c_out=c_out, device=device)

@@ -24,7 +24,7 @@ def test_configs_fit_the_kernels():
                     assert c.block_k % 8 == 0
                 assert min(c.block_m, c.block_n, c.block_k) >= 16 and c.num_warps in (4, 8)
                 # the "channels" weight gradient: tiles of whole fields (S <= 8 rows, S_in <= 8 columns)
-                assert c.variant == "" or (c.variant == "channels" and family == "weight_grad"
+                assert c.variant == "" or (c.variant in ("channels", "channels-tma") and family == "weight_grad"
                                            and c.block_m % 8 == 0 and c.block_n % 8 == 0) or (
                     # "fields" and "tma": columns of whole fields; "tma": rectangles of 16-pixel rows
                     c.variant in ("fields", "tma") and family != "weight_grad" and c.block_n % 8 == 0
