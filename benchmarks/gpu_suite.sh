@@ -6,6 +6,7 @@
 #                nvidia-cutlass wheel, which the machine cannot download: `make gpu-wheels` puts it in
 #                build/wheels here, carry that folder with the call. If the build with CuTe fails, the
 #                extension is rebuilt without it (the WMMA kernels), so the other stages still run
+#   errors   60  the CPU ops' error-path tests, each case named; a native backtrace if one crashes
 #   parity  150  GPU parity tests of the CUDA and Triton kernels (conv and group BN) against the float64 reference
 #   step    240  GER-UNet and R-UNet training step per precision, layout, backend, eager and compiled
 #                (benchmarks/bench_step.py, its own budget 210 s)
@@ -27,11 +28,12 @@
 # so a call stopped at its limit still returns what the finished stages wrote.
 # SUITE_BUDGET_S (default 570) bounds the whole run: a stage's timeout is its own or what is left,
 # whichever is less, a stage with under 20 s left is skipped, and the sweep's budget shrinks to fit.
-# STEP_TIMEOUT_S (240) and SWEEP_DTYPES (bfloat16 float32) narrow those stages for a short call.
+# STEP_TIMEOUT_S (240), SWEEP_DTYPES (bfloat16 float32) and SWEEP_VARIANTS (all) narrow those stages
+# for a short call.
 set -euo pipefail
-OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [parity] [step] [groupbn] [triton] [cpp] [layers] [sweep]}
+OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [errors] [parity] [step] [groupbn] [triton] [cpp] [layers] [sweep]}
 shift
-STAGES=${*:-build parity step groupbn}
+STAGES=${*:-build errors parity step groupbn}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)  # OUT is relative to where the suite was started, not to the repository
 cd "$(dirname "$0")/.."
@@ -81,19 +83,23 @@ for stage in $STAGES; do
         || echo "step benchmark FAILED or stopped: see $OUT/step.log (rows measured so far are in $OUT/step)"
       sed '/^## Top/,$d' "$OUT/step/results.md" 2>/dev/null || true
       ;;
-    parity)
-      # the CUDA kernels of ger_kernels._C, the Triton kernels (on the GPU, not the interpreter),
-      # and everything that compares backends; the CuTe cases (opt-in kernels, first run here) go
-      # last in a process of their own, so a fault there cannot take the others' CUDA context down
-      # the error paths of the CPU ops first, one test per case and named (-v): a segfault in one was
-      # seen here on 2026-11-29 (torch 2.11); if the process dies, cuda-gdb prints the native stack
+    errors)
+      # the error paths of the CPU ops, one test per case and named (-v): a segfault in one was seen
+      # on the H200 on 2026-11-29 (torch 2.11); if the process dies, cuda-gdb prints the native stack
       if ! timeout "$(cap 60)" $PY -m pytest -v -p no:cacheprovider tests/csrc/test_group_conv.py -k "errors" \
           > "$OUT/errors.log" 2>&1; then
         echo "error-path tests FAILED: see $OUT/errors.log"
         command -v cuda-gdb > /dev/null && timeout "$(cap 90)" cuda-gdb -batch -ex run -ex bt --args $PY -m pytest \
           -x -q -p no:cacheprovider tests/csrc/test_group_conv.py -k "errors" > "$OUT/errors-gdb.log" 2>&1 || true
       fi
-      GER_KERNELS_REQUIRE_EXTENSION=1 timeout "$(cap 150)" $PY -m pytest -q -p no:cacheprovider -k "not cute" \
+      tail -n 2 "$OUT/errors.log"
+      ;;
+    parity)
+      # the CUDA kernels of ger_kernels._C, the Triton kernels (on the GPU, not the interpreter),
+      # and everything that compares backends; the CuTe cases (opt-in kernels, first run here) go
+      # last in a process of their own, so a fault there cannot take the others' CUDA context down
+      GER_KERNELS_REQUIRE_EXTENSION=1 timeout "$(cap 150)" $PY -m pytest -q -p no:cacheprovider \
+        -k "not cute and not test_errors_name" \
         tests/csrc/test_group_conv_cuda.py tests/csrc/test_group_conv.py tests/test_ops.py tests/triton \
         --ignore=tests/triton/test_triton_aot.py tests/test_group_batch_norm.py tests/nn/test_norm.py \
         tests/test_functional.py tests/test_backends.py tests/convert/test_backend.py > "$OUT/parity.log" 2>&1 \
@@ -124,7 +130,7 @@ for stage in $STAGES; do
       budget=$(( budget < $(left) - 60 ? budget : $(left) - 60 ))
       if [ "$budget" -lt 30 ]; then echo "sweep skipped: $(left) s left"; continue; fi
       timeout "$(cap $((budget + 50)))" $PY benchmarks/gpu_sweep.py --out "$OUT/sweep" --budget-s "$budget" \
-        --dtypes ${SWEEP_DTYPES:-bfloat16 float32} \
+        --dtypes ${SWEEP_DTYPES:-bfloat16 float32} ${SWEEP_VARIANTS:+--variants $SWEEP_VARIANTS} \
         > "$OUT/sweep.log" 2>&1 || echo "config sweep FAILED: see $OUT/sweep.log"
       sed -n '1,/^Every config/p' "$OUT/sweep/sweep.md" 2>/dev/null || true
       ;;
@@ -133,7 +139,7 @@ for stage in $STAGES; do
         || echo "group batch norm benchmark FAILED: see $OUT/group_bn.log"
       cat "$OUT/group_bn/results.md" 2>/dev/null || true
       ;;
-    *) echo "unknown stage $stage (build, parity, step, groupbn, triton, cpp, layers, sweep)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, errors, parity, step, groupbn, triton, cpp, layers, sweep)"; exit 2 ;;
   esac
   pack
 done

@@ -16,7 +16,7 @@ sweep.json (every config's milliseconds, TFLOP/s, ratio to cuDNN, relative diffe
 correct config per (pass, problem class) merged in. Copying that file over
 ``ger_kernels/triton/configs_<arch>.json`` and committing it updates the defaults.
 
-    python benchmarks/gpu_sweep.py --out OUT [--budget-s 450] [--dtypes bfloat16 float32]
+    python benchmarks/gpu_sweep.py --out OUT [--budget-s 450] [--dtypes bfloat16 float32] [--variants fields tma]
     TRITON_INTERPRET=1 python benchmarks/gpu_sweep.py --device cpu --quick --dtypes float32 \\
         --max-configs 2 --out /tmp/sweep      # a smoke test of the script, without a GPU
 """
@@ -164,6 +164,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
                         choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--max-configs", type=int, default=None, help="only the first N configs of each list")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="only configs of these variants ('' names the plain kernels), e.g. fields tma channels-tma")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (smoke test)")
     args = parser.parse_args(argv)
@@ -202,7 +204,8 @@ def main(argv=None) -> int:
                             shape.kernel_size)
             input_shape = (shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width)
             for family, steps in layer_steps(shape, dtype, device, fused_passes("triton")).items():
-                configs = tuning.CONFIGS[kind][family][:args.max_configs]
+                configs = [c for c in tuning.CONFIGS[kind][family]
+                           if args.variants is None or c.variant in args.variants][:args.max_configs]
                 key = group_conv.problem_class(family, dtype, input_shape, weight_shape, shape.stride, shape.padding,
                                                shape.dilation, P4M.order)
                 rows = sweep_pass(shape, dtype, family, steps, configs, device, deadline)

@@ -104,3 +104,16 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
         gpu_sweep.main(["--out", str(tmp_path)] + argv)
     assert message in capsys.readouterr().err
+
+
+def test_variants_select_the_configs_swept(tmp_path, monkeypatch):
+    """--variants sweeps only the configs of the named variants (float32 has "fields" for forward and
+    input_grad and "channels" for weight_grad): every swept row is of one, and each is correct."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert gpu_sweep.main(["--device", "cpu", "--quick", "--dtypes", "float32", "--variants", "fields", "channels",
+                           "--max-configs", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    expected = {family: next(c.name for c in CONFIGS["float32"][family] if c.variant in ("fields", "channels"))
+                for family in PASSES}
+    assert rows and all(r["config"] == expected[r["pass"]] and r["ok"] for r in rows)
+    assert {r["pass"] for r in rows} == set(PASSES)
