@@ -8,7 +8,9 @@ turn (``GER_KERNELS_TRITON_CONFIG``), its first result checked against cuDNN's (
 its backward on ``W~`` expanded once, ``cudnn.benchmark``, TF32 off; the weight gradient folded
 to the base weight), then timed (``triton.testing.do_bench``, median). A config that fails to
 compile or run, or whose result differs from cuDNN's by more than ``TOLERANCE`` (relative to the
-largest magnitude), is recorded as wrong and never chosen.
+largest magnitude), is recorded as wrong and never chosen. The sweep is how the kernels of
+``tuning.UNVERIFIED`` configs are first checked on a GPU: a table entry naming one is followed by
+the tuner, which otherwise leaves them out (``GER_KERNELS_TRITON_UNVERIFIED``).
 
 Writes to --out, atomically after every layer (a timeout keeps the layers done): sweep.md and
 sweep.json (every config's milliseconds, TFLOP/s, ratio to cuDNN, relative difference) and

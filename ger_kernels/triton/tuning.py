@@ -19,7 +19,8 @@ the list, is timed.
 ``GER_KERNELS_TRITON_CONFIG`` forces configs, for tests and reproducible runs: an index
 (that config in every list), or comma-separated names (each forces the lists holding it;
 the other lists use their first config). The interpreter (``TRITON_INTERPRET=1``)
-never times anything: it uses the forced or the first config.
+never times anything: it uses the forced or the first config. Configs of kernels not yet run
+on a GPU (``UNVERIFIED``) are timed only with ``GER_KERNELS_TRITON_UNVERIFIED=1``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import torch
 from ger_kernels._io import write_text_atomically
 from ger_kernels.triton import interpreting
 
-__all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "Tuner", "arch_name", "cache_path", "defaults_path",
-           "dtype_class", "entry", "forced_config", "read_defaults", "size_bucket"]
+__all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "UNVERIFIED", "UNVERIFIED_ENV", "Tuner", "arch_name",
+           "cache_path", "defaults_path", "dtype_class", "entry", "forced_config", "read_defaults", "size_bucket",
+           "tunable"]
 
 FORCE_ENV = "GER_KERNELS_TRITON_CONFIG"
 DEFAULTS_DIR = pathlib.Path(__file__).resolve().parent
@@ -110,6 +112,22 @@ CONFIGS: dict[str, dict[str, list[Config]]] = {
         "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 16, 8, 3, "channels")],
     },
 }
+
+
+# Configs whose kernels have not yet been run on a GPU (written and checked in the interpreter and by
+# ahead-of-time compilation for sm_90 only): the sweep (benchmarks/gpu_sweep.py) times them and checks
+# their results against cuDNN, a default-config table may name them once it has, and tests and
+# GER_KERNELS_TRITON_CONFIG can force them; the tuner times them only with GER_KERNELS_TRITON_UNVERIFIED=1.
+UNVERIFIED = frozenset(c.name for lists in CONFIGS.values() for configs in lists.values() for c in configs
+                       if c.variant in ("fields", "tma", "channels-tma"))
+UNVERIFIED_ENV = "GER_KERNELS_TRITON_UNVERIFIED"
+
+
+def tunable(kind: str, family: str) -> list[Config]:
+    """The configs the tuner times for ``family`` in dtype class ``kind``: those run on a GPU before,
+    and the ``UNVERIFIED`` ones too when ``GER_KERNELS_TRITON_UNVERIFIED=1``."""
+    everything = os.environ.get(UNVERIFIED_ENV) == "1"
+    return [c for c in CONFIGS[kind][family] if everything or c.name not in UNVERIFIED]
 
 
 def dtype_class(dtype: torch.dtype) -> str:
@@ -222,7 +240,7 @@ class Tuner:
                arch: str | None = None) -> Config:
         """The forced config, else the cached one for ``device`` (e.g. GPU name and Triton
         version), else the default of architecture ``arch``, else the fastest by
-        ``time_ms(config)``, among ``CONFIGS[kind][family]``, for problem class ``key``."""
+        ``time_ms(config)`` among ``tunable(kind, family)``, for problem class ``key``."""
         configs = CONFIGS[kind][family]
         forced = forced_config(family, kind)
         if forced is not None or interpreting():
@@ -233,7 +251,7 @@ class Tuner:
         if name not in by_name and arch is not None:
             name = self.default(family, kind, key, arch)
         if name not in by_name:
-            name = min(configs, key=time_ms).name
+            name = min(tunable(kind, family), key=time_ms).name
             self._write_file(cached, name)
         self.memory[cached] = name
         return by_name[name]

@@ -63,9 +63,9 @@ def test_tunes_once_and_caches_on_disk(tmp_path):
 
     tuner = Tuner(path)
     assert tuner.choose("forward", "half", ("H100", 1024), time_ms) == configs[2]
-    assert timed == configs
+    assert timed == tuning.tunable("half", "forward")
     assert tuner.choose("forward", "half", ("H100", 1024), time_ms) == configs[2]
-    assert len(timed) == len(configs)  # remembered in memory
+    assert len(timed) == len(tuning.tunable("half", "forward"))  # remembered in memory
     assert json.loads(path.read_text()) == {"forward|half|H100|1024": configs[2].name}
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
 
@@ -76,6 +76,33 @@ def test_tunes_once_and_caches_on_disk(tmp_path):
     other = Tuner(path).choose("forward", "half", ("H100", 2048), lambda c: 1.0 if c == configs[0] else 2.0)
     assert other == configs[0]
     assert len(json.loads(path.read_text())) == 2  # entries merge
+
+
+def test_unverified_configs_are_timed_only_on_request(tmp_path, monkeypatch):
+    """Configs never run on a GPU are left out of tuning unless GER_KERNELS_TRITON_UNVERIFIED=1;
+    a default-config table that names one (the sweep checked it on a GPU) is followed."""
+    monkeypatch.delenv(tuning.UNVERIFIED_ENV, raising=False)
+    configs = CONFIGS["half"]["forward"]
+    unverified = [c for c in configs if c.name in tuning.UNVERIFIED]
+    assert unverified and len(unverified) < len(configs)
+    timed = []
+    fastest = unverified[0]
+    time_ms = lambda c: timed.append(c) or (0.5 if c == fastest else 1.0)  # noqa: E731
+    chosen = Tuner(tmp_path / "a.json").choose("forward", "half", ("k",), time_ms)
+    assert chosen.name not in tuning.UNVERIFIED and not set(timed) & set(unverified)
+    monkeypatch.setenv(tuning.UNVERIFIED_ENV, "1")
+    timed.clear()
+    assert Tuner(tmp_path / "b.json").choose("forward", "half", ("k",), time_ms) == fastest
+    assert timed == configs
+    monkeypatch.delenv(tuning.UNVERIFIED_ENV)
+    (tmp_path / "configs_sm90.json").write_text(json.dumps(
+        {"entries": {tuning.entry("forward", "half", ("k",)): {"config": fastest.name}}}))
+
+    def never(config):
+        raise AssertionError("timed")
+
+    assert Tuner(tmp_path / "c.json", defaults_dir=tmp_path).choose("forward", "half", ("k",), never,
+                                                                    arch="sm90") == fastest
 
 
 def test_forced_and_interpreted_never_time(tmp_path, monkeypatch):
@@ -121,7 +148,7 @@ def test_default_table_is_used_without_timing(tmp_path):
     timed = []
     assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 1024), lambda c: timed.append(c) or 1.0,
                         ("A100", "3.6"), "sm80") == configs[0]
-    assert timed == configs
+    assert timed == tuning.tunable("half", "forward")
     assert tuner.choose("input_grad", "half", ("torch.bfloat16", 8, 1024), lambda c: 1.0, (), "sm90") \
         == CONFIGS["half"]["input_grad"][0]
     assert set(json.loads((tmp_path / "cache.json").read_text())) == {
