@@ -27,9 +27,10 @@ BACKENDS = ("reference", "cpp", "triton")
 # What ``auto`` runs, decided by measurement (README "Performance", `python benchmarks/run.py`,
 # CPU float32): the cpp backend beats the reference on CPU where W~ is large (1.06x at 4.5 MB,
 # 2.4x at 72 MB, forward+backward) and loses to it on small layers (0.93x at 1.2 MB, 0.79x for
-# a lifting layer), where splitting W~ into panels costs more than expanding it. The fused CUDA
-# and Triton kernels have not been measured on a GPU yet, so there ``auto`` runs the reference
-# (cuDNN on the expanded filter) until benchmarks/results/ says otherwise.
+# a lifting layer), where splitting W~ into panels costs more than expanding it. On CUDA every
+# pass of the fused CUDA and Triton kernels measured slower than cuDNN on the expanded filter
+# (H200, bf16, GER-UNet's layers: 0.01-0.63x, benchmarks/results/h200-2026-11-29b), so there
+# ``auto`` runs the reference.
 CPU_CPP_MIN_EXPANDED_BYTES = 4 << 20
 
 class BackendStatus(NamedTuple):
