@@ -483,11 +483,13 @@ def _field_minor(weight: torch.Tensor, fields_dim: int) -> torch.Tensor:
     ``fields_dim`` (0: output, 1: input fields), zero-padded to a multiple of 8 entries: rows
     ``(kh, kw, i, s)`` for the output fields (forward), ``(kh, kw, o, s)`` for the input fields
     (input gradient). The "fields" kernels read 8 neighbouring fields as one 16-byte vector."""
-    c_out, c_in, s_in, k, _ = weight.shape
     order = (3, 4, 1, 2, 0) if fields_dim == 0 else (3, 4, 0, 2, 1)
     fields = weight.shape[fields_dim]
     rows = weight.permute(order).reshape(-1, fields)
     padded = weight.new_zeros((rows.shape[0], triton.cdiv(fields, 8) * 8))
+    if padded.numel() >= 2 ** 31:
+        raise ValueError(f"the Triton kernels index the weight with 32-bit offsets; a weight of shape "
+                         f"{tuple(weight.shape)} is too large")
     padded[:, :fields] = rows
     return padded
 

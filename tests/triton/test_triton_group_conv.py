@@ -184,6 +184,9 @@ def test_field_minor_layout():
     assert rows.shape == (3 * 3 * 5 * 8, 8)
     assert torch.equal(rows[((1 * 3 + 2) * 5 + 4) * 8 + 7, :3], w[4, :, 7, 1, 2])
     assert not rows[:, 3:].any()
+    huge = torch.empty(2 ** 16, 2 ** 12, 1, 3, 3, device="meta")  # 2^31 entries and more: 32-bit offsets overflow
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        group_conv._field_minor(huge, 0)
 
 
 def test_weight_gradient_reduction_is_split():
