@@ -129,18 +129,22 @@ FIELDS_CASES = [CASES[0], CASES[1], CASES[3], CASES[5], CASES[7], CASES[9], CASE
 
 
 @pytest.mark.parametrize("case", FIELDS_CASES, ids=["lift", "p4m", "p4-s2", "p4m-d2", "k2-s2", "lift-k5-s2", "p4-k1"])
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
 def test_fields_variant(device, monkeypatch, case, layout):
     """The "fields" variant of forward and input_grad (weight tiles as vectors of whole fields,
-    a field-minor copy of w padded to 8 fields): 9 and 23 output fields, partial field tiles."""
+    a field-minor copy of w padded to 8 fields): 9 and 23 output fields, partial field tiles,
+    NCHW, channels_last and every other column of a wider tensor (input and output gradient)."""
     group, lifting, k, stride, padding, dilation, height, width, batch = case
     firsts = [next(c.name for c in CONFIGS["float32"][family] if c.variant == "fields")
               for family in ("forward", "input_grad")]
     monkeypatch.setenv(FORCE_ENV, ",".join(firsts))
-    view = (lambda t: t.to(memory_format=torch.channels_last)) if layout == "channels_last" else None
+    view = {"nchw": None, "channels_last": lambda t: t.to(memory_format=torch.channels_last),
+            "strided": lambda t: t.repeat_interleave(2, -1)[..., ::2]}[layout]
     for c_out in (9, 23):
         x, w, b = conv_args(group, lifting, k, height, width, batch, c_in=2, c_out=c_out, device=device)
-        errs = parity(x, w, b, stride, padding, dilation, group, x_view=view, relu=c_out == 23)
+        grad = torch.randn_like(reference.conv_expanded(x, w, b, stride, padding, dilation, group))
+        errs = parity(x, w, b, stride, padding, dilation, group, x_view=view, relu=c_out == 23,
+                      grad=view(grad) if view else grad)
         assert max(errs.values()) <= 1e-5, (c_out, errs)
 
 
