@@ -11,6 +11,7 @@
 #   step    240  GER-UNet and R-UNet training step per precision, layout, backend, eager and compiled
 #                (benchmarks/bench_step.py, its own budget 210 s)
 #   groupbn 120  fused group batch norm against BatchNorm3d, bf16, GB/s (benchmarks/bench_group_bn.py)
+#                (step and groupbn switch the group batch norm's Triton kernels on: GER_KERNELS_TRITON_BN=1)
 #   triton  150  each Triton kernel per pass against cuDNN on the expanded filter, bfloat16 (benchmarks/bench_triton.py)
 #   cpp     240  the same for the CUDA kernels of ger_kernels._C, CuTe on, bfloat16 (bench_triton.py --backend cpp)
 #   layers  150  every backend per layer and the run.py training step, bfloat16 (benchmarks/run.py)
@@ -79,7 +80,7 @@ for stage in $STAGES; do
       ;;
     step)
       limit=$(cap "${STEP_TIMEOUT_S:-240}")
-      timeout -k 10 "$limit" $PY benchmarks/bench_step.py --device cuda --out "$OUT/step" --budget-s $((limit - 30)) > "$OUT/step.log" 2>&1 \
+      GER_KERNELS_TRITON_BN=1 timeout -k 10 "$limit" $PY benchmarks/bench_step.py --device cuda --out "$OUT/step" --budget-s $((limit - 30)) > "$OUT/step.log" 2>&1 \
         || echo "step benchmark FAILED or stopped: see $OUT/step.log (rows measured so far are in $OUT/step)"
       sed '/^## Top/,$d' "$OUT/step/results.md" 2>/dev/null || true
       ;;
@@ -135,7 +136,7 @@ for stage in $STAGES; do
       sed -n '1,/^Every config/p' "$OUT/sweep/sweep.md" 2>/dev/null || true
       ;;
     groupbn)
-      timeout "$(cap 120)" $PY benchmarks/bench_group_bn.py --out "$OUT/group_bn" > "$OUT/group_bn.log" 2>&1 \
+      GER_KERNELS_TRITON_BN=1 timeout "$(cap 120)" $PY benchmarks/bench_group_bn.py --out "$OUT/group_bn" > "$OUT/group_bn.log" 2>&1 \
         || echo "group batch norm benchmark FAILED: see $OUT/group_bn.log"
       cat "$OUT/group_bn/results.md" 2>/dev/null || true
       ;;

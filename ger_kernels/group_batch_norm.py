@@ -7,8 +7,9 @@ strides are made dense first); field ``c`` holds channels ``c*S .. c*S + S - 1``
 vectors (statistics, weight, bias, coefficients) and all arithmetic are float32 (float64 for
 float64 maps) whatever the map's dtype: under autocast batch norm gets bfloat16 activations and
 float32 parameters. Triton kernels (``ger_kernels.triton.batch_norm``) run float32/16-bit maps
-on CUDA, and on CPU in the Triton interpreter (``TRITON_INTERPRET=1``); plain torch runs the
-rest (the single-process op through ATen's batch norm kernels, BatchNorm3d's own).
+on CUDA with ``GER_KERNELS_TRITON_BN=1`` (opt-in until they have run on a GPU), and on CPU in the
+Triton interpreter (``TRITON_INTERPRET=1``); plain torch runs the rest (the single-process op
+through ATen's batch norm kernels, BatchNorm3d's own).
 
 Stages, each a ``torch.library`` op (namespace ``ger_kernels``) with a fake kernel, with the
 points where a synchronized batch norm reduces over processes:
@@ -34,6 +35,7 @@ version composes the stage ops the same way, with the collectives between them
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -41,10 +43,14 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels import triton as triton_backend  # imports no triton until its kernels are used
 
-__all__ = ["group_batch_norm", "statistics", "merge_statistics", "normalize", "grad_sums", "input_grad",
+__all__ = ["TRITON_BN_ENV", "group_batch_norm", "statistics", "merge_statistics", "normalize", "grad_sums", "input_grad",
            "input_grad_coefficients", "running_statistics", "min_bytes", "KERNELS"]
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The Triton kernels have been checked in the interpreter and compiled for sm_90, but have not yet
+# run on a GPU (their GPU parity tests did not run in the H200 session of 2026-11-29): on CUDA they
+# are opt-in until they have, and plain torch (ATen's batch norm kernels) runs by default.
+TRITON_BN_ENV = "GER_KERNELS_TRITON_BN"
 _DIMS = (0, 2, 3, 4)  # the 5-D view's dims reduced per field
 
 
@@ -69,10 +75,13 @@ def _triton_available(device_type: str, interpreting: bool) -> bool:
 
 
 def _on_triton(x: torch.Tensor) -> bool:
-    """Whether the Triton kernels run ``x``: CUDA, or CPU in the interpreter; non-empty, not float64."""
+    """Whether the Triton kernels run ``x``: CUDA with ``GER_KERNELS_TRITON_BN=1``, or CPU in the
+    interpreter; non-empty, not float64."""
     if x.dtype not in _TRITON_DTYPES or x.numel() == 0:
         return False
     if x.device.type == "cpu" and not triton_backend.interpreting():
+        return False
+    if x.device.type == "cuda" and os.environ.get(TRITON_BN_ENV) != "1":
         return False
     return _triton_available(x.device.type, triton_backend.interpreting())
 

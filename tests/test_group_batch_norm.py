@@ -2,6 +2,8 @@
 the 5-D view, the SyncBN-ready stages, the variance's numerics, the fake kernels and autograd
 (torch.library.opcheck), and the byte counts."""
 
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -203,3 +205,13 @@ def test_min_bytes():
     assert gbn.min_bytes(100, 2, "input_grad", relu=True, residual=True) == 1000
     with pytest.raises(ValueError, match="kernel must be one of"):
         gbn.min_bytes(100, 2, "backward")
+
+
+def test_triton_kernels_are_opt_in_on_cuda(monkeypatch):
+    """On CUDA the Triton kernels run only with GER_KERNELS_TRITON_BN=1 (not yet run on a GPU)."""
+    monkeypatch.setattr(gbn, "_triton_available", lambda device_type, interpreting: True)
+    cuda_map = types.SimpleNamespace(dtype=torch.bfloat16, numel=lambda: 8, device=torch.device("cuda"))
+    monkeypatch.delenv(gbn.TRITON_BN_ENV, raising=False)
+    assert not gbn._on_triton(cuda_map)
+    monkeypatch.setenv(gbn.TRITON_BN_ENV, "1")
+    assert gbn._on_triton(cuda_map)
