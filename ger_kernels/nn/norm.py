@@ -18,7 +18,8 @@ class GroupBatchNorm2d(nn.BatchNorm3d):
     Batch and running statistics, scale and shift are per field, shared by its S
     orientations, which keeps the layer exactly equivariant (SPEC section 5);
     ``BatchNorm2d(C*S)`` would not. It runs the fused ops of ``ger_kernels.group_batch_norm``
-    (Triton kernels on CUDA with GER_KERNELS_TRITON_BN=1) and keeps BatchNorm3d's parameters, buffers and state dict.
+    (Triton kernels on CUDA with ``GER_KERNELS_TRITON_BN=1``) and keeps BatchNorm3d's
+    parameters, buffers and state dict.
 
     ``forward(input, residual=None, relu=None)`` computes ``bn(input) + residual`` followed by
     a ReLU if ``relu`` (default: the layer's ``relu``), in one pass over the map.
