@@ -152,14 +152,84 @@ GER_HOST_DEVICE int64_t expanded_weight_offset(const ConvShape& shape, const Gro
   return (((o * shape.in_fields + i) * s_in + u) * k + src_i) * k + src_j;
 }
 
-// W~ offsets of the 8 channels c0 .. c0+7 of one tap, c0 a multiple of 8 (which S_in, 1, 4 or 8, divides) and
-// below the channel count: expanded_weight_offset(row, {c0 + e, a, b}) = expanded_weight_offset(row, {c0, a, b})
-// + delta[e], so a kernel that owns a row decodes its channels once.
-GER_HOST_DEVICE void chunk_deltas(const ConvShape& shape, const GroupTables& tables, int row, int (&delta)[8]) {
-  const int64_t first = expanded_weight_offset(shape, tables, row, {0, 0, 0});
-  for (int e = 0; e < 8; ++e) {
-    delta[e] = static_cast<int>(expanded_weight_offset(shape, tables, row, {e, 0, 0}) - first);
-  }
+// The CuTe kernels' copies of the weight for forward and input gradient, which make the 8 elements of W~ that one
+// 16-byte chunk of their B tile holds (one reduction position, one group element g, 8 consecutive fields)
+// contiguous: w (C_out, C_in, S_in, k, k) permuted to
+//   forward        wf[tap][i][u][o] = w[o][i][u][tap]   (rows (tap, i, u), C_out fields per row)
+//   input gradient wb[tap][o][u][i] = w[o][i][u][tap]   (rows (tap, o, u), C_in fields per row)
+// tap = a*k + b, each row zero-padded to weight_copy_stride fields (a multiple of 8: 16-byte aligned rows).
+// W~[o*S + t][i*S_in + s][a][b] = w[o][i][u][A_t's source of (a, b)] with u = S_in == 1 ? 0 : T[t][s] is then
+//   forward        wf[forward_weight_copy_row(t, (i*S_in + s, a, b)) * stride + o]
+//   input gradient wb[input_grad_weight_copy_row(s, (o*S + t, a, b)) * stride + i]
+GER_HOST_DEVICE int64_t weight_copy_fields(const ConvShape& shape, bool input_grad) {
+  return input_grad ? shape.in_fields : shape.out_fields;
+}
+
+GER_HOST_DEVICE int64_t weight_copy_stride(const ConvShape& shape, bool input_grad) {
+  return (weight_copy_fields(shape, input_grad) + 7) / 8 * 8;
+}
+
+GER_HOST_DEVICE int64_t weight_copy_numel(const ConvShape& shape, bool input_grad) {
+  return shape.kernel_size * shape.kernel_size * (input_grad ? shape.out_fields : shape.in_fields) *
+         shape.in_orientations * weight_copy_stride(shape, input_grad);
+}
+
+// The element of w at position `index` of a copy, -1 in the zero padding.
+GER_HOST_DEVICE int64_t weight_copy_source(const ConvShape& shape, bool input_grad, int64_t index) {
+  const int64_t stride = weight_copy_stride(shape, input_grad), taps = shape.kernel_size * shape.kernel_size;
+  const int64_t field = index % stride, row = index / stride;
+  if (field >= weight_copy_fields(shape, input_grad)) return -1;
+  const int64_t u = row % shape.in_orientations, outer = row / shape.in_orientations;
+  const int64_t rows_per_tap = input_grad ? shape.out_fields : shape.in_fields;
+  const int64_t other = outer % rows_per_tap, tap = outer / rows_per_tap;
+  const int64_t o = input_grad ? other : field, i = input_grad ? field : other;
+  return ((o * shape.in_fields + i) * shape.in_orientations + u) * taps + tap;
+}
+
+// What a copy row depends on for group elements t (of the output) and s (of the input): the source tap of
+// (a, b) under A_t is a*tap_a + b*tap_b + tap_0 (source_tap, flattened to src_i*k + src_j), and u as above.
+// A kernel keeps a table of these per (t, s) and finds a row with a few multiply-adds.
+struct CopyRowTerms {
+  int tap_a, tap_b, tap_0, u;
+};
+
+GER_HOST_DEVICE CopyRowTerms copy_row_terms(const ConvShape& shape, const GroupTables& tables, int t, int s) {
+  const int k = static_cast<int>(shape.kernel_size);
+  const TapMap& m = tables.taps[t];
+  return {m.a * k + m.c, m.b * k + m.d, (m.oi * k + m.oj) * (k - 1),
+          shape.in_orientations == 1 ? 0 : tables.inv_mul[t][s]};
+}
+
+// Row (tap, outer, u) of a copy with rows_per_tap rows of `outer` per tap.
+GER_HOST_DEVICE int weight_copy_row(const CopyRowTerms& terms, int rows_per_tap, int s_in, int outer, int a, int b) {
+  return ((a * terms.tap_a + b * terms.tap_b + terms.tap_0) * rows_per_tap + outer) * s_in + terms.u;
+}
+
+// Forward: the row holding W~[o*S + t][ct] for every o (ct.channel = i*S_in + s).
+GER_HOST_DEVICE int forward_weight_copy_row(const ConvShape& shape, const GroupTables& tables, int t,
+                                            const ChannelTap& ct) {
+  const int s_in = static_cast<int>(shape.in_orientations);
+  return weight_copy_row(copy_row_terms(shape, tables, t, ct.channel % s_in), static_cast<int>(shape.in_fields),
+                         s_in, ct.channel / s_in, ct.a, ct.b);
+}
+
+// Input gradient: the row holding W~[ct.channel][i*S_in + s][ct.a][ct.b] for every i (ct.channel = o*S + t).
+GER_HOST_DEVICE int input_grad_weight_copy_row(const ConvShape& shape, const GroupTables& tables, int s,
+                                               const ChannelTap& ct) {
+  const int order = tables.order;
+  return weight_copy_row(copy_row_terms(shape, tables, ct.channel % order, s), static_cast<int>(shape.out_fields),
+                         static_cast<int>(shape.in_orientations), ct.channel / order, ct.a, ct.b);
+}
+
+// Column order of the CuTe forward and input-gradient tiles (whose B chunks are 8 fields of one group element):
+// a tile of `fields` fields from `first_field` and all G group elements (G = S, or S_in for the input gradient)
+// puts group element n / fields, field first_field + n % fields at column n, channel field*G + n / fields.
+struct GroupedColumn {
+  int field, element;
+};
+
+GER_HOST_DEVICE GroupedColumn grouped_column(int n, int first_field, int fields) {
+  return {first_field + n % fields, n / fields};
 }
 
 // Forward im2col: offset of the input element read by output pixel `out` at (channel, a, b); -1 in the padding.

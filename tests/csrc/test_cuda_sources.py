@@ -121,8 +121,8 @@ def test_16bit_kernels_use_tensor_cores(source, tmp_path_factory):
                                               check=True).stdout)
     assert functions
     tensor_core = {name: sass for name, sass in functions.items() if "cute_gemm" in name or "wmma_gemm" in name}
-    if source in CUTE_FILES:
-        assert tensor_core.keys() == functions.keys()
+    if source in CUTE_FILES:  # GEMMs, and the permutation of the weight into the copy forward/input grad read
+        assert tensor_core.keys() == {name for name in functions if "permute_weight" not in name}
     for name, sass in tensor_core.items():
         assert "HMMA.16816.F32" in sass, name
         if "cute_gemm" in name:
