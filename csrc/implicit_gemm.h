@@ -221,6 +221,67 @@ GER_HOST_DEVICE int input_grad_weight_copy_row(const ConvShape& shape, const Gro
                          static_cast<int>(shape.in_orientations), ct.channel / order, ct.a, ct.b);
 }
 
+// The CuTe weight gradient of channels-last tensors computes, per tap (a, b), dW~[o*S + t][c][a][b] =
+// sum over output pixels of grad_output[pixel][o*S + t] * x[pixel shifted by (a, b)][c] (forward_input_offset),
+// c = i*S_in + s, and folds it into the base weight gradient: it adds to dw at this offset, that of
+// (o, i, u, A_t's source tap of (a, b)) with terms = copy_row_terms(shape, tables, t, s) (u = T[t][s]).
+GER_HOST_DEVICE int64_t weight_grad_fold_offset(const ConvShape& shape, const CopyRowTerms& terms, int o, int i,
+                                                int a, int b) {
+  const int64_t taps = shape.kernel_size * shape.kernel_size;
+  return ((o * shape.in_fields + i) * shape.in_orientations + terms.u) * taps + a * terms.tap_a + b * terms.tap_b +
+         terms.tap_0;
+}
+
+// It adds the S rows o*S + t of one tap's dW~ in phases, a barrier between: t's phase is the number of t' < t with
+// the same source tap of (a, b) (weight_grad_fold_offset's last term), so two rows of one phase add to different
+// taps of dw, never to the same element. Phases: 1 + the largest phase (S for the center tap of an odd k).
+GER_HOST_DEVICE int weight_grad_fold_tap(const ConvShape& shape, const GroupTables& tables, int t, int a, int b) {
+  const CopyRowTerms terms = copy_row_terms(shape, tables, t, 0);
+  return a * terms.tap_a + b * terms.tap_b + terms.tap_0;
+}
+
+GER_HOST_DEVICE int weight_grad_fold_phase(const ConvShape& shape, const GroupTables& tables, int t, int a, int b) {
+  const int tap = weight_grad_fold_tap(shape, tables, t, a, b);
+  int phase = 0;
+  for (int earlier = 0; earlier < t; ++earlier) phase += weight_grad_fold_tap(shape, tables, earlier, a, b) == tap;
+  return phase;
+}
+
+// Its reduction order for one block: pixels [begin, end) in segments of `segment` (a multiple of `step_pixels`),
+// each segment once per tap (a, b) (a-major), in steps of step_pixels pixels (the last step of the last segment
+// may pass `end`); the sum of one tap over one segment is folded after its last step. A cursor in that order:
+struct SegmentTapStep {
+  int64_t first;         // first pixel of the segment
+  int a, b, step, steps;  // tap, step within the segment, steps of the segment
+
+  GER_HOST_DEVICE static int steps_of(int64_t first, int64_t end, int segment, int step_pixels) {
+    const int64_t pixels = end - first < segment ? end - first : segment;
+    return static_cast<int>((pixels + step_pixels - 1) / step_pixels);
+  }
+
+  GER_HOST_DEVICE static SegmentTapStep start(int64_t begin, int64_t end, int segment, int step_pixels) {
+    return {begin, 0, 0, 0, steps_of(begin, end, segment, step_pixels)};
+  }
+
+  GER_HOST_DEVICE bool folds() const { return step + 1 == steps; }  // the last step of (segment, tap)
+
+  GER_HOST_DEVICE void advance(int k, int64_t end, int segment, int step_pixels) {
+    if (++step < steps) return;
+    step = 0;
+    if (++b < k) return;
+    b = 0;
+    if (++a < k) return;
+    a = 0;
+    first += segment;
+    steps = steps_of(first, end, segment, step_pixels);
+  }
+};
+
+// The number of steps of that order: k*k times the steps over [begin, end).
+GER_HOST_DEVICE int64_t segment_tap_steps(int64_t begin, int64_t end, int k, int step_pixels) {
+  return int64_t(k) * k * ((end - begin + step_pixels - 1) / step_pixels);
+}
+
 // Column order of the CuTe forward and input-gradient tiles (whose B chunks are 8 fields of one group element):
 // a tile of `fields` fields from `first_field` and all G group elements (G = S, or S_in for the input gradient)
 // puts group element n / fields, field first_field + n % fields at column n, channel field*G + n / fields.

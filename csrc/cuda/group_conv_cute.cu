@@ -38,25 +38,26 @@ template <> struct Sm80Mma<cutlass::half_t> { using type = SM80_16x8x16_F32F16F1
 template <> struct Sm80Mma<cutlass::bfloat16_t> { using type = SM80_16x8x16_F32BF16BF16F32_TN; };
 
 // kColumnMajorB: B tiles are stored column by column (8 consecutive n of one kk per 16-byte chunk), else row by
-// row (8 consecutive kk of one n).
-template <typename T_, int kBM_, int kBN_, bool kColumnMajorB_ = false>
+// row (8 consecutive kk of one n); kColumnMajorA likewise for A (8 consecutive m of one kk).
+template <typename T_, int kBM_, int kBN_, bool kColumnMajorB_ = false, bool kColumnMajorA_ = false>
 struct Config {
   using T = T_;
   static constexpr int kBM = kBM_, kBN = kBN_, kBK = 32, kStages = 3, kThreads = 256;
-  static constexpr bool kColumnMajorB = kColumnMajorB_;
+  static constexpr bool kColumnMajorA = kColumnMajorA_, kColumnMajorB = kColumnMajorB_;
   static constexpr int kChunk = 8;  // 16-bit elements per 16-byte chunk
   static constexpr int kWarpsM = kBM >= 128 ? 4 : 2, kWarpsN = kThreads / 32 / kWarpsM;
   // 8 rows of 32 elements (64 bytes), the 16-byte chunks of row r XOR-ed with bits 1-2 of r.
   using RowAtom = decltype(composition(Swizzle<2, 3, 3>{}, Layout<Shape<_8, Int<kBK>>, Stride<Int<kBK>, _1>>{}));
   // 8 columns of 64 elements (128 bytes), the 16-byte chunks of column c XOR-ed with bits 0-2 of c.
   using ColumnAtom = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_64, _8>, Stride<_1, _64>>{}));
-  using SmemA = decltype(tile_to_shape(RowAtom{}, Shape<Int<kBM>, Int<kBK>, Int<kStages>>{}));
+  using SmemA = decltype(tile_to_shape(std::conditional_t<kColumnMajorA, ColumnAtom, RowAtom>{},
+                                       Shape<Int<kBM>, Int<kBK>, Int<kStages>>{}));
   using SmemB = decltype(tile_to_shape(std::conditional_t<kColumnMajorB, ColumnAtom, RowAtom>{},
                                        Shape<Int<kBN>, Int<kBK>, Int<kStages>>{}));
   // kWarpsM x kWarpsN warps; each warp's atoms cover 16 columns per k step, so that one ldmatrix.x4 loads them.
   using Mma = decltype(make_tiled_mma(typename Sm80Mma<T>::type{}, Layout<Shape<Int<kWarpsM>, Int<kWarpsN>, _1>>{},
                                      Tile<Int<16 * kWarpsM>, Int<16 * kWarpsN>, _16>{}));
-  using LoadFragmentA = Copy_Atom<SM75_U32x4_LDSM_N, T>;
+  using LoadFragmentA = Copy_Atom<std::conditional_t<kColumnMajorA, SM75_U16x8_LDSM_T, SM75_U32x4_LDSM_N>, T>;
   using LoadFragmentB = Copy_Atom<std::conditional_t<kColumnMajorB, SM75_U16x8_LDSM_T, SM75_U32x4_LDSM_N>, T>;
   static constexpr int kSmemBytes = int(cosize_v<SmemA> + cosize_v<SmemB>) * int(sizeof(T));
 };
@@ -237,32 +238,17 @@ struct GroupedOutput {
   }
 };
 
-template <class Cfg, class P>
-__global__ void __launch_bounds__(Cfg::kThreads) cute_gemm(P p, GroupTables tables) {
-  using T = typename Cfg::T;
-  extern __shared__ __align__(128) unsigned char smem[];
-  // in shared memory: indexed per element below, which a kernel parameter would put in local memory
-  __shared__ GroupTables g;
-  if (threadIdx.x == 0) g = tables;
-  __syncthreads();
-  Tensor sA = make_tensor(make_smem_ptr(reinterpret_cast<T*>(smem)), typename Cfg::SmemA{});
-  Tensor sB = make_tensor(make_smem_ptr(reinterpret_cast<T*>(smem) + cosize_v<typename Cfg::SmemA>),
-                          typename Cfg::SmemB{});
-
-  const int64_t m0 = int64_t(blockIdx.x) * Cfg::kBM;
-  const ReductionRange range = p.k_range(blockIdx.z);
-  const int k_tiles = static_cast<int>((range.end - range.begin + Cfg::kBK - 1) / Cfg::kBK);
-  using BSide = typename P::BSide;
-  Loader<Cfg, Cfg::kBM, typename P::ASide> a(p.a, blockIdx.x, range.begin, g);
-  std::conditional_t<Cfg::kColumnMajorB, ColumnLoader<Cfg, BSide>, Loader<Cfg, Cfg::kBN, BSide>> b(
-      p.b, blockIdx.y, range.begin, g);
-
+// The multistage main loop of the kernels, over k_tiles reduction steps: fetch(stage) issues the global reads of
+// the next step for a stage (cp.async, or loads into registers), commit(stage) stores what it loaded into
+// registers to that stage after the math of the current step, after_step(stage) runs after the math of each step
+// (of `stage`).
+template <class Cfg, class SmemA, class SmemB, class Acc, class Fetch, class Commit, class AfterStep>
+__device__ __forceinline__ void main_loop(const SmemA& sA, const SmemB& sB, Acc& acc, int k_tiles, Fetch&& fetch,
+                                          Commit&& commit, AfterStep&& after_step) {
   typename Cfg::Mma mma;
   auto thread_mma = mma.get_slice(threadIdx.x);
   Tensor fragment_a = thread_mma.partition_fragment_A(sA(_, _, 0));  // (MMA, MMA_M, MMA_K)
   Tensor fragment_b = thread_mma.partition_fragment_B(sB(_, _, 0));  // (MMA, MMA_N, MMA_K)
-  Tensor acc = partition_fragment_C(mma, Shape<Int<Cfg::kBM>, Int<Cfg::kBN>>{});
-  clear(acc);
   auto load_a = make_tiled_copy_A(typename Cfg::LoadFragmentA{}, mma);
   auto load_b = make_tiled_copy_B(typename Cfg::LoadFragmentB{}, mma);
   auto thread_load_a = load_a.get_slice(threadIdx.x);
@@ -271,20 +257,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) cute_gemm(P p, GroupTables tabl
   Tensor smem_b = thread_load_b.partition_S(sB);
   Tensor view_a = thread_load_a.retile_D(fragment_a);
   Tensor view_b = thread_load_b.retile_D(fragment_b);
-
-  // the steps are fetched in order: the thread's position moves by kBK after each
-  typename P::ASide::Step step = p.a.first_step(range.begin + ChunkMap<Cfg, Cfg::kBM>::col());
-  const auto fetch = [&](int stage) {
-    a.fetch(p.a, step, sA(_, _, stage), g);
-    b.fetch(p.b, step, sB(_, _, stage), g);
-    p.a.advance(step, Cfg::kBK);
-  };
 #pragma unroll
   for (int stage = 0; stage < Cfg::kStages - 1; ++stage) {
     if (stage < k_tiles) {
       fetch(stage);
-      a.commit(sA(_, _, stage));
-      b.commit(sB(_, _, stage));
+      commit(stage);
     }
     cp_async_fence();
   }
@@ -300,14 +277,65 @@ __global__ void __launch_bounds__(Cfg::kThreads) cute_gemm(P p, GroupTables tabl
       copy(load_b, smem_b(_, _, kb, stage), view_b(_, _, kb));
       gemm(mma, fragment_a(_, _, kb), fragment_b(_, _, kb), acc);
     }
-    if (next < k_tiles) {
-      a.commit(sA(_, _, next_stage));
-      b.commit(sB(_, _, next_stage));
-    }
+    if (next < k_tiles) commit(next_stage);
+    after_step(stage);
   }
   cp_async_wait<0>();
+}
 
-  Tensor coords = thread_mma.partition_C(make_identity_tensor(Shape<Int<Cfg::kBM>, Int<Cfg::kBN>>{}));
+// The block's operand stages in dynamic shared memory, (rows, kBK, stage) each.
+template <class Cfg>
+__device__ auto operand_stages(unsigned char* smem) {
+  using T = typename Cfg::T;
+  return cute::make_tuple(
+      make_tensor(make_smem_ptr(reinterpret_cast<T*>(smem)), typename Cfg::SmemA{}),
+      make_tensor(make_smem_ptr(reinterpret_cast<T*>(smem) + cosize_v<typename Cfg::SmemA>), typename Cfg::SmemB{}));
+}
+
+// The accumulator tile of a thread, and the (m, n) of each of its elements.
+template <class Cfg>
+__device__ auto accumulator_tile() {
+  typename Cfg::Mma mma;
+  return cute::make_tuple(
+      partition_fragment_C(mma, Shape<Int<Cfg::kBM>, Int<Cfg::kBN>>{}),
+      mma.get_slice(threadIdx.x).partition_C(make_identity_tensor(Shape<Int<Cfg::kBM>, Int<Cfg::kBN>>{})));
+}
+
+template <class Cfg, class P>
+__global__ void __launch_bounds__(Cfg::kThreads) cute_gemm(P p, GroupTables tables) {
+  using T = typename Cfg::T;
+  extern __shared__ __align__(128) unsigned char smem[];
+  // in shared memory: indexed per element below, which a kernel parameter would put in local memory
+  __shared__ GroupTables g;
+  if (threadIdx.x == 0) g = tables;
+  __syncthreads();
+  auto [sA, sB] = operand_stages<Cfg>(smem);
+
+  const int64_t m0 = int64_t(blockIdx.x) * Cfg::kBM;
+  const ReductionRange range = p.k_range(blockIdx.z);
+  const int k_tiles = static_cast<int>((range.end - range.begin + Cfg::kBK - 1) / Cfg::kBK);
+  using BSide = typename P::BSide;
+  Loader<Cfg, Cfg::kBM, typename P::ASide> a(p.a, blockIdx.x, range.begin, g);
+  std::conditional_t<Cfg::kColumnMajorB, ColumnLoader<Cfg, BSide>, Loader<Cfg, Cfg::kBN, BSide>> b(
+      p.b, blockIdx.y, range.begin, g);
+  auto [acc, coords] = accumulator_tile<Cfg>();
+  clear(acc);
+
+  // the steps are fetched in order: the thread's position moves by kBK after each
+  typename P::ASide::Step step = p.a.first_step(range.begin + ChunkMap<Cfg, Cfg::kBM>::col());
+  main_loop<Cfg>(
+      sA, sB, acc, k_tiles,
+      [&](int stage) {
+        a.fetch(p.a, step, sA(_, _, stage), g);
+        b.fetch(p.b, step, sB(_, _, stage), g);
+        p.a.advance(step, Cfg::kBK);
+      },
+      [&](int stage) {
+        a.commit(sA(_, _, stage));
+        b.commit(sB(_, _, stage));
+      },
+      [](int) {});
+
   if constexpr (P::kGroupedColumns) {
     p.out.template store<Cfg>(acc, coords, reinterpret_cast<T*>(smem), m0, blockIdx.y);
   } else {
@@ -503,6 +531,134 @@ struct WeightGrad {
   int64_t column_tiles() const { return (n_size + kCuteWeightGradTileN - 1) / kCuteWeightGradTileN; }
 };
 
+// Weight gradient of channels-last grad_output and input (both cute_vectorizable): for each tap (a, b), the GEMM
+// dW~[n][c] = sum_p dY[p][n] X[p shifted by (a, b)][c] (rows n = o*S + t: output channels; columns c: input
+// channels; reduction: the output pixels of the block's split), folded into the split's workspace slice
+// (weight_grad_fold_offset). Both operands are 16-byte chunks of 8 channels of one pixel, copied with cp.async
+// into column-major tiles (ChunkColumns). A block walks its pixels in segments of kWeightGradSegment, each once
+// per tap, folding the segment's sum of a tap when it is done (SegmentTapStep). Its tile holds whole fields of
+// rows (kBM a multiple of S) and of columns (kBN of S_in), so the workspace elements its folds add to are its
+// own: it folds in phases whose adds go to distinct elements (weight_grad_fold_phase), with a barrier in between,
+// in a fixed order: deterministic, without atomics. The workspace is zeroed before.
+struct WeightGradChannels {
+  const uint16_t* dy;
+  const uint16_t* x;
+  float* workspace;  // [split][element of dw]
+  Strides4 dys, xs;
+  ConvShape shape;
+  PixelGrid pixels;
+  int64_t pixel_count, split_pixels, weight_numel;  // split_pixels: a multiple of kBK
+  int rows, columns;                               // output channels, input channels
+  int order_shift, s_in_shift;                     // log2 S, log2 S_in
+};
+
+constexpr int kWeightGradSegment = 4096;  // pixels summed per tap between two folds, a multiple of kBK
+// dynamic shared memory of cute_weight_grad past the operand stages: the float tile of a fold
+template <class Cfg>
+constexpr int kWeightGradFoldBytes = Cfg::kBM * Cfg::kBN * int(sizeof(float));
+
+// How the threads share the 16-byte chunks of a column-major kRows x kBK tile: chunk q = thread + j*kThreads is
+// rows 8*(q % kPerK) .. +7 at reduction position q / kPerK. Both operands of WeightGradChannels have 128 rows:
+// a thread's chunks of A and B are at the same positions (one pixel decode serves both).
+template <class Cfg, int kRows>
+struct ChunkColumns {
+  static constexpr int kPerK = kRows / Cfg::kChunk, kKPerPass = Cfg::kThreads / kPerK;
+  static constexpr int kCount = Cfg::kBK / kKPerPass;
+  static_assert(Cfg::kThreads % kPerK == 0 && kCount * kKPerPass == Cfg::kBK, "chunks do not divide among threads");
+  __device__ static int row() { return threadIdx.x % kPerK * Cfg::kChunk; }
+  __device__ static int position(int j) { return threadIdx.x / kPerK + j * kKPerPass; }
+};
+
+template <class Cfg, class StageA, class StageB>
+__device__ __forceinline__ void fetch_weight_grad(const WeightGradChannels& p, const SegmentTapStep& at,
+                                                  int64_t end, int m0, int c0, StageA&& a_stage, StageB&& b_stage) {
+  using Chunks = ChunkColumns<Cfg, Cfg::kBM>;
+  static_assert(Cfg::kBM == Cfg::kBN, "A and B chunks at the same positions");
+  const int row = Chunks::row();
+#pragma unroll
+  for (int j = 0; j < Chunks::kCount; ++j) {
+    const int64_t pixel = at.first + at.step * Cfg::kBK + Chunks::position(j);
+    const bool in_range = pixel < end;  // within the segment: steps cover it, the last one up to `end`
+    const Pixel px = in_range ? pixel_of(pixel, p.pixels) : Pixel{0, 0, 0};
+    const bool a_valid = in_range && m0 + row < p.rows;
+    const uint16_t* a_src = a_valid ? p.dy + tensor_offset(p.dys, px, m0 + row) : p.dy;
+    const int64_t b_offset =
+        in_range && c0 + row < p.columns ? forward_input_offset(p.shape, p.xs, px, {c0 + row, at.a, at.b}) : -1;
+    SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>::copy(
+        *reinterpret_cast<const cute::uint128_t*>(a_src),
+        *reinterpret_cast<cute::uint128_t*>(&a_stage(row, Chunks::position(j))), a_valid);
+    SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>::copy(
+        *reinterpret_cast<const cute::uint128_t*>(p.x + (b_offset < 0 ? 0 : b_offset)),
+        *reinterpret_cast<cute::uint128_t*>(&b_stage(row, Chunks::position(j))), b_offset >= 0);
+  }
+}
+
+// Adds the block's dW~ tile of tap (a, b) to its workspace slice, through `tile` (kBM x kBN floats in shared
+// memory, apart from the operand stages), in the phases of weight_grad_fold_phase.
+template <class Cfg, class Acc, class Coords>
+__device__ void fold_weight_grad(const WeightGradChannels& p, const Acc& acc, const Coords& coords, float* tile,
+                                 int m0, int c0, int a, int b, const GroupTables& g) {
+  // the last fold's reads of the tile are done: a reduction step, with its barrier, came in between
+#pragma unroll
+  for (int i = 0; i < size(acc); ++i) tile[get<0>(coords(i)) * Cfg::kBN + get<1>(coords(i))] = acc(i);
+  float* slice = p.workspace + blockIdx.y * p.weight_numel;
+  const int order = 1 << p.order_shift, s_mask = (1 << p.s_in_shift) - 1;
+  uint32_t phase_of = 0;  // 4 bits per t
+  int phases = 0;
+  for (int t = 0; t < order; ++t) {
+    const int phase = weight_grad_fold_phase(p.shape, g, t, a, b);
+    phase_of |= uint32_t(phase) << (4 * t);
+    phases = phase + 1 > phases ? phase + 1 : phases;
+  }
+  for (int phase = 0; phase < phases; ++phase) {
+    __syncthreads();  // the tile is complete, and the adds of the last phase are visible to every thread
+    for (int e = threadIdx.x; e < Cfg::kBM * Cfg::kBN; e += Cfg::kThreads) {
+      const int n = m0 + e / Cfg::kBN, c = c0 + e % Cfg::kBN, t = n & (order - 1);
+      if (n >= p.rows || c >= p.columns || int(phase_of >> (4 * t) & 15) != phase) continue;
+      const CopyRowTerms terms = copy_row_terms(p.shape, g, t, c & s_mask);
+      slice[weight_grad_fold_offset(p.shape, terms, n >> p.order_shift, c >> p.s_in_shift, a, b)] += tile[e];
+    }
+  }
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads) cute_weight_grad(WeightGradChannels p, GroupTables tables) {
+  const int64_t begin = int64_t(blockIdx.y) * p.split_pixels;
+  const int64_t end = begin + p.split_pixels < p.pixel_count ? begin + p.split_pixels : p.pixel_count;
+  if (begin >= end) return;  // a split past the last pixel: the whole block
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ GroupTables g;
+  if (threadIdx.x == 0) g = tables;
+  __syncthreads();
+  auto [sA, sB] = operand_stages<Cfg>(smem);
+  const int column_tiles = (p.columns + Cfg::kBN - 1) / Cfg::kBN;
+  const int m0 = blockIdx.x / column_tiles * Cfg::kBM, c0 = blockIdx.x % column_tiles * Cfg::kBN;
+  const int k = static_cast<int>(p.shape.kernel_size);
+  const int k_tiles = static_cast<int>(segment_tap_steps(begin, end, k, Cfg::kBK));
+  auto [acc, coords] = accumulator_tile<Cfg>();
+  clear(acc);
+  // per stage: the tap a*k + b whose sum is complete after the stage's step (fold it), else -1; written when the
+  // stage is fetched, read after its math (barriers in between)
+  __shared__ int fold_tap[Cfg::kStages];
+  SegmentTapStep fetched = SegmentTapStep::start(begin, end, kWeightGradSegment, Cfg::kBK);
+  main_loop<Cfg>(
+      sA, sB, acc, k_tiles,
+      [&](int stage) {
+        fetch_weight_grad<Cfg>(p, fetched, end, m0, c0, sA(_, _, stage), sB(_, _, stage));
+        if (threadIdx.x == 0) fold_tap[stage] = fetched.folds() ? fetched.a * k + fetched.b : -1;
+        fetched.advance(k, end, kWeightGradSegment, Cfg::kBK);
+      },
+      [](int) {},
+      [&](int stage) {
+        const int tap = fold_tap[stage];
+        if (tap >= 0) {
+          fold_weight_grad<Cfg>(p, acc, coords, reinterpret_cast<float*>(smem + Cfg::kSmemBytes), m0, c0, tap / k,
+                                tap % k, g);
+          clear(acc);
+        }
+      });
+}
+
 template <class Cfg, class P>
 cudaError_t launch(const P& p, int splits, cudaStream_t stream) {
   const int64_t m_tiles = (p.m_size + Cfg::kBM - 1) / Cfg::kBM;
@@ -534,6 +690,14 @@ int log2_of(int power_of_two) {
   int l = 0;
   while ((1 << l) < power_of_two) ++l;
   return l;
+}
+
+// Whether a block of the current device may have this much dynamic shared memory (sm_86 and sm_89: 99 KiB).
+bool fits_shared_memory(int bytes) {
+  int device = 0, limit = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+         bytes <= limit;
 }
 
 // copy[index] = w[weight_copy_source(shape, input_grad, index)], 0 in the padding.
@@ -621,14 +785,47 @@ cudaError_t launch_cute_group_conv2d_input_grad(const void* grad_output, const S
   });
 }
 
+int64_t cute_weight_grad_tiles(const ConvShape& shape) {
+  constexpr int kTile = kCuteWeightGradChannelsTile;
+  return (shape.out_channels() + kTile - 1) / kTile * ((shape.in_channels() + kTile - 1) / kTile);
+}
+
 cudaError_t launch_cute_group_conv2d_weight_grad(const void* grad_output, const Strides4& grad_output_strides,
                                                  const void* input, const Strides4& input_strides, float* workspace,
                                                  int splits, const ConvShape& shape, FloatKind kind,
                                                  cudaStream_t stream) {
-  const int m_size = static_cast<int>(shape.out_fields);
-  const int n_size = static_cast<int>(shape.in_channels() * shape.kernel_size * shape.kernel_size);
   const int64_t pixel_count = shape.batch * shape.out_h * shape.out_w;
   const PixelGrid pixels{FastDiv(shape.out_h), FastDiv(shape.out_w)};
+  using ChannelsConfig =  // its shared memory: the same for both 16-bit types
+      Config<cutlass::half_t, kCuteWeightGradChannelsTile, kCuteWeightGradChannelsTile, true, true>;
+  if (cute_vectorizable(grad_output, grad_output_strides, shape.out_channels()) &&
+      cute_vectorizable(input, input_strides, shape.in_channels()) &&
+      fits_shared_memory(ChannelsConfig::kSmemBytes + kWeightGradFoldBytes<ChannelsConfig>)) {
+    return with_type(kind, [&](auto type) {
+      using Cfg = Config<decltype(type), kCuteWeightGradChannelsTile, kCuteWeightGradChannelsTile, true, true>;
+      const int64_t numel = shape.filter().weight_numel();
+      const int64_t per_split = ((pixel_count + splits - 1) / splits + Cfg::kBK - 1) / Cfg::kBK * Cfg::kBK;
+      const WeightGradChannels p{bits(grad_output), bits(input), workspace, grad_output_strides, input_strides,
+                                 shape, pixels, pixel_count, per_split, numel,
+                                 static_cast<int>(shape.out_channels()), static_cast<int>(shape.in_channels()),
+                                 log2_of(static_cast<int>(shape.group_order)),
+                                 log2_of(static_cast<int>(shape.in_orientations))};
+      const int64_t tiles = cute_weight_grad_tiles(shape);
+      if (tiles == 0 || pixel_count == 0) return cudaSuccess;
+      if (tiles > INT_MAX || splits > 65535) return cudaErrorInvalidValue;
+      cudaError_t status = cudaMemsetAsync(workspace, 0, sizeof(float) * splits * numel, stream);
+      if (status != cudaSuccess) return status;
+      const auto kernel = cute_weight_grad<Cfg>;
+      constexpr int kSmemBytes = Cfg::kSmemBytes + kWeightGradFoldBytes<Cfg>;
+      status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+      if (status != cudaSuccess) return status;
+      const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
+      kernel<<<grid, Cfg::kThreads, kSmemBytes, stream>>>(p, group_tables(shape.group_order));
+      return cudaGetLastError();
+    });
+  }
+  const int m_size = static_cast<int>(shape.out_fields);
+  const int n_size = static_cast<int>(shape.in_channels() * shape.kernel_size * shape.kernel_size);
   const FastDiv order(shape.group_order);
   const WeightGrad p{{bits(grad_output), grad_output_strides, shape, pixels, order, pixel_count, m_size},
                      {bits(input), input_strides, shape, pixels, order, pixel_count, n_size},

@@ -34,10 +34,15 @@ cudaError_t launch_cute_group_conv2d_input_grad(const void* grad_output, const S
                                                 const Strides4& grad_input_strides, const ConvShape& shape,
                                                 FloatKind kind, cudaStream_t stream);
 
-// The split-K partial sums of the weight gradient into workspace[z][o][n] (float), z < splits, with the
-// reduction in chunks of kCuteWeightGradChunk pixels (weight_grad_reduction); the caller adds the parts.
-// Its block tile: output fields x base weight elements.
+// The split-K partial sums of the weight gradient into workspace[z][o][n] (float), z < splits; the caller adds
+// the parts. Where grad_output and input are cute_vectorizable: per tap, a GEMM over the z-th part of the output
+// pixels with block tiles of kCuteWeightGradChannelsTile output channels x as many input channels
+// (cute_weight_grad_tiles of them per part), folded into the base weight gradient; the workspace is zeroed first.
+// Else: a GEMM of output fields x base weight elements (tile kCuteWeightGradTileM x kCuteWeightGradTileN) over
+// (pixel, t) in chunks of kCuteWeightGradChunk pixels (weight_grad_reduction), operands gathered.
+constexpr int kCuteWeightGradChannelsTile = 128;
 constexpr int kCuteWeightGradChunk = 32, kCuteWeightGradTileM = 64, kCuteWeightGradTileN = 128;
+int64_t cute_weight_grad_tiles(const ConvShape& shape);
 cudaError_t launch_cute_group_conv2d_weight_grad(const void* grad_output, const Strides4& grad_output_strides,
                                                  const void* input, const Strides4& input_strides, float* workspace,
                                                  int splits, const ConvShape& shape, FloatKind kind,

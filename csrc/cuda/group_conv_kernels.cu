@@ -489,12 +489,12 @@ cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Stride
 // part of the reduction at least kMinSteps long, at most kMaxWorkspace accumulators in the workspace.
 int weight_grad_splits(const ConvShape& shape, [[maybe_unused]] FloatKind kind, const CudaDevice& device) {
   constexpr int64_t kMinSteps = 4096, kMaxWorkspace = int64_t(1) << 24, kMaxSplits = 64;
-  int64_t block_m = kBlockM, block_n = kBlockN;
+  int64_t tiles = (shape.out_fields + kBlockM - 1) / kBlockM *
+                  ((shape.in_channels() * shape.kernel_size * shape.kernel_size + kBlockN - 1) / kBlockN);
 #if GER_KERNELS_CUTE
-  if (uses_cute(kind, device)) block_m = kCuteWeightGradTileM, block_n = kCuteWeightGradTileN;
+  // the tiles of the CuTe kernel of channels-last tensors (its other kernel, for other layouts, uses the same count)
+  if (uses_cute(kind, device)) tiles = cute_weight_grad_tiles(shape);
 #endif
-  const int64_t tiles = (shape.out_fields + block_m - 1) / block_m *
-                        ((shape.in_channels() * shape.kernel_size * shape.kernel_size + block_n - 1) / block_n);
   const int64_t steps = shape.batch * shape.out_h * shape.out_w * shape.group_order;
   const int64_t numel = shape.filter().weight_numel();
   if (tiles == 0 || steps == 0) return 1;

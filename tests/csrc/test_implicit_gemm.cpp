@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -150,6 +151,77 @@ void check_copy_rows_from_terms() {
         if (!ok) std::printf("FAILED: copy rows from terms, order %lld S_in %lld k %lld\n",
                              static_cast<long long>(order), static_cast<long long>(s_in), static_cast<long long>(k));
       }
+    }
+  }
+}
+
+// The phases of the weight gradient's fold: within one phase of a tap, the (t, s) of every row and column add to
+// distinct dw elements (for one o and i; other o, i are other elements anyway), and the phases are few.
+void check_fold_phases() {
+  for (const int64_t order : {4, 8}) {
+    for (const int64_t s_in : {int64_t(1), order}) {
+      for (const int64_t k : {1, 2, 3, 5}) {
+        const ConvShape shape{1, 1, s_in, 1, order, k, 1, 1, 1, 4, 4, 4, 4};
+        const GroupTables tables = make_group_tables(static_cast<int>(order));
+        bool ok = true;
+        for (int a = 0; a < k; ++a) {
+          for (int b = 0; b < k; ++b) {
+            std::vector<std::vector<int64_t>> targets(order);
+            for (int t = 0; t < order; ++t) {
+              const int phase = weight_grad_fold_phase(shape, tables, t, a, b);
+              ok &= phase >= 0 && phase < order;
+              for (int s = 0; s < s_in; ++s) {
+                const CopyRowTerms terms = copy_row_terms(shape, tables, t, s);
+                targets[phase].push_back(weight_grad_fold_offset(shape, terms, 0, 0, a, b));
+              }
+            }
+            for (auto& phase_targets : targets) {
+              std::sort(phase_targets.begin(), phase_targets.end());
+              ok &= std::adjacent_find(phase_targets.begin(), phase_targets.end()) == phase_targets.end();
+            }
+            // odd k: the center tap is the only one every A_t fixes; other taps need at most 2 phases
+            const bool center = k % 2 == 1 && a == k / 2 && b == k / 2;
+            int phases = 0;
+            for (int t = 0; t < order; ++t) {
+              phases = std::max(phases, 1 + weight_grad_fold_phase(shape, tables, t, a, b));
+            }
+            ok &= center || k == 1 ? phases == order : phases <= 2;
+          }
+        }
+        ok ? ++passed : ++failed;
+        if (!ok) std::printf("FAILED: fold phases, order %lld S_in %lld k %lld\n", static_cast<long long>(order),
+                             static_cast<long long>(s_in), static_cast<long long>(k));
+      }
+    }
+  }
+}
+
+// SegmentTapStep over segment_tap_steps steps visits every (pixel step, tap) once, segment by segment, each
+// segment's taps in turn, and marks the last step of each (segment, tap) and no other.
+void check_segment_tap_steps() {
+  for (const int k : {1, 2, 3}) {
+    for (const auto& [begin, end, segment] : {std::tuple<int64_t, int64_t, int>{0, 32, 64}, {64, 200, 64},
+                                               {32, 100, 32}, {96, 1000, 256}, {0, 31, 64}}) {
+      constexpr int kStep = 32;
+      SegmentTapStep at = SegmentTapStep::start(begin, end, segment, kStep);
+      std::vector<std::tuple<int64_t, int, int, bool>> visited;  // (first pixel of the step, a, b, folds)
+      for (int64_t i = 0; i < segment_tap_steps(begin, end, k, kStep); ++i) {
+        visited.emplace_back(at.first + int64_t(at.step) * kStep, at.a, at.b, at.folds());
+        at.advance(k, end, segment, kStep);
+      }
+      std::vector<std::tuple<int64_t, int, int, bool>> expected;
+      for (int64_t first = begin; first < end; first += segment) {
+        const int64_t last = std::min<int64_t>(first + segment, end);
+        for (int a = 0; a < k; ++a)
+          for (int b = 0; b < k; ++b)
+            for (int64_t pixel = first; pixel < last; pixel += kStep) {
+              expected.emplace_back(pixel, a, b, pixel + kStep >= last);
+            }
+      }
+      const bool ok = visited == expected;
+      ok ? ++passed : ++failed;
+      if (!ok) std::printf("FAILED: SegmentTapStep, k %d, [%lld, %lld), segment %d\n", k,
+                           static_cast<long long>(begin), static_cast<long long>(end), segment);
     }
   }
 }
@@ -344,6 +416,29 @@ void check(const Case& c) {
     }
   }
   expect_close(dw, ref_dw, "weight grad", c);
+
+  // The CuTe weight gradient of channels-last tensors: per tap, dW~ over all output channels and input channels
+  // (a GEMM over pixels), folded into dw (weight_grad_fold_offset).
+  torch::Tensor dw_fold = torch::zeros_like(w);
+  for (int a = 0; a < k_int; ++a) {
+    for (int b = 0; b < k_int; ++b) {
+      for (int n = 0; n < out_channels; ++n) {
+        for (int ch = 0; ch < in_channels; ++ch) {
+          double sum = 0;
+          for (int64_t p = 0; p < pixels; ++p) {
+            const Pixel px = pixel_of(p, out_grid);
+            const int64_t off = forward_input_offset(shape, xs, px, {ch, a, b});
+            if (off >= 0) sum += dyp[tensor_offset(dys, px, n)] * xp[off];
+          }
+          const int t = static_cast<int>(n % order), s_in = static_cast<int>(c.in_orientations);
+          const CopyRowTerms terms = copy_row_terms(shape, tables, t, ch % s_in);
+          dw_fold.mutable_data_ptr<double>()[weight_grad_fold_offset(shape, terms, static_cast<int>(n / order),
+                                                                     ch / s_in, a, b)] += sum;
+        }
+      }
+    }
+  }
+  expect_close(dw_fold, ref_dw, "weight grad, per-tap GEMMs folded", c);
 }
 
 // Every (pixel, t) of the weight gradient's reduction is visited exactly once, whatever the chunk, and an
@@ -445,6 +540,8 @@ int main() {
   check_tap_major_cursor();
   check_weight_copy_is_a_permutation();
   check_copy_rows_from_terms();
+  check_fold_phases();
+  check_segment_tap_steps();
   const int chunks[] = {16, 32, 3}, splits[] = {1, 3, 2, 64};
   int index = 0;
   for (int64_t order : {4, 8}) {
