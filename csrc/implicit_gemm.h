@@ -313,8 +313,12 @@ GER_HOST_DEVICE int64_t input_grad_output_offset(const ConvShape& shape, const S
   const int stride = static_cast<int>(shape.stride), padding = static_cast<int>(shape.padding);
   const int dilation = static_cast<int>(shape.dilation);
   const int th = in.h + padding - ct.a * dilation, tw = in.w + padding - ct.b * dilation;
-  if (th < 0 || tw < 0 || th % stride != 0 || tw % stride != 0) return -1;
-  const int oh = th / stride, ow = tw / stride;
+  if (th < 0 || tw < 0) return -1;
+  int oh = th, ow = tw;  // stride 1 (the common case) skips the divisions
+  if (stride != 1) {
+    if (th % stride != 0 || tw % stride != 0) return -1;
+    oh = th / stride, ow = tw / stride;
+  }
   if (oh >= shape.out_h || ow >= shape.out_w) return -1;
   return tensor_offset(dy, {in.n, oh, ow}, ct.channel);
 }

@@ -811,10 +811,9 @@ cudaError_t launch_cute_group_conv2d_weight_grad(const void* grad_output, const 
                                  log2_of(static_cast<int>(shape.group_order)),
                                  log2_of(static_cast<int>(shape.in_orientations))};
       const int64_t tiles = cute_weight_grad_tiles(shape);
-      if (tiles == 0 || pixel_count == 0) return cudaSuccess;
       if (tiles > INT_MAX || splits > 65535) return cudaErrorInvalidValue;
       cudaError_t status = cudaMemsetAsync(workspace, 0, sizeof(float) * splits * numel, stream);
-      if (status != cudaSuccess) return status;
+      if (status != cudaSuccess || tiles == 0 || pixel_count == 0) return status;  // no pixels: dw = 0
       const auto kernel = cute_weight_grad<Cfg>;
       constexpr int kSmemBytes = Cfg::kSmemBytes + kWeightGradFoldBytes<Cfg>;
       status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);

@@ -197,6 +197,17 @@ def test_parity_over_field_tiles(group, lifting, c_in, c_out, dtype):
     assert dx.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("group", [P4M, P4], ids=str)
+def test_parity_weight_grad_segments(group):
+    """The CuTe weight gradient of channels-last tensors sums each split of the pixels in segments of 4096
+    pixels, one tap at a time, and folds each segment's sum: 520 x 520 pixels make 64 splits (the most
+    weight_grad_splits gives) of 4225 pixels, a whole segment and a partial one each."""
+    x, w, b = make_case(group, True, 3, 1, 520, 520, 8, 8 // group.order * 2, torch.bfloat16)
+    dy = output_grad(group, x, w, 1, 1, 1, torch.bfloat16)
+    x, dy = (t.cuda().contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    assert_parity(x, w.cuda(), b.cuda(), dy, 1, 1, 1, group)
+
+
 @pytest.mark.parametrize("group,lifting", list(itertools.product([P4M, P4], [True, False])), ids=str)
 def test_empty_batch_tensor_core(group, lifting):
     x, w, b, dy = channels_last_case(group, lifting, 3, 0, 9, 7, 2, torch.bfloat16, 1, 1, 1)
