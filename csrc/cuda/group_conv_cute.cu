@@ -2,20 +2,22 @@
 // index math of csrc/implicit_gemm.h. A block computes a kBM x kBN tile of C[m][n] = sum_kk A[m][kk] B[n][kk]:
 //   - 8 warps, each repeating SM80's mma.sync 16x8x16 atom (float accumulation) over its part of the tile;
 //   - operand tiles in shared memory, kStages deep, XOR-swizzled so that ldmatrix reads them without bank
-//     conflicts: reduction-major rows of kBK = 32 elements, or (the weight of forward and input gradient)
-//     column-major, 8 reduction positions of 64 columns per swizzle atom, read with ldmatrix.trans;
+//     conflicts: reduction-major rows of kBK = 32 elements, or column-major, 8 reduction positions of 64 rows
+//     or columns per swizzle atom, read with ldmatrix.trans (the weight of forward and input gradient, both
+//     operands of the channels-last weight gradient);
 //   - an operand side is either copied with cp.async in 16-byte chunks, or gathered element by element into
 //     registers, its global loads in flight during the math of a step and stored to shared memory after it.
 //     Copied: the activations of forward and input gradient (8 consecutive channels of a channels-last tensor,
 //     zero-filled in the padding), and their weight, from a permuted copy of w made before the GEMM
 //     (weight_copy_source: for one reduction position and one group element, 8 consecutive fields are
-//     contiguous). Gathered: both operands of the weight gradient, whose reduction runs over pixels.
+//     contiguous); both operands of the weight gradient of channels-last tensors (cute_weight_grad).
+//     Gathered: both operands of the weight gradient of other tensors (cute_gemm<..., WeightGrad>).
 // Forward and input gradient order a tile's columns by group element, then field (grouped_column), so that a
 // chunk of B is 8 fields of one element; the epilogue puts the tile back in channel order through shared memory
 // and writes whole rows. Reduction orders: forward and input gradient tap-major (tap_major_channel_tap_of: a
-// 16-byte chunk of A is one tap and 8 channels), weight gradient (pixel, t) in chunks of 32 pixels of one t
-// (weight_grad_reduction) split over gridDim.z (split-K), each part written to its own workspace slice, which
-// the caller adds in order.
+// 16-byte chunk of A is one tap and 8 channels); the weight gradients split their pixels over the grid
+// (split-K), each part written to its own workspace slice, which the caller adds in order: per tap over segments
+// of pixels (cute_weight_grad), or (pixel, t) in chunks of 32 pixels of one t (weight_grad_reduction).
 #if GER_KERNELS_CUTE
 
 #include <cute/tensor.hpp>
