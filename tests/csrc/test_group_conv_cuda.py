@@ -201,7 +201,8 @@ def test_parity_over_field_tiles(group, lifting, c_in, c_out, dtype):
 def test_parity_weight_grad_segments(group):
     """The CuTe weight gradient of channels-last tensors sums each split of the pixels in segments of 4096
     pixels, one tap at a time, and folds each segment's sum: 520 x 520 pixels make 64 splits (the most
-    weight_grad_splits gives) of 4225 pixels, a whole segment and a partial one each."""
+    weight_grad_splits gives, from 32 SMs on) of 4256 pixels (the last 2272), a whole segment and a partial
+    one each."""
     x, w, b = make_case(group, True, 3, 1, 520, 520, 8, 8 // group.order * 2, torch.bfloat16)
     dy = output_grad(group, x, w, 1, 1, 1, torch.bfloat16)
     x, dy = (t.cuda().contiguous(memory_format=torch.channels_last) for t in (x, dy))
