@@ -152,14 +152,145 @@ GER_HOST_DEVICE int64_t expanded_weight_offset(const ConvShape& shape, const Gro
   return (((o * shape.in_fields + i) * s_in + u) * k + src_i) * k + src_j;
 }
 
-// W~ offsets of the 8 channels c0 .. c0+7 of one tap, c0 a multiple of 8 (which S_in, 1, 4 or 8, divides) and
-// below the channel count: expanded_weight_offset(row, {c0 + e, a, b}) = expanded_weight_offset(row, {c0, a, b})
-// + delta[e], so a kernel that owns a row decodes its channels once.
-GER_HOST_DEVICE void chunk_deltas(const ConvShape& shape, const GroupTables& tables, int row, int (&delta)[8]) {
-  const int64_t first = expanded_weight_offset(shape, tables, row, {0, 0, 0});
-  for (int e = 0; e < 8; ++e) {
-    delta[e] = static_cast<int>(expanded_weight_offset(shape, tables, row, {e, 0, 0}) - first);
+// The CuTe kernels' copies of the weight for forward and input gradient, which make the 8 elements of W~ that one
+// 16-byte chunk of their B tile holds (one reduction position, one group element g, 8 consecutive fields)
+// contiguous: w (C_out, C_in, S_in, k, k) permuted to
+//   forward        wf[tap][i][u][o] = w[o][i][u][tap]   (rows (tap, i, u), C_out fields per row)
+//   input gradient wb[tap][o][u][i] = w[o][i][u][tap]   (rows (tap, o, u), C_in fields per row)
+// tap = a*k + b, each row zero-padded to weight_copy_stride fields (a multiple of 8: 16-byte aligned rows).
+// W~[o*S + t][i*S_in + s][a][b] = w[o][i][u][A_t's source of (a, b)] with u = S_in == 1 ? 0 : T[t][s] is then
+//   forward        wf[forward_weight_copy_row(t, (i*S_in + s, a, b)) * stride + o]
+//   input gradient wb[input_grad_weight_copy_row(s, (o*S + t, a, b)) * stride + i]
+GER_HOST_DEVICE int64_t weight_copy_fields(const ConvShape& shape, bool input_grad) {
+  return input_grad ? shape.in_fields : shape.out_fields;
+}
+
+GER_HOST_DEVICE int64_t weight_copy_stride(const ConvShape& shape, bool input_grad) {
+  return (weight_copy_fields(shape, input_grad) + 7) / 8 * 8;
+}
+
+GER_HOST_DEVICE int64_t weight_copy_numel(const ConvShape& shape, bool input_grad) {
+  return shape.kernel_size * shape.kernel_size * (input_grad ? shape.out_fields : shape.in_fields) *
+         shape.in_orientations * weight_copy_stride(shape, input_grad);
+}
+
+// The element of w at position `index` of a copy, -1 in the zero padding.
+GER_HOST_DEVICE int64_t weight_copy_source(const ConvShape& shape, bool input_grad, int64_t index) {
+  const int64_t stride = weight_copy_stride(shape, input_grad), taps = shape.kernel_size * shape.kernel_size;
+  const int64_t field = index % stride, row = index / stride;
+  if (field >= weight_copy_fields(shape, input_grad)) return -1;
+  const int64_t u = row % shape.in_orientations, outer = row / shape.in_orientations;
+  const int64_t rows_per_tap = input_grad ? shape.out_fields : shape.in_fields;
+  const int64_t other = outer % rows_per_tap, tap = outer / rows_per_tap;
+  const int64_t o = input_grad ? other : field, i = input_grad ? field : other;
+  return ((o * shape.in_fields + i) * shape.in_orientations + u) * taps + tap;
+}
+
+// What a copy row depends on for group elements t (of the output) and s (of the input): the source tap of
+// (a, b) under A_t is a*tap_a + b*tap_b + tap_0 (source_tap, flattened to src_i*k + src_j), and u as above.
+// A kernel keeps a table of these per (t, s) and finds a row with a few multiply-adds.
+struct CopyRowTerms {
+  int tap_a, tap_b, tap_0, u;
+};
+
+GER_HOST_DEVICE CopyRowTerms copy_row_terms(const ConvShape& shape, const GroupTables& tables, int t, int s) {
+  const int k = static_cast<int>(shape.kernel_size);
+  const TapMap& m = tables.taps[t];
+  return {m.a * k + m.c, m.b * k + m.d, (m.oi * k + m.oj) * (k - 1),
+          shape.in_orientations == 1 ? 0 : tables.inv_mul[t][s]};
+}
+
+// Row (tap, outer, u) of a copy with rows_per_tap rows of `outer` per tap.
+GER_HOST_DEVICE int weight_copy_row(const CopyRowTerms& terms, int rows_per_tap, int s_in, int outer, int a, int b) {
+  return ((a * terms.tap_a + b * terms.tap_b + terms.tap_0) * rows_per_tap + outer) * s_in + terms.u;
+}
+
+// Forward: the row holding W~[o*S + t][ct] for every o (ct.channel = i*S_in + s).
+GER_HOST_DEVICE int forward_weight_copy_row(const ConvShape& shape, const GroupTables& tables, int t,
+                                            const ChannelTap& ct) {
+  const int s_in = static_cast<int>(shape.in_orientations);
+  return weight_copy_row(copy_row_terms(shape, tables, t, ct.channel % s_in), static_cast<int>(shape.in_fields),
+                         s_in, ct.channel / s_in, ct.a, ct.b);
+}
+
+// Input gradient: the row holding W~[ct.channel][i*S_in + s][ct.a][ct.b] for every i (ct.channel = o*S + t).
+GER_HOST_DEVICE int input_grad_weight_copy_row(const ConvShape& shape, const GroupTables& tables, int s,
+                                               const ChannelTap& ct) {
+  const int order = tables.order;
+  return weight_copy_row(copy_row_terms(shape, tables, ct.channel % order, s), static_cast<int>(shape.out_fields),
+                         static_cast<int>(shape.in_orientations), ct.channel / order, ct.a, ct.b);
+}
+
+// The CuTe weight gradient of channels-last tensors computes, per tap (a, b), dW~[o*S + t][c][a][b] =
+// sum over output pixels of grad_output[pixel][o*S + t] * x[pixel shifted by (a, b)][c] (forward_input_offset),
+// c = i*S_in + s, and folds it into the base weight gradient: it adds to dw at this offset, that of
+// (o, i, u, A_t's source tap of (a, b)) with terms = copy_row_terms(shape, tables, t, s) (u = T[t][s]).
+GER_HOST_DEVICE int64_t weight_grad_fold_offset(const ConvShape& shape, const CopyRowTerms& terms, int o, int i,
+                                                int a, int b) {
+  const int64_t taps = shape.kernel_size * shape.kernel_size;
+  return ((o * shape.in_fields + i) * shape.in_orientations + terms.u) * taps + a * terms.tap_a + b * terms.tap_b +
+         terms.tap_0;
+}
+
+// It adds the S rows o*S + t of one tap's dW~ in phases, a barrier between: t's phase is the number of t' < t with
+// the same source tap of (a, b) (weight_grad_fold_offset's last term), so two rows of one phase add to different
+// taps of dw, never to the same element. Phases: 1 + the largest phase (S for the center tap of an odd k).
+GER_HOST_DEVICE int weight_grad_fold_tap(const ConvShape& shape, const GroupTables& tables, int t, int a, int b) {
+  const CopyRowTerms terms = copy_row_terms(shape, tables, t, 0);
+  return a * terms.tap_a + b * terms.tap_b + terms.tap_0;
+}
+
+GER_HOST_DEVICE int weight_grad_fold_phase(const ConvShape& shape, const GroupTables& tables, int t, int a, int b) {
+  const int tap = weight_grad_fold_tap(shape, tables, t, a, b);
+  int phase = 0;
+  for (int earlier = 0; earlier < t; ++earlier) phase += weight_grad_fold_tap(shape, tables, earlier, a, b) == tap;
+  return phase;
+}
+
+// Its reduction order for one block: pixels [begin, end) in segments of `segment` (a multiple of `step_pixels`),
+// each segment once per tap (a, b) (a-major), in steps of step_pixels pixels (the last step of the last segment
+// may pass `end`); the sum of one tap over one segment is folded after its last step. A cursor in that order:
+struct SegmentTapStep {
+  int64_t first;         // first pixel of the segment
+  int a, b, step, steps;  // tap, step within the segment, steps of the segment
+
+  GER_HOST_DEVICE static int steps_of(int64_t first, int64_t end, int segment, int step_pixels) {
+    const int64_t pixels = end - first < segment ? end - first : segment;
+    return static_cast<int>((pixels + step_pixels - 1) / step_pixels);
   }
+
+  GER_HOST_DEVICE static SegmentTapStep start(int64_t begin, int64_t end, int segment, int step_pixels) {
+    return {begin, 0, 0, 0, steps_of(begin, end, segment, step_pixels)};
+  }
+
+  GER_HOST_DEVICE bool folds() const { return step + 1 == steps; }  // the last step of (segment, tap)
+
+  GER_HOST_DEVICE void advance(int k, int64_t end, int segment, int step_pixels) {
+    if (++step < steps) return;
+    step = 0;
+    if (++b < k) return;
+    b = 0;
+    if (++a < k) return;
+    a = 0;
+    first += segment;
+    steps = steps_of(first, end, segment, step_pixels);
+  }
+};
+
+// The number of steps of that order: k*k times the steps over [begin, end).
+GER_HOST_DEVICE int64_t segment_tap_steps(int64_t begin, int64_t end, int k, int step_pixels) {
+  return int64_t(k) * k * ((end - begin + step_pixels - 1) / step_pixels);
+}
+
+// Column order of the CuTe forward and input-gradient tiles (whose B chunks are 8 fields of one group element):
+// a tile of `fields` fields from `first_field` and all G group elements (G = S, or S_in for the input gradient)
+// puts group element n / fields, field first_field + n % fields at column n, channel field*G + n / fields.
+struct GroupedColumn {
+  int field, element;
+};
+
+GER_HOST_DEVICE GroupedColumn grouped_column(int n, int first_field, int fields) {
+  return {first_field + n % fields, n / fields};
 }
 
 // Forward im2col: offset of the input element read by output pixel `out` at (channel, a, b); -1 in the padding.
@@ -182,8 +313,12 @@ GER_HOST_DEVICE int64_t input_grad_output_offset(const ConvShape& shape, const S
   const int stride = static_cast<int>(shape.stride), padding = static_cast<int>(shape.padding);
   const int dilation = static_cast<int>(shape.dilation);
   const int th = in.h + padding - ct.a * dilation, tw = in.w + padding - ct.b * dilation;
-  if (th < 0 || tw < 0 || th % stride != 0 || tw % stride != 0) return -1;
-  const int oh = th / stride, ow = tw / stride;
+  if (th < 0 || tw < 0) return -1;
+  int oh = th, ow = tw;  // stride 1 (the common case) skips the divisions
+  if (stride != 1) {
+    if (th % stride != 0 || tw % stride != 0) return -1;
+    oh = th / stride, ow = tw / stride;
+  }
   if (oh >= shape.out_h || ow >= shape.out_w) return -1;
   return tensor_offset(dy, {in.n, oh, ow}, ct.channel);
 }

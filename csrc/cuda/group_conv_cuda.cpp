@@ -47,9 +47,11 @@ at::Tensor group_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, 
   if (output.numel() == 0) return output;
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const CudaDevice device = current_device();
+  const at::Tensor scratch = at::empty({weight_scratch_numel(shape, false, kind, device)}, w.options());
   check_launch(launch_group_conv2d(input.const_data_ptr(), strides_of(input), w.const_data_ptr(),
-                                   b.defined() ? b.const_data_ptr() : nullptr, output.mutable_data_ptr(),
-                                   strides_of(output), shape, kind, current_device(),
+                                   scratch.mutable_data_ptr(), b.defined() ? b.const_data_ptr() : nullptr,
+                                   output.mutable_data_ptr(), strides_of(output), shape, kind, device,
                                    c10::cuda::getCurrentCUDAStream()),
                "group_conv2d");
   return output;
@@ -66,10 +68,12 @@ at::Tensor group_conv2d_input_grad_cuda(const at::Tensor& grad_output, const at:
   at::Tensor grad_input = empty_grad_input(shape, grad_output);
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor w = weight.contiguous();
+  const CudaDevice device = current_device();
+  const at::Tensor scratch = at::empty({weight_scratch_numel(shape, true, kind, device)}, w.options());
   check_launch(launch_group_conv2d_input_grad(grad_output.const_data_ptr(), strides_of(grad_output),
-                                              w.const_data_ptr(), grad_input.mutable_data_ptr(),
-                                              strides_of(grad_input), shape, kind, current_device(),
-                                              c10::cuda::getCurrentCUDAStream()),
+                                              w.const_data_ptr(), scratch.mutable_data_ptr(),
+                                              grad_input.mutable_data_ptr(), strides_of(grad_input), shape, kind,
+                                              device, c10::cuda::getCurrentCUDAStream()),
                "group_conv2d_input_grad");
   return grad_input;
 }

@@ -423,17 +423,34 @@ cudaError_t with_kernel(FloatKind kind, const CudaDevice& device, Body body) {
   return device.cute_enabled && (kind == FloatKind::kHalf || kind == FloatKind::kBFloat16) && device.arch >= 80;
 }
 
+// Whether the CuTe forward (input_grad false) or input gradient runs: its activation `data` is
+// cute_vectorizable and the weight scratch 16-byte aligned.
+[[maybe_unused]] bool uses_cute_conv(FloatKind kind, const CudaDevice& device, const void* data,
+                                     const Strides4& strides, int64_t channels, const void* weight_scratch) {
+  return uses_cute(kind, device) && cute_vectorizable(data, strides, channels) &&
+         reinterpret_cast<uintptr_t>(weight_scratch) % 16 == 0;
+}
+
 }  // namespace
 
+int64_t weight_scratch_numel([[maybe_unused]] const ConvShape& shape, [[maybe_unused]] bool input_grad,
+                             [[maybe_unused]] FloatKind kind, [[maybe_unused]] const CudaDevice& device) {
+#if GER_KERNELS_CUTE
+  if (uses_cute(kind, device)) return weight_copy_numel(shape, input_grad);
+#endif
+  return 0;
+}
+
 cudaError_t launch_group_conv2d(const void* input, const Strides4& input_strides, const void* weight,
-                                const void* bias, void* output, const Strides4& output_strides,
-                                const ConvShape& shape, FloatKind kind, const CudaDevice& device,
-                                cudaStream_t stream) {
+                                void* weight_scratch, const void* bias, void* output,
+                                const Strides4& output_strides, const ConvShape& shape, FloatKind kind,
+                                const CudaDevice& device, cudaStream_t stream) {
   const int64_t k_size = shape.in_channels() * shape.kernel_size * shape.kernel_size;
   if (!fits_spatial(shape) || !fits_int(k_size) || !fits_int(shape.out_channels())) return cudaErrorInvalidValue;
 #if GER_KERNELS_CUTE
-  if (uses_cute(kind, device) && cute_vectorizable(input, input_strides, shape.in_channels())) {
-    return launch_cute_group_conv2d(input, input_strides, weight, bias, output, output_strides, shape, kind, stream);
+  if (uses_cute_conv(kind, device, input, input_strides, shape.in_channels(), weight_scratch)) {
+    return launch_cute_group_conv2d(input, input_strides, weight, weight_scratch, bias, output, output_strides, shape,
+                                    kind, stream);
   }
 #endif
   return with_kernel(kind, device, [&](auto type, auto tile) {
@@ -447,14 +464,14 @@ cudaError_t launch_group_conv2d(const void* input, const Strides4& input_strides
 }
 
 cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Strides4& grad_output_strides,
-                                           const void* weight, void* grad_input, const Strides4& grad_input_strides,
-                                           const ConvShape& shape, FloatKind kind, const CudaDevice& device,
-                                           cudaStream_t stream) {
+                                           const void* weight, void* weight_scratch, void* grad_input,
+                                           const Strides4& grad_input_strides, const ConvShape& shape,
+                                           FloatKind kind, const CudaDevice& device, cudaStream_t stream) {
   const int64_t k_size = shape.out_channels() * shape.kernel_size * shape.kernel_size;
   if (!fits_spatial(shape) || !fits_int(k_size) || !fits_int(shape.in_channels())) return cudaErrorInvalidValue;
 #if GER_KERNELS_CUTE
-  if (uses_cute(kind, device) && cute_vectorizable(grad_output, grad_output_strides, shape.out_channels())) {
-    return launch_cute_group_conv2d_input_grad(grad_output, grad_output_strides, weight, grad_input,
+  if (uses_cute_conv(kind, device, grad_output, grad_output_strides, shape.out_channels(), weight_scratch)) {
+    return launch_cute_group_conv2d_input_grad(grad_output, grad_output_strides, weight, weight_scratch, grad_input,
                                                grad_input_strides, shape, kind, stream);
   }
 #endif
@@ -472,12 +489,12 @@ cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Stride
 // part of the reduction at least kMinSteps long, at most kMaxWorkspace accumulators in the workspace.
 int weight_grad_splits(const ConvShape& shape, [[maybe_unused]] FloatKind kind, const CudaDevice& device) {
   constexpr int64_t kMinSteps = 4096, kMaxWorkspace = int64_t(1) << 24, kMaxSplits = 64;
-  int64_t block_m = kBlockM, block_n = kBlockN;
+  int64_t tiles = (shape.out_fields + kBlockM - 1) / kBlockM *
+                  ((shape.in_channels() * shape.kernel_size * shape.kernel_size + kBlockN - 1) / kBlockN);
 #if GER_KERNELS_CUTE
-  if (uses_cute(kind, device)) block_m = kCuteWeightGradTileM, block_n = kCuteWeightGradTileN;
+  // the tiles of the CuTe kernel of channels-last tensors (its other kernel, for other layouts, uses the same count)
+  if (uses_cute(kind, device)) tiles = cute_weight_grad_tiles(shape);
 #endif
-  const int64_t tiles = (shape.out_fields + block_m - 1) / block_m *
-                        ((shape.in_channels() * shape.kernel_size * shape.kernel_size + block_n - 1) / block_n);
   const int64_t steps = shape.batch * shape.out_h * shape.out_w * shape.group_order;
   const int64_t numel = shape.filter().weight_numel();
   if (tiles == 0 || steps == 0) return 1;

@@ -26,15 +26,20 @@ struct CudaDevice {
   bool cute_enabled = false;
 };
 
+// Forward and input gradient take scratch memory for a permuted copy of the weight (the CuTe kernels'): of
+// weight_scratch_numel elements of the weight's type, 16-byte aligned (else those kernels do not run); 0 elements
+// (and any pointer) where the kernels that may run need none. input_grad: for the input gradient.
+int64_t weight_scratch_numel(const ConvShape& shape, bool input_grad, FloatKind kind, const CudaDevice& device);
+
 cudaError_t launch_group_conv2d(const void* input, const Strides4& input_strides, const void* weight,
-                                const void* bias, void* output, const Strides4& output_strides,
-                                const ConvShape& shape, FloatKind kind, const CudaDevice& device,
-                                cudaStream_t stream);
+                                void* weight_scratch, const void* bias, void* output,
+                                const Strides4& output_strides, const ConvShape& shape, FloatKind kind,
+                                const CudaDevice& device, cudaStream_t stream);
 
 cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Strides4& grad_output_strides,
-                                           const void* weight, void* grad_input, const Strides4& grad_input_strides,
-                                           const ConvShape& shape, FloatKind kind, const CudaDevice& device,
-                                           cudaStream_t stream);
+                                           const void* weight, void* weight_scratch, void* grad_input,
+                                           const Strides4& grad_input_strides, const ConvShape& shape,
+                                           FloatKind kind, const CudaDevice& device, cudaStream_t stream);
 
 // The weight gradient splits its reduction over output pixels into `splits` parts (split-K): part z writes
 // its partial sums of dw to workspace[z] (no atomics), a second kernel adds the parts in a fixed order and

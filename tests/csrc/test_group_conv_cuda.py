@@ -176,6 +176,39 @@ def test_parity_over_many_tensor_core_tiles(group, lifting, dtype):
     assert_parity(x, w, b, dy, 1, 1, 1, group)
 
 
+# (group, lifting, input fields, output fields): the CuTe forward and input gradient tile their columns by group
+# element and a block of fields (128 / S forward, 128 / S_in input gradient) read from a weight copy whose rows
+# are zero-padded to a multiple of 8 fields: two or more column tiles, the last one partial, field counts not
+# multiples of 8. channels_last with channel counts multiples of 8 where these kernels run: the first four both
+# ops; RGB lifting (3 channels) only the input gradient and p4 with 23 output fields (92 channels) only the
+# forward, each writing a result whose channels are not a multiple of 8 (element-wise stores).
+FIELD_TILES = [(P4M, False, 17, 23), (P4, False, 34, 46), (P4M, True, 136, 23), (P4, True, 136, 46),
+               (P4M, True, 3, 23), (P4, False, 34, 23)]
+
+
+@pytest.mark.parametrize("group,lifting,c_in,c_out", FIELD_TILES, ids=str)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_parity_over_field_tiles(group, lifting, c_in, c_out, dtype):
+    x, w, b = make_case(group, lifting, 3, 2, 7, 9, c_in, c_out, dtype)
+    dy = output_grad(group, x, w, 1, 1, 1, dtype)
+    x, dy = (t.cuda().contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    out, dx, _ = assert_parity(x, w.cuda(), b.cuda(), dy, 1, 1, 1, group)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert dx.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("group", [P4M, P4], ids=str)
+def test_parity_weight_grad_segments(group):
+    """The CuTe weight gradient of channels-last tensors sums each split of the pixels in segments of 4096
+    pixels, one tap at a time, and folds each segment's sum: 520 x 520 pixels make 64 splits (the most
+    weight_grad_splits gives, from 32 SMs on) of 4256 pixels (the last 2272), a whole segment and a partial
+    one each."""
+    x, w, b = make_case(group, True, 3, 1, 520, 520, 8, 8 // group.order * 2, torch.bfloat16)
+    dy = output_grad(group, x, w, 1, 1, 1, torch.bfloat16)
+    x, dy = (t.cuda().contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    assert_parity(x, w.cuda(), b.cuda(), dy, 1, 1, 1, group)
+
+
 @pytest.mark.parametrize("group,lifting", list(itertools.product([P4M, P4], [True, False])), ids=str)
 def test_empty_batch_tensor_core(group, lifting):
     x, w, b, dy = channels_last_case(group, lifting, 3, 0, 9, 7, 2, torch.bfloat16, 1, 1, 1)

@@ -6,10 +6,13 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "implicit_gemm.h"
 
@@ -77,6 +80,152 @@ torch::Tensor empty_in(at::IntArrayRef size, Layout layout) {
 
 Strides4 strides_of(const torch::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
+// A CuTe kernels' weight copy (weight_copy_numel elements, weight_copy_source of each; 0 in the padding).
+torch::Tensor weight_copy(const torch::Tensor& w, const ConvShape& shape, bool input_grad) {
+  torch::Tensor copy = torch::empty({weight_copy_numel(shape, input_grad)}, torch::kFloat64);
+  const double* src = w.const_data_ptr<double>();
+  double* dst = copy.mutable_data_ptr<double>();
+  for (int64_t index = 0; index < copy.numel(); ++index) {
+    const int64_t from = weight_copy_source(shape, input_grad, index);
+    dst[index] = from < 0 ? 0.0 : src[from];
+  }
+  return copy;
+}
+
+// weight_copy_source is a bijection from the copy's non-padding positions onto w, and pads each row of
+// weight_copy_stride (a multiple of 8) past the fields.
+void check_weight_copy_is_a_permutation() {
+  for (const bool input_grad : {false, true}) {
+    for (const int64_t s_in : {1, 4, 8}) {
+      const ConvShape shape{1, 3, s_in, 5, s_in == 1 ? 8 : s_in, 3, 1, 1, 1, 4, 4, 4, 4};
+      const int64_t numel = shape.filter().weight_numel(), stride = weight_copy_stride(shape, input_grad);
+      std::vector<int> hits(numel, 0);
+      bool ok = stride % 8 == 0 && stride >= weight_copy_fields(shape, input_grad) &&
+                weight_copy_numel(shape, input_grad) == numel / weight_copy_fields(shape, input_grad) * stride;
+      for (int64_t index = 0; index < weight_copy_numel(shape, input_grad); ++index) {
+        const int64_t from = weight_copy_source(shape, input_grad, index);
+        ok &= (from < 0) == (index % stride >= weight_copy_fields(shape, input_grad)) && from < numel;
+        if (from >= 0) ++hits[from];
+      }
+      ok &= std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; });
+      ok ? ++passed : ++failed;
+      if (!ok) {
+        std::printf("FAILED: weight copy (input_grad %d, S_in %lld)\n", input_grad, static_cast<long long>(s_in));
+      }
+    }
+  }
+}
+
+// What a CuTe kernel thread does (channel counts multiples of 8): the CopyRowTerms of its group element and of
+// kk % G' (G' = S_in forward, S input gradient), decoded once, give the rows of forward_weight_copy_row /
+// input_grad_weight_copy_row at every kk it visits (kk in steps of 8), with the channel split by a shift.
+void check_copy_rows_from_terms() {
+  for (const int64_t order : {4, 8}) {
+    for (const int64_t s_in : {int64_t(1), order}) {
+      for (const int64_t k : {1, 3, 5}) {
+        const ConvShape shape{1, 24 / s_in, s_in, 3, order, k, 1, 1, 1, 4, 4, 4, 4};
+        const GroupTables tables = make_group_tables(static_cast<int>(order));
+        bool ok = true;
+        for (const bool input_grad : {false, true}) {
+          const int channels = static_cast<int>(input_grad ? 3 * order : shape.in_channels());
+          const int inner_count = static_cast<int>(input_grad ? order : s_in);
+          const int shift = inner_count == 1 ? 0 : inner_count == 4 ? 2 : 3;
+          if (channels % 8 != 0) continue;
+          for (int element = 0; element < (input_grad ? s_in : order); ++element) {
+            for (int first = 0; first < 8; ++first) {
+              const int inner = first & (inner_count - 1);
+              const CopyRowTerms terms = input_grad ? copy_row_terms(shape, tables, inner, element)
+                                                    : copy_row_terms(shape, tables, element, inner);
+              const int rows_per_tap = static_cast<int>(input_grad ? shape.out_fields : shape.in_fields);
+              for (int kk = first; kk < channels * k * k; kk += 8) {
+                const ChannelTap ct = tap_major_channel_tap_of(kk, channels, static_cast<int>(k));
+                const int expected = input_grad ? input_grad_weight_copy_row(shape, tables, element, ct)
+                                                : forward_weight_copy_row(shape, tables, element, ct);
+                ok &= weight_copy_row(terms, rows_per_tap, static_cast<int>(s_in), ct.channel >> shift, ct.a,
+                                      ct.b) == expected;
+              }
+            }
+          }
+        }
+        ok ? ++passed : ++failed;
+        if (!ok) std::printf("FAILED: copy rows from terms, order %lld S_in %lld k %lld\n",
+                             static_cast<long long>(order), static_cast<long long>(s_in), static_cast<long long>(k));
+      }
+    }
+  }
+}
+
+// The phases of the weight gradient's fold: within one phase of a tap, the (t, s) of every row and column add to
+// distinct dw elements (for one o and i; other o, i are other elements anyway), and the phases are few.
+void check_fold_phases() {
+  for (const int64_t order : {4, 8}) {
+    for (const int64_t s_in : {int64_t(1), order}) {
+      for (const int64_t k : {1, 2, 3, 5}) {
+        const ConvShape shape{1, 1, s_in, 1, order, k, 1, 1, 1, 4, 4, 4, 4};
+        const GroupTables tables = make_group_tables(static_cast<int>(order));
+        bool ok = true;
+        for (int a = 0; a < k; ++a) {
+          for (int b = 0; b < k; ++b) {
+            std::vector<std::vector<int64_t>> targets(order);
+            for (int t = 0; t < order; ++t) {
+              const int phase = weight_grad_fold_phase(shape, tables, t, a, b);
+              ok &= phase >= 0 && phase < order;
+              for (int s = 0; s < s_in; ++s) {
+                const CopyRowTerms terms = copy_row_terms(shape, tables, t, s);
+                targets[phase].push_back(weight_grad_fold_offset(shape, terms, 0, 0, a, b));
+              }
+            }
+            for (auto& phase_targets : targets) {
+              std::sort(phase_targets.begin(), phase_targets.end());
+              ok &= std::adjacent_find(phase_targets.begin(), phase_targets.end()) == phase_targets.end();
+            }
+            // odd k: the center tap is the only one every A_t fixes; other taps need at most 2 phases
+            const bool center = k % 2 == 1 && a == k / 2 && b == k / 2;
+            int phases = 0;
+            for (int t = 0; t < order; ++t) {
+              phases = std::max(phases, 1 + weight_grad_fold_phase(shape, tables, t, a, b));
+            }
+            ok &= center || k == 1 ? phases == order : phases <= 2;
+          }
+        }
+        ok ? ++passed : ++failed;
+        if (!ok) std::printf("FAILED: fold phases, order %lld S_in %lld k %lld\n", static_cast<long long>(order),
+                             static_cast<long long>(s_in), static_cast<long long>(k));
+      }
+    }
+  }
+}
+
+// SegmentTapStep over segment_tap_steps steps visits every (pixel step, tap) once, segment by segment, each
+// segment's taps in turn, and marks the last step of each (segment, tap) and no other.
+void check_segment_tap_steps() {
+  for (const int k : {1, 2, 3}) {
+    for (const auto& [begin, end, segment] : {std::tuple<int64_t, int64_t, int>{0, 32, 64}, {64, 200, 64},
+                                               {32, 100, 32}, {96, 1000, 256}, {0, 31, 64}}) {
+      constexpr int kStep = 32;
+      SegmentTapStep at = SegmentTapStep::start(begin, end, segment, kStep);
+      std::vector<std::tuple<int64_t, int, int, bool>> visited;  // (first pixel of the step, a, b, folds)
+      for (int64_t i = 0; i < segment_tap_steps(begin, end, k, kStep); ++i) {
+        visited.emplace_back(at.first + int64_t(at.step) * kStep, at.a, at.b, at.folds());
+        at.advance(k, end, segment, kStep);
+      }
+      std::vector<std::tuple<int64_t, int, int, bool>> expected;
+      for (int64_t first = begin; first < end; first += segment) {
+        const int64_t last = std::min<int64_t>(first + segment, end);
+        for (int a = 0; a < k; ++a)
+          for (int b = 0; b < k; ++b)
+            for (int64_t pixel = first; pixel < last; pixel += kStep) {
+              expected.emplace_back(pixel, a, b, pixel + kStep >= last);
+            }
+      }
+      const bool ok = visited == expected;
+      ok ? ++passed : ++failed;
+      if (!ok) std::printf("FAILED: SegmentTapStep, k %d, [%lld, %lld), segment %d\n", k,
+                           static_cast<long long>(begin), static_cast<long long>(end), segment);
+    }
+  }
+}
+
 void check(const Case& c) {
   static const auto expand = c10::Dispatcher::singleton()
       .findSchemaOrThrow("ger_kernels::expand_filter", "").typed<at::Tensor(const at::Tensor&, int64_t)>();
@@ -129,26 +278,54 @@ void check(const Case& c) {
   expect_close(y, ref, "forward", c);
 
   // The CuTe kernels' forward (channel counts multiples of 8): kk tap-major in chunks of 8 channels, one input
-  // offset per chunk (channel stride xs.c), the weight at expanded_weight_offset of the chunk plus chunk_deltas.
+  // offset per chunk (channel stride xs.c).
   if (in_channels % 8 == 0) {
     torch::Tensor y_chunks = empty_in({batch, out_channels, shape.out_h, shape.out_w}, c.layout);
     for (int64_t m = 0; m < batch * shape.out_h * shape.out_w; ++m) {
       const Pixel px = pixel_of(m, out_grid);
       for (int n = 0; n < out_channels; ++n) {
-        int delta[8];
-        chunk_deltas(shape, tables, n, delta);
         double sum = bias[n / order].item<double>();
         for (int kk = 0; kk < in_channels * k * k; kk += 8) {
           const ChannelTap ct = tap_major_channel_tap_of(kk, static_cast<int>(in_channels), k_int);
           const int64_t off = forward_input_offset(shape, xs, px, ct);
           if (off < 0) continue;
-          const int64_t base = expanded_weight_offset(shape, tables, n, ct);
-          for (int e = 0; e < 8; ++e) sum += xp[off + e * xs.c] * wp[base + delta[e]];
+          for (int e = 0; e < 8; ++e) {
+            sum += xp[off + e * xs.c] * wp[expanded_weight_offset(shape, tables, n, {ct.channel + e, ct.a, ct.b})];
+          }
         }
         y_chunks.mutable_data_ptr<double>()[tensor_offset(ys, px, n)] = sum;
       }
     }
     expect_close(y_chunks, ref, "forward, tap-major chunks of 8 channels", c);
+  }
+
+  // The CuTe kernels' forward with the permuted weight copy: tiles of 2 fields x S elements in grouped column
+  // order (the kernels' tiles hold 16 or 32 fields; 2 makes the 3 fields a full and a partial tile), kk
+  // tap-major, W~ read from the copy's rows (forward_weight_copy_row), zeros past the fields.
+  {
+    const torch::Tensor copy = weight_copy(w, shape, false);
+    const double* cp = copy.const_data_ptr<double>();
+    const int64_t copy_stride = weight_copy_stride(shape, false);
+    torch::Tensor y_copy = empty_in({batch, out_channels, shape.out_h, shape.out_w}, c.layout).fill_(NAN);
+    const int tile_fields = 2;
+    for (int64_t m = 0; m < batch * shape.out_h * shape.out_w; ++m) {
+      const Pixel px = pixel_of(m, out_grid);
+      for (int first = 0; first < out_fields; first += tile_fields) {
+        for (int n = 0; n < tile_fields * order; ++n) {
+          const GroupedColumn col = grouped_column(n, first, tile_fields);
+          if (col.field >= out_fields) continue;
+          double sum = bias[col.field].item<double>();
+          for (int kk = 0; kk < in_channels * k * k; ++kk) {
+            const ChannelTap ct = tap_major_channel_tap_of(kk, static_cast<int>(in_channels), k_int);
+            const int64_t off = forward_input_offset(shape, xs, px, ct);
+            const int row = forward_weight_copy_row(shape, tables, col.element, ct);
+            if (off >= 0) sum += xp[off] * cp[row * copy_stride + col.field];
+          }
+          y_copy.mutable_data_ptr<double>()[tensor_offset(ys, px, col.field * order + col.element)] = sum;
+        }
+      }
+    }
+    expect_close(y_copy, ref, "forward, permuted weight copy and grouped tile columns", c);
   }
 
   // input gradient: m input pixel, n input channel, kk = (oc, a, b)
@@ -189,6 +366,34 @@ void check(const Case& c) {
     expect_close(dx_chunks, ref_dx, "input grad, tap-major chunks of 8 channels", c);
   }
 
+  // The CuTe kernels' input gradient with the permuted weight copy: tiles of 1 input field x S_in elements.
+  {
+    const torch::Tensor copy = weight_copy(w, shape, true);
+    const double* cp = copy.const_data_ptr<double>();
+    const int64_t copy_stride = weight_copy_stride(shape, true);
+    const int64_t s_in = c.in_orientations;
+    torch::Tensor dx_copy = empty_in({batch, in_channels, c.in_h, c.in_w}, c.layout).fill_(NAN);
+    const int tile_fields = 1;
+    for (int64_t m = 0; m < batch * c.in_h * c.in_w; ++m) {
+      const Pixel px = pixel_of(m, in_grid);
+      for (int first = 0; first < in_fields; first += tile_fields) {
+        for (int n = 0; n < tile_fields * s_in; ++n) {
+          const GroupedColumn col = grouped_column(n, first, tile_fields);
+          if (col.field >= in_fields) continue;
+          double sum = 0;
+          for (int kk = 0; kk < out_channels * k * k; ++kk) {
+            const ChannelTap ct = tap_major_channel_tap_of(kk, static_cast<int>(out_channels), k_int);
+            const int64_t off = input_grad_output_offset(shape, dys, px, ct);
+            const int row = input_grad_weight_copy_row(shape, tables, col.element, ct);
+            if (off >= 0) sum += dyp[off] * cp[row * copy_stride + col.field];
+          }
+          dx_copy.mutable_data_ptr<double>()[tensor_offset(dxs, px, col.field * s_in + col.element)] = sum;
+        }
+      }
+    }
+    expect_close(dx_copy, ref_dx, "input grad, permuted weight copy and grouped tile columns", c);
+  }
+
   // weight gradient: m output field, n = (i*S_in + u, p, q), kk = (pixel, t) in chunks, split in c.splits parts
   // whose partial sums are added at the end (the kernels' workspace)
   torch::Tensor dw = torch::zeros_like(w);
@@ -211,6 +416,29 @@ void check(const Case& c) {
     }
   }
   expect_close(dw, ref_dw, "weight grad", c);
+
+  // The CuTe weight gradient of channels-last tensors: per tap, dW~ over all output channels and input channels
+  // (a GEMM over pixels), folded into dw (weight_grad_fold_offset).
+  torch::Tensor dw_fold = torch::zeros_like(w);
+  for (int a = 0; a < k_int; ++a) {
+    for (int b = 0; b < k_int; ++b) {
+      for (int n = 0; n < out_channels; ++n) {
+        for (int ch = 0; ch < in_channels; ++ch) {
+          double sum = 0;
+          for (int64_t p = 0; p < pixels; ++p) {
+            const Pixel px = pixel_of(p, out_grid);
+            const int64_t off = forward_input_offset(shape, xs, px, {ch, a, b});
+            if (off >= 0) sum += dyp[tensor_offset(dys, px, n)] * xp[off];
+          }
+          const int t = static_cast<int>(n % order), s_in = static_cast<int>(c.in_orientations);
+          const CopyRowTerms terms = copy_row_terms(shape, tables, t, ch % s_in);
+          dw_fold.mutable_data_ptr<double>()[weight_grad_fold_offset(shape, terms, static_cast<int>(n / order),
+                                                                     ch / s_in, a, b)] += sum;
+        }
+      }
+    }
+  }
+  expect_close(dw_fold, ref_dw, "weight grad, per-tap GEMMs folded", c);
 }
 
 // Every (pixel, t) of the weight gradient's reduction is visited exactly once, whatever the chunk, and an
@@ -310,6 +538,10 @@ int main() {
   check_reduction_covers_pixels_once();
   check_next_pixel();
   check_tap_major_cursor();
+  check_weight_copy_is_a_permutation();
+  check_copy_rows_from_terms();
+  check_fold_phases();
+  check_segment_tap_steps();
   const int chunks[] = {16, 32, 3}, splits[] = {1, 3, 2, 64};
   int index = 0;
   for (int64_t order : {4, 8}) {
