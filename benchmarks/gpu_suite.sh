@@ -18,12 +18,14 @@
 #   sweep   500  every Triton config per pass and layer against cuDNN, bf16 then fp32, within --budget-s 450
 #                (benchmarks/gpu_sweep.py); copy OUT/sweep/configs_sm90.json to ger_kernels/triton/ to make
 #                its best configs the defaults
-# Plan for a session's device time (15 min in all, at most 10 min per call, a fresh machine starts in ~40 s
-# and goes back after ~30 s idle): call 1 `bash benchmarks/gpu_suite.sh OUT` = build parity step groupbn,
-# at most 570 s by the timeouts (about 400 s expected: build 25 s, parity 60-90 s, step 210 s, groupbn 60 s);
-# call 2 on a fresh machine `SWEEP_BUDGET_S=300 bash benchmarks/gpu_suite.sh OUT build sweep` (or
-# `OUT build triton cpp`) with the budget set to what is left. Everything is written to OUT (it comes back;
-# copy it to benchmarks/results/); the short tables are printed.
+# Plan for a session's device time (15 min in all, at most 10 min per call, a fresh machine starts in
+# ~40-60 s and goes back after ~30 s idle; a session may be refused a second machine, so the first call
+# must hold what matters most): one call of the default stages,
+#   SUITE_BUDGET_S=520 STEP_TIMEOUT_S=150 SWEEP_DTYPES=bfloat16 RESULTS_TAR=$OUT/results.tar.gz \
+#       bash benchmarks/gpu_suite.sh /tmp/gpu
+# = build errors parity sweep cpp step groupbn (measured 2026-11-29: build 27 s, CuTe parity 15 s,
+# cpp 18 s, a bf16 sweep of 105 configs 70 s); what is left after it can go to a call of
+# `build triton layers` or an fp32 sweep. Everything is written to OUT; the short tables are printed.
 # The device tool returns at most 8 files from $OUT: set RESULTS_TAR=$OUT/results.tar.gz and write
 # the suite's files elsewhere (OUT_DIR=/tmp/gpu); the folder is packed into it after every stage,
 # so a call stopped at its limit still returns what the finished stages wrote.
@@ -34,7 +36,7 @@
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [errors] [parity] [step] [groupbn] [triton] [cpp] [layers] [sweep]}
 shift
-STAGES=${*:-build errors parity step groupbn}
+STAGES=${*:-build errors parity sweep cpp step groupbn}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)  # OUT is relative to where the suite was started, not to the repository
 cd "$(dirname "$0")/.."
