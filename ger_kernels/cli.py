@@ -36,6 +36,16 @@ def _print_backends() -> None:
             print(f"  {name:<10} {device:<5} {'available' if status.available else 'unavailable':<12} {status.reason}")
 
 
+def _opt_in_switches() -> dict[str, str]:
+    """Environment switches of kernels that have not yet run (in their current form) on a GPU."""
+    from ger_kernels.group_batch_norm import TRITON_BN_ENV
+    from ger_kernels.triton.tuning import UNVERIFIED_ENV
+
+    return {"GER_KERNELS_CUTE": "the CuTe tensor-core kernels of the cpp backend (CUDA, float16/bfloat16)",
+            TRITON_BN_ENV: "the group batch norm's Triton kernels on CUDA",
+            UNVERIFIED_ENV: "tuning over the Triton configs no GPU has checked (fields, tma, channels-tma)"}
+
+
 def info(_args: argparse.Namespace) -> int:
     from ger_kernels.models import GERUNet, RUNet, count_parameters
 
@@ -43,6 +53,9 @@ def info(_args: argparse.Namespace) -> int:
           f"{platform.machine()}")
     print("backends:")
     _print_backends()
+    print("opt-in until checked on a GPU (=1 switches on):")
+    for name, what in _opt_in_switches().items():
+        print(f"  {name:<31} {'on ' if os.environ.get(name) == '1' else 'off'}  {what}")
     print("parameters at the paper's widths (paper: 12.78M GER-UNet add, 12.75M R-UNet):")
     for name, model in (("GER-UNet add", GERUNet()), ("GER-UNet concat", GERUNet(skip="concat")),
                         ("R-UNet add", RUNet())):

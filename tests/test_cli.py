@@ -60,6 +60,15 @@ def test_info_lists_backends(capsys):
     assert "torch" in out and "reference  cpu   available" in out
 
 
+def test_info_lists_the_opt_in_switches(capsys, monkeypatch):
+    monkeypatch.setenv("GER_KERNELS_TRITON_BN", "1")
+    monkeypatch.delenv("GER_KERNELS_CUTE", raising=False)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"GER_KERNELS_TRITON_BN +on ", out) and re.search(r"GER_KERNELS_CUTE +off ", out)
+    assert "GER_KERNELS_TRITON_UNVERIFIED" in out
+
+
 def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "ger_kernels", "info"], capture_output=True, text=True)
     assert result.returncode == 0 and "backends:" in result.stdout
