@@ -9,6 +9,14 @@ input's memory format. ``W~[o*S + t, i*S_in + s, tap] = w[o, i, T[t, s], taps[t,
 taps flattened row-major. float32 (IEEE unless ``GER_KERNELS_TRITON_TF32=1``), float16 and
 bfloat16 inputs, float32 accumulation.
 
+Kernels per pass, chosen by the launch config's variant (``tuning.CONFIGS``): the plain ones gather
+the weight tile element by element through the tables; "fields" (forward, input gradient) reads it
+as 16-byte vectors from a field-minor copy of ``w`` (``_field_minor``, the size of ``w``), the
+tile's columns being whole fields; "tma" is "fields" with the activation tile read through a tensor
+descriptor (stride 1, channels_last maps with 16-byte pixel rows; elsewhere "fields" runs); the
+weight gradient's "channels" kernel has rows C_out*S and folds over the group in its epilogue, and
+"channels-tma" reads both of its operands through descriptors.
+
 Ops (namespace ``ger_kernels_triton``, CPU and CUDA; CPU tensors need ``TRITON_INTERPRET=1``):
 ``group_conv2d(input, weight, bias, stride, padding, dilation, order, relu)`` (differentiable;
 ``relu`` fuses a ReLU into the epilogue), ``group_conv2d_input_grad`` and
