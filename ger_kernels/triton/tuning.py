@@ -93,13 +93,17 @@ _HALF_FIELDS = [Config(128, 64, 64, 8, 3, "fields"), Config(128, 64, 64, 8, 4, "
 # tensor descriptor (stride 1, channels_last; elsewhere the "fields" kernel runs with the same tiles).
 # The descriptor takes the activation's pointers and masks out of the registers: 93-207 registers,
 # no spills up to 128x256 and 256x128 (triton 3.9, sm_90, bf16).
+# (4 stages allocate what 3 do there: the pipeline keeps two buffers, so the lists hold 3.)
 _HALF_TMA = [Config(128, 128, 64, 8, 3, "tma"), Config(128, 64, 64, 8, 3, "tma"), Config(128, 256, 64, 8, 3, "tma"),
-             Config(256, 128, 64, 8, 3, "tma"), Config(128, 128, 32, 8, 4, "tma"), Config(64, 128, 64, 4, 4, "tma")]
+             Config(256, 128, 64, 8, 3, "tma"), Config(128, 128, 32, 8, 4, "tma"), Config(64, 128, 64, 4, 4, "tma"),
+             Config(128, 128, 128, 8, 3, "tma"), Config(256, 64, 64, 8, 3, "tma")]
 # The 16-bit weight gradient has only the "channels" kernel: the one with rows of output fields was
 # 10-30x slower at every GER-UNet layer on an H200 (benchmarks/results/h200-2026-11-29b/sweep-bf16.md).
 _HALF_WEIGHT_GRAD = [Config(128, 128, 64, 8, 3, "channels"), Config(128, 128, 32, 8, 3, "channels"),
                      Config(128, 64, 64, 8, 3, "channels"), Config(128, 128, 64, 8, 3, "channels-tma"),
-                     Config(128, 64, 64, 8, 3, "channels-tma"), Config(128, 128, 32, 8, 4, "channels-tma")]
+                     Config(128, 64, 64, 8, 3, "channels-tma"), Config(128, 128, 32, 8, 4, "channels-tma"),
+                     Config(128, 256, 64, 8, 3, "channels-tma"), Config(128, 128, 128, 8, 3, "channels-tma"),
+                     Config(64, 128, 64, 4, 3, "channels-tma")]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
     "half": {"forward": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA,
              "input_grad": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA,

@@ -25,7 +25,8 @@ def test_configs_fit_the_kernels():
                 assert min(c.block_m, c.block_n, c.block_k) >= 16 and c.num_warps in (4, 8)
                 # the "channels" weight gradient: tiles of whole fields (S <= 8 rows, S_in <= 8 columns)
                 assert c.variant == "" or (c.variant in ("channels", "channels-tma") and family == "weight_grad"
-                                           and c.block_m % 8 == 0 and c.block_n % 8 == 0) or (
+                                           and c.block_m % 8 == 0 and c.block_n % 8 == 0
+                                           and (c.variant == "channels" or c.block_k % 16 == 0)) or (
                     # "fields" and "tma": columns of whole fields; "tma": rectangles of 16-pixel rows
                     c.variant in ("fields", "tma") and family != "weight_grad" and c.block_n % 8 == 0
                     and (c.variant == "fields" or (kind == "half" and c.block_m % 16 == 0)))
