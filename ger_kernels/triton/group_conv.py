@@ -45,13 +45,24 @@ from ger_kernels._autocast import register_autocast
 from ger_kernels._validation import conv_output_size
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton import interpreting
-from ger_kernels.triton.jit import Kernel
+from ger_kernels.triton.jit import DeviceFunction, Kernel
 from ger_kernels.triton.tuning import Config, Tuner, arch_name, dtype_class, size_bucket
 
 __all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "tables", "precision", "problem_class", "TF32_ENV"]
 
 TF32_ENV = "GER_KERNELS_TRITON_TF32"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@DeviceFunction
+def _pixel_rectangle(tile, tiles_h, tiles_w, ROWS: tl.constexpr, TILE_W: tl.constexpr):
+    """The pixels of rectangle ``tile`` of a map tiled by ROWS x TILE_W rectangles, tiles_h x tiles_w
+    per image, row-major: (image, first row, first column, rows (ROWS*TILE_W,), columns (ROWS*TILE_W,))."""
+    image = tile // (tiles_h * tiles_w)
+    h0 = tile // tiles_w % tiles_h * ROWS
+    w0 = tile % tiles_w * TILE_W
+    pixel = tl.arange(0, ROWS * TILE_W)
+    return image, h0, w0, h0 + pixel // TILE_W, w0 + pixel % TILE_W
 
 
 @Kernel.specializing(("sxc", "soc"))  # channel strides of 1 (channels_last): vector loads and stores
@@ -130,12 +141,7 @@ def forward_fields_kernel(
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_N // S
     if TMA:
-        tile = tl.program_id(0)
-        image = tile // (tiles_h * tiles_w)
-        h0 = tile // tiles_w % tiles_h * (BLOCK_M // TILE_W)
-        w0 = tile % tiles_w * TILE_W
-        oh = h0 + tl.arange(0, BLOCK_M) // TILE_W
-        ow = w0 + tl.arange(0, BLOCK_M) % TILE_W
+        image, h0, w0, oh, ow = _pixel_rectangle(tl.program_id(0), tiles_h, tiles_w, BLOCK_M // TILE_W, TILE_W)
         m_ok = (oh < H_out) & (ow < W_out)
         batch = image.to(tl.int64)
     else:
@@ -259,12 +265,7 @@ def input_grad_fields_kernel(
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_N // S_IN
     if TMA:
-        tile = tl.program_id(0)
-        image = tile // (tiles_h * tiles_w)
-        h0 = tile // tiles_w % tiles_h * (BLOCK_M // TILE_W)
-        w0 = tile % tiles_w * TILE_W
-        h = h0 + tl.arange(0, BLOCK_M) // TILE_W
-        w = w0 + tl.arange(0, BLOCK_M) % TILE_W
+        image, h0, w0, h, w = _pixel_rectangle(tl.program_id(0), tiles_h, tiles_w, BLOCK_M // TILE_W, TILE_W)
         m_ok = (h < H) & (w < W)
         batch = image.to(tl.int64)
     else:
@@ -403,11 +404,9 @@ def weight_grad_channels_kernel(
     for tap in range(TAPS):
         acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
         for block in range(blocks_per_split):
-            if TMA:
-                tile = split * blocks_per_split + block  # past the last image: boxes of zeros
-                image = tile // (tiles_h * tiles_w)
-                h0 = tile // tiles_w % tiles_h * (BLOCK_K // TILE_W)
-                w0 = tile % tiles_w * TILE_W
+            if TMA:  # a tile past the last image reads boxes of zeros
+                image, h0, w0, _, _ = _pixel_rectangle(split * blocks_per_split + block, tiles_h, tiles_w,
+                                                       BLOCK_K // TILE_W, TILE_W)
                 n0 = tl.program_id(0) // tiles_c * BLOCK_M
                 c0 = tl.program_id(0) % tiles_c * BLOCK_N
                 a = tl.trans(tl.reshape(dy_ptr.load([image, h0, w0, n0]), (BLOCK_K, BLOCK_M)))

@@ -8,7 +8,8 @@ be compiled ahead of time. ``Kernel`` keeps both views of the same Python functi
 the compiled kernel; ``kernel.jit`` is always the compiler's ``JITFunction`` (for AOT
 compilation). Kernels must not call ``@triton.jit`` functions, the ones of
 ``triton.language`` included (``tl.cdiv``, ``tl.zeros``): their interpreted form exists
-only when ``TRITON_INTERPRET=1`` was set before triton was imported.
+only when ``TRITON_INTERPRET=1`` was set before triton was imported. They may call
+``@DeviceFunction`` functions: the compiler inlines them, the interpreter calls them as Python.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from triton.runtime.jit import JITFunction
 
 from ger_kernels.triton import interpreting
 
-__all__ = ["Kernel"]
+__all__ = ["DeviceFunction", "Kernel"]
 
 
 class Kernel:
@@ -44,3 +45,14 @@ class Kernel:
 
     def __getitem__(self, grid):
         return (self._interpreted if interpreting() else self.jit)[grid]
+
+
+class DeviceFunction(JITFunction):
+    """Decorator: a function written in ``triton.language`` that ``Kernel`` s call. The compiler
+    sees a ``JITFunction`` (and inlines it); under the interpreter a call runs the Python function,
+    whatever ``TRITON_INTERPRET`` was when triton was imported."""
+
+    def __call__(self, *args, **kwargs):
+        if interpreting():
+            return self.fn(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
