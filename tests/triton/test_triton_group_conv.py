@@ -153,14 +153,14 @@ def test_fields_variant(device, monkeypatch, case, layout):
 def test_tma_variant(device, monkeypatch, group, padding, dilation, height, width):
     """The "tma" forward and input gradient and the "channels-tma" weight gradient (input and dy
     boxes through tensor descriptors, zeros outside the map) on channels_last maps at stride 1, in
-    float16 (their configs are the 16-bit ones): tiles cut by the map's edges, 10 and 22 output
-    fields, boxes wider than the channels."""
+    float16 (their configs are the 16-bit ones): tiles cut by the map's edges, two images, 10 and
+    22 output fields, boxes wider than the channels."""
     names = [next(c.name for c in CONFIGS["half"][family] if c.variant.endswith("tma"))
              for family in ("forward", "input_grad", "weight_grad")]
     monkeypatch.setenv(FORCE_ENV, ",".join(names))
     view = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
     for c_in, c_out in ((2, 10), (6, 22)):  # channels of 16-byte rows: 16, 48 (p4m), 8, 24 (p4) in; 80, 176, 40, 88 out
-        x, w, b = conv_args(group, False, 3, height, width, 1, c_in=c_in, c_out=c_out, device=device)
+        x, w, b = conv_args(group, False, 3, height, width, 2, c_in=c_in, c_out=c_out, device=device)
         assert group_conv._tma_eligible(view(x).half(), 1)
         assert group_conv._tma_eligible(view(torch.randn(1, c_out * group.order, 2, 2, dtype=torch.half)), 1)
         assert_half_parity(x, w, b, 1, padding, dilation, group, torch.float16, x_view=view)
