@@ -77,8 +77,9 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
     pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _POINTERS[family]]  # "*desc": set by the caller
     constexprs = {"S": 8, "S_IN": 8, "KSIZE": 3, "PRECISION": group_conv.precision(dtype)}
     constexprs.update({name: 1 for name in ("sxc", "soc", "sdc") if name in fn.arg_names})
-    if family != "weight_grad":
-        constexprs["ALIGN"] = 8  # strides of a channels_last map with a multiple of 8 channels
+    for name in ("ALIGN", "ALIGN_DY", "ALIGN_X"):  # strides of a channels_last map with a multiple of 8 channels
+        if name in fn.arg_names:
+            constexprs[name] = 8
     if family.startswith("forward"):
         constexprs.update(HAS_BIAS=True, RELU=False)
     signature = {}

@@ -369,7 +369,7 @@ def weight_grad_channels_kernel(
     B, C, H, W, N, H_out, W_out, pixels_per_split, blocks_per_split, tiles_h, tiles_w,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
-    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN_DY: tl.constexpr, ALIGN_X: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -381,8 +381,9 @@ def weight_grad_channels_kernel(
     taps[t, tap]] (float32, zero-initialized; T[t, s] replaced by s when S_IN = 1). BLOCK_M is a
     multiple of S and BLOCK_N of S_IN, so a program owns whole fields of rows and columns: its
     read-add-writes race with no other program and run in a fixed order (deterministic). No
-    W~-sized buffer: the partials hold one base-weight gradient per split. ALIGN divides N, C and
-    the strides of dy and x but the channels' (vector loads along channels of channels_last maps).
+    W~-sized buffer: the partials hold one base-weight gradient per split. ALIGN_DY divides N and
+    the strides of dy but the channels', ALIGN_X C and those of x (vector loads along channels of
+    channels_last maps: dy's stay vectors when x has 3 channels).
     TMA (config variant "channels-tma", stride 1): ``dy_ptr`` and ``x_ptr`` are tensor descriptors
     of the channels_last maps as (B, H', W', channels) in boxes of (1, BLOCK_K // TILE_W, TILE_W,
     BLOCK_M) and (..., BLOCK_N); a reduction block is one rectangle of output pixels (tiles_h x
@@ -394,8 +395,8 @@ def weight_grad_channels_kernel(
     rn = tl.program_id(0) // tiles_c * BLOCK_M + tl.arange(0, BLOCK_M)
     rc = tl.program_id(0) % tiles_c * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    n_ok = rn // ALIGN < N // ALIGN  # = rn < N, constant over ALIGN channels (vector loads)
-    c_ok = rc // ALIGN < C // ALIGN
+    n_ok = rn // ALIGN_DY < N // ALIGN_DY  # = rn < N, constant over ALIGN_DY channels (vector loads)
+    c_ok = rc // ALIGN_X < C // ALIGN_X
     ro = tl.program_id(0) // tiles_c * FIELDS + tl.arange(0, FIELDS)  # the fields o of rows o*S + t
     fold_ok = (ro < N // S)[:, None] & c_ok[None, :]
     split = tl.program_id(1)
@@ -421,8 +422,8 @@ def weight_grad_channels_kernel(
                 ih = oh * stride - padding + (tap // KSIZE) * dilation
                 iw = ow * stride - padding + (tap % KSIZE) * dilation
                 pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                dy_rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
-                x_rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
+                dy_rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN_DY)
+                x_rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN_X)
                 a = tl.load(dy_ptr + dy_rows[None, :] + (rn * sdc)[:, None], mask=n_ok[:, None] & p_ok[None, :],
                             other=0.0)
                 b = tl.load(x_ptr + x_rows[:, None] + (rc * sxc)[None, :], mask=pix_ok[:, None] & c_ok[None, :],
@@ -779,7 +780,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             batch, channels, height, width, c_out * order, h_out, w_out, per_split * config.block_k, per_split,
             tiles_h, tiles_w, *grad.stride(), *x.stride(),
             stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
-            ALIGN=min(_alignment(x), _alignment(grad)), PRECISION=precision(x.dtype), TMA=tma, TILE_W=_TILE_W,
+            ALIGN_DY=_alignment(grad), ALIGN_X=_alignment(x), PRECISION=precision(x.dtype), TMA=tma, TILE_W=_TILE_W,
             **config.meta())
         return partials
 

@@ -99,8 +99,10 @@ _HALF_TMA = [Config(128, 128, 64, 8, 3, "tma"), Config(128, 64, 64, 8, 3, "tma")
              Config(128, 128, 128, 8, 3, "tma"), Config(256, 64, 64, 8, 3, "tma")]
 # The 16-bit weight gradient has only the "channels" kernel: the one with rows of output fields was
 # 10-30x slower at every GER-UNet layer on an H200 (benchmarks/results/h200-2026-11-29b/sweep-bf16.md).
+# 16 columns suit lifting layers (3 input channels: a 128-column tile is 2% full).
 _HALF_WEIGHT_GRAD = [Config(128, 128, 64, 8, 3, "channels"), Config(128, 128, 32, 8, 3, "channels"),
-                     Config(128, 64, 64, 8, 3, "channels"), Config(128, 128, 64, 8, 3, "channels-tma"),
+                     Config(128, 64, 64, 8, 3, "channels"), Config(128, 16, 64, 4, 3, "channels"),
+                     Config(256, 16, 64, 8, 3, "channels"), Config(128, 128, 64, 8, 3, "channels-tma"),
                      Config(128, 64, 64, 8, 3, "channels-tma"), Config(128, 128, 32, 8, 4, "channels-tma"),
                      Config(128, 256, 64, 8, 3, "channels-tma"), Config(128, 128, 128, 8, 3, "channels-tma"),
                      Config(64, 128, 64, 4, 3, "channels-tma")]
@@ -123,7 +125,8 @@ CONFIGS: dict[str, dict[str, list[Config]]] = {
 # their results against cuDNN, a default-config table may name them once it has, and tests and
 # GER_KERNELS_TRITON_CONFIG can force them; the tuner times them only with GER_KERNELS_TRITON_UNVERIFIED=1.
 UNVERIFIED = frozenset(c.name for lists in CONFIGS.values() for configs in lists.values() for c in configs
-                       if c.variant in ("fields", "tma", "channels-tma"))
+                       if c.variant in ("fields", "tma", "channels-tma")) | {"m128n16k64w4s3-channels",
+                                                                             "m256n16k64w8s3-channels"}
 UNVERIFIED_ENV = "GER_KERNELS_TRITON_UNVERIFIED"
 
 

@@ -113,14 +113,16 @@ def test_weight_gradient_with_output_channel_rows(device, monkeypatch, case):
     assert errs["dw"] <= 1e-5, errs
 
 
-def test_weight_gradient_with_output_channel_rows_channels_last(device, monkeypatch):
-    """... on channels_last maps: vector loads of 8 channels (ALIGN 8)."""
+@pytest.mark.parametrize("lifting", [False, True])
+def test_weight_gradient_with_output_channel_rows_channels_last(device, monkeypatch, lifting):
+    """... on channels_last maps: vector loads of 8 channels (ALIGN_DY, and ALIGN_X but for the
+    lifting layer's 3 input channels, whose dy is still read as vectors)."""
     variant = [c for c in CONFIGS["float32"]["weight_grad"] if c.variant == "channels"][0]
     monkeypatch.setenv(FORCE_ENV, variant.name)
-    x, w, b = conv_args(P4M, False, 3, 7, 5, c_out=5, device=device)
+    x, w, b = conv_args(P4M, lifting, 3, 7, 5, c_out=5, device=device)
     view = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
     grad = view(torch.randn(2, 40, 7, 5, dtype=torch.float64, device=device))
-    assert group_conv._alignment(view(x)) == group_conv._alignment(grad) == 8
+    assert group_conv._alignment(view(x)) == (1 if lifting else 8) and group_conv._alignment(grad) == 8
     errs = parity(x, w, b, 1, 1, 1, P4M, x_view=view, grad=grad)
     assert errs["dw"] <= 1e-5, errs
 
