@@ -484,11 +484,14 @@ struct WeightGradInputRows {
   }
 };
 
-// y[m][channel] = sum_kk X[m][kk] W~[channel][kk] + bias[field], tile columns in grouped order (G = S)
-struct Forward {
+// Forward (kInputGrad false): y[m][channel] = sum_kk X[m][kk] W~[channel][kk] + bias[field], tile columns in
+// grouped order (G = S). Input gradient: dx[m][channel] = sum_kk dY[m][kk] W~[oc][(channel, a, b)], grouped
+// order G = S_in.
+template <bool kInputGrad>
+struct GroupedConv {
   static constexpr bool kGroupedColumns = true;
-  using ASide = ChannelsLastRows<false>;
-  using BSide = WeightCopyColumns<false>;
+  using ASide = ChannelsLastRows<kInputGrad>;
+  using BSide = WeightCopyColumns<kInputGrad>;
   ASide a;
   BSide b;
   GroupedOutput out;
@@ -498,21 +501,8 @@ struct Forward {
   __device__ ReductionRange k_range(int) const { return {0, k_size}; }
   int64_t column_tiles() const { return (b.fields + b.tile_fields - 1) / b.tile_fields; }
 };
-
-// dx[m][channel] = sum_kk dY[m][kk] W~[oc][(channel, a, b)], tile columns in grouped order (G = S_in)
-struct InputGrad {
-  static constexpr bool kGroupedColumns = true;
-  using ASide = ChannelsLastRows<true>;
-  using BSide = WeightCopyColumns<true>;
-  ASide a;
-  BSide b;
-  GroupedOutput out;
-  int64_t m_size;
-  int k_size;
-
-  __device__ ReductionRange k_range(int) const { return {0, k_size}; }
-  int64_t column_tiles() const { return (b.fields + b.tile_fields - 1) / b.tile_fields; }
-};
+using Forward = GroupedConv<false>;
+using InputGrad = GroupedConv<true>;
 
 // Partial dw[o][n] over split z's part of the reduction, into workspace[z][o][n].
 struct WeightGrad {
