@@ -33,7 +33,7 @@ import triton.language as tl
 import torch
 from torch._prims_common import suggest_memory_format
 
-from ger_kernels.triton.jit import Kernel
+from ger_kernels.triton.jit import DeviceFunction, Kernel
 
 __all__ = ["Tiles", "statistics_partials", "normalize", "grad_sums_partials",
            "input_grad", "statistics_kernel", "normalize_kernel", "grad_sums_kernel", "input_grad_kernel"]
@@ -47,6 +47,68 @@ NUM_STAGES = 3  # the reducing loops prefetch tiles (Triton's default)
 _SUM = tl.standard._sum_combine  # tl.sum is a @jit function; the interpreter recognizes this combiner
 
 
+@DeviceFunction
+def _tile(rows, cols, R, L, ALIGN: tl.constexpr):
+    """(mask, offsets) of the tile ``rows x cols`` of the ``(R, L)`` matrix; the mask is constant
+    over ALIGN columns and the rows start on multiples of ALIGN (vector loads and stores)."""
+    mask = (rows < R)[:, None] & (cols // ALIGN < L // ALIGN)[None, :]
+    offsets = tl.multiple_of(rows.to(tl.int64) * L, ALIGN)[:, None] + cols[None, :]
+    return mask, offsets
+
+
+@DeviceFunction
+def _elementwise_tile(R, L, C, S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, ALIGN: tl.constexpr,
+                      BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """(field, mask, offsets) of program (i, j)'s tile: rows i*BLOCK_R.., columns j*BLOCK_L..;
+    field per row (NCHW) or per column (channels_last)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    if FIELDS_ON_ROWS:
+        field = rows % C
+    else:
+        field = tl.where(cols < L, cols // S, 0)
+    mask, offsets = _tile(rows, cols, R, L, ALIGN)
+    return field, mask, offsets
+
+
+@DeviceFunction
+def _reduced_lines(R, L, C, S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
+                   BLOCK_L: tl.constexpr):
+    """(kept, kept_ok, field) of a reducing program: the rows (NCHW) or columns (channels_last)
+    it keeps apart, whether each exists, and its field."""
+    if FIELDS_ON_ROWS:
+        kept = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        kept_ok = kept < R
+        field = kept % C
+    else:
+        kept = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+        kept_ok = kept < L
+        field = tl.where(kept_ok, kept // S, 0)
+    return kept, kept_ok, field
+
+
+@DeviceFunction
+def _reduction_tile(kept, i, R, L, FIELDS_ON_ROWS: tl.constexpr, ALIGN: tl.constexpr, BLOCK_R: tl.constexpr,
+                    BLOCK_L: tl.constexpr, ITERS: tl.constexpr):
+    """(mask, offsets) of tile ``i`` of the ITERS that a reducing program merges over its ``kept`` lines."""
+    if FIELDS_ON_ROWS:
+        rows = kept
+        cols = (tl.program_id(1) * ITERS + i) * BLOCK_L + tl.arange(0, BLOCK_L)
+    else:
+        rows = (tl.program_id(0) * ITERS + i) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = kept
+    return _tile(rows, cols, R, L, ALIGN)
+
+
+@DeviceFunction
+def _partials_offsets(kept, L, FIELDS_ON_ROWS: tl.constexpr):
+    """Where a reducing program writes its partials of the ``kept`` lines (partials[k, row, j] for
+    NCHW, partials[k, i, column] for channels_last; plane k = 0)."""
+    if FIELDS_ON_ROWS:
+        return kept.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    return tl.program_id(0).to(tl.int64) * L + kept
+
+
 @Kernel
 def statistics_kernel(x_ptr, shift_ptr, partials_ptr, R, L, C, plane,
                       S: tl.constexpr, FIELDS_ON_ROWS: tl.constexpr, ALIGN: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -57,30 +119,13 @@ def statistics_kernel(x_ptr, shift_ptr, partials_ptr, R, L, C, plane,
     writes partials[k, i, column]; k = 0, 1, 2 planes ``plane`` elements apart. A shift near
     the field's values keeps the partial means small, so that float32 rounds them finely."""
     AXIS: tl.constexpr = 1 if FIELDS_ON_ROWS else 0  # the axis reduced within a tile
-    if FIELDS_ON_ROWS:
-        kept = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        kept_ok = kept < R
-        field = kept % C
-        count = tl.full((BLOCK_R,), 0.0, tl.float32)
-        mean = tl.full((BLOCK_R,), 0.0, tl.float32)
-        m2 = tl.full((BLOCK_R,), 0.0, tl.float32)
-    else:
-        kept = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-        kept_ok = kept < L
-        field = tl.where(kept_ok, kept // S, 0)
-        count = tl.full((BLOCK_L,), 0.0, tl.float32)
-        mean = tl.full((BLOCK_L,), 0.0, tl.float32)
-        m2 = tl.full((BLOCK_L,), 0.0, tl.float32)
+    kept, kept_ok, field = _reduced_lines(R, L, C, S, FIELDS_ON_ROWS, BLOCK_R, BLOCK_L)
+    count = tl.where(kept_ok, 0.0, 0.0)  # float32 zeros, one per kept line
+    mean = count
+    m2 = count
     shift = tl.expand_dims(tl.load(shift_ptr + field), AXIS)
     for i in range(ITERS):
-        if FIELDS_ON_ROWS:
-            rows = kept
-            cols = (tl.program_id(1) * ITERS + i) * BLOCK_L + tl.arange(0, BLOCK_L)
-        else:
-            rows = (tl.program_id(0) * ITERS + i) * BLOCK_R + tl.arange(0, BLOCK_R)
-            cols = kept
-        mask = (rows < R)[:, None] & (cols // ALIGN < L // ALIGN)[None, :]  # constant over ALIGN columns
-        offsets = tl.multiple_of(rows.to(tl.int64) * L, ALIGN)[:, None] + cols[None, :]
+        mask, offsets = _reduction_tile(kept, i, R, L, FIELDS_ON_ROWS, ALIGN, BLOCK_R, BLOCK_L, ITERS)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         x = tl.where(mask, x - shift, 0.0)
         tile_count = tl.reduce(mask.to(tl.float32), AXIS, _SUM)
@@ -93,10 +138,7 @@ def statistics_kernel(x_ptr, shift_ptr, partials_ptr, R, L, C, plane,
         mean += delta * weight
         m2 += tile_m2 + delta * delta * count * weight
         count = total
-    if FIELDS_ON_ROWS:
-        out = kept.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
-    else:
-        out = tl.program_id(0).to(tl.int64) * L + kept
+    out = _partials_offsets(kept, L, FIELDS_ON_ROWS)
     tl.store(partials_ptr + out, count, mask=kept_ok)
     tl.store(partials_ptr + plane + out, mean, mask=kept_ok)
     tl.store(partials_ptr + 2 * plane + out, m2, mask=kept_ok)
@@ -108,17 +150,10 @@ def normalize_kernel(x_ptr, residual_ptr, y_ptr, mean_ptr, scale_ptr, shift_ptr,
                      ALIGN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """y = (x - mean[f]) * scale[f] + shift[f] (+ residual) (ReLU) on one BLOCK_R x BLOCK_L tile."""
     AXIS: tl.constexpr = 1 if FIELDS_ON_ROWS else 0
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    if FIELDS_ON_ROWS:
-        field = rows % C
-    else:
-        field = tl.where(cols < L, cols // S, 0)
+    field, mask, offsets = _elementwise_tile(R, L, C, S, FIELDS_ON_ROWS, ALIGN, BLOCK_R, BLOCK_L)
     mean = tl.expand_dims(tl.load(mean_ptr + field), AXIS)
     scale = tl.expand_dims(tl.load(scale_ptr + field), AXIS)
     shift = tl.expand_dims(tl.load(shift_ptr + field), AXIS)
-    mask = (rows < R)[:, None] & (cols // ALIGN < L // ALIGN)[None, :]  # constant over ALIGN columns
-    offsets = tl.multiple_of(rows.to(tl.int64) * L, ALIGN)[:, None] + cols[None, :]
     y = (tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32) - mean) * scale + shift
     if HAS_RESIDUAL:
         y += tl.load(residual_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -134,36 +169,19 @@ def grad_sums_kernel(grad_ptr, x_ptr, y_ptr, mean_ptr, partials_ptr, R, L, C, pl
     """sum g and sum g * (x - mean[f]) over ITERS tiles, tiled and stored as in
     statistics_kernel (planes k = 0, 1); g = grad, 0 where y <= 0 if RELU."""
     AXIS: tl.constexpr = 1 if FIELDS_ON_ROWS else 0
-    if FIELDS_ON_ROWS:
-        kept = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        kept_ok = kept < R
-        field = kept % C
-    else:
-        kept = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-        kept_ok = kept < L
-        field = kept // S
+    kept, kept_ok, field = _reduced_lines(R, L, C, S, FIELDS_ON_ROWS, BLOCK_R, BLOCK_L)
     mean = tl.expand_dims(tl.load(mean_ptr + field, mask=kept_ok, other=0.0), AXIS)
     sum_g = tl.full((BLOCK_R, BLOCK_L), 0.0, tl.float32)
     sum_gx = tl.full((BLOCK_R, BLOCK_L), 0.0, tl.float32)
     for i in range(ITERS):
-        if FIELDS_ON_ROWS:
-            rows = kept
-            cols = (tl.program_id(1) * ITERS + i) * BLOCK_L + tl.arange(0, BLOCK_L)
-        else:
-            rows = (tl.program_id(0) * ITERS + i) * BLOCK_R + tl.arange(0, BLOCK_R)
-            cols = kept
-        mask = (rows < R)[:, None] & (cols // ALIGN < L // ALIGN)[None, :]  # constant over ALIGN columns
-        offsets = tl.multiple_of(rows.to(tl.int64) * L, ALIGN)[:, None] + cols[None, :]
+        mask, offsets = _reduction_tile(kept, i, R, L, FIELDS_ON_ROWS, ALIGN, BLOCK_R, BLOCK_L, ITERS)
         g = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         if RELU:
             g = tl.where(tl.load(y_ptr + offsets, mask=mask, other=0.0) > 0, g, 0.0)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         sum_g += g
         sum_gx += tl.where(mask, g * (x - mean), 0.0)
-    if FIELDS_ON_ROWS:
-        out = kept.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
-    else:
-        out = tl.program_id(0).to(tl.int64) * L + kept
+    out = _partials_offsets(kept, L, FIELDS_ON_ROWS)
     tl.store(partials_ptr + out, tl.reduce(sum_g, AXIS, _SUM), mask=kept_ok)
     tl.store(partials_ptr + plane + out, tl.reduce(sum_gx, AXIS, _SUM), mask=kept_ok)
 
@@ -176,18 +194,11 @@ def input_grad_kernel(grad_ptr, x_ptr, y_ptr, dx_ptr, dresidual_ptr, mean_ptr, a
     """dx = g * a[f] + (x - mean[f]) * b[f] + c[f] on one tile, g = grad (0 where y <= 0 if
     RELU); g is also stored to dresidual if RESIDUAL_GRAD."""
     AXIS: tl.constexpr = 1 if FIELDS_ON_ROWS else 0
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    if FIELDS_ON_ROWS:
-        field = rows % C
-    else:
-        field = tl.where(cols < L, cols // S, 0)
+    field, mask, offsets = _elementwise_tile(R, L, C, S, FIELDS_ON_ROWS, ALIGN, BLOCK_R, BLOCK_L)
     mean = tl.expand_dims(tl.load(mean_ptr + field), AXIS)
     a = tl.expand_dims(tl.load(a_ptr + field), AXIS)
     b = tl.expand_dims(tl.load(b_ptr + field), AXIS)
     c = tl.expand_dims(tl.load(c_ptr + field), AXIS)
-    mask = (rows < R)[:, None] & (cols // ALIGN < L // ALIGN)[None, :]  # constant over ALIGN columns
-    offsets = tl.multiple_of(rows.to(tl.int64) * L, ALIGN)[:, None] + cols[None, :]
     g = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if RELU:
         g = tl.where(tl.load(y_ptr + offsets, mask=mask, other=0.0) > 0, g, 0.0)
