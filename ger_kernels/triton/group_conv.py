@@ -65,6 +65,23 @@ def _pixel_rectangle(tile, tiles_h, tiles_w, ROWS: tl.constexpr, TILE_W: tl.cons
     return image, h0, w0, h0 + pixel // TILE_W, w0 + pixel % TILE_W
 
 
+@DeviceFunction
+def _field_rows_tile(w_ptr, w_rows, LD, fields, rows_ok, fields_ok, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The (BLOCK_K, BLOCK_N) weight tile of a "fields" kernel: for each reduction row k and group
+    element g, the ``fields`` entries of row ``w_rows[k, g]`` of the field-minor copy (LD entries a
+    row, a multiple of 8), columns ordered (g, field); zeros where ``rows_ok`` or ``fields_ok`` is false."""
+    tile = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + fields[None, None, :],
+                   mask=rows_ok[:, None, None] & fields_ok[None, None, :], other=0.0)
+    return tl.reshape(tile, (BLOCK_K, BLOCK_N))
+
+
+@DeviceFunction
+def _channel_order(acc, G: tl.constexpr, FIELDS: tl.constexpr):
+    """A "fields" kernel's accumulator, columns (g, field), with its columns in channel order (field, g)."""
+    rows: tl.constexpr = acc.shape[0]
+    return tl.reshape(tl.permute(tl.reshape(acc, (rows, G, FIELDS)), (0, 2, 1)), (rows, G * FIELDS))
+
+
 @Kernel.specializing(("sxc", "soc"))  # channel strides of 1 (channels_last): vector loads and stores
 def forward_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
@@ -176,15 +193,14 @@ def forward_fields_kernel(
             a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
                         mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
         w_rows = (tl.load(taps_ptr + rt * TAPS + tap) * C + c0)[None, :] + within  # (BLOCK_K, S)
-        b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ro[None, None, :],
-                    mask=c_ok[:, None, None] & o_ok[None, None, :], other=0.0)
-        acc = tl.dot(a, tl.reshape(b, (BLOCK_K, BLOCK_N)), acc, input_precision=PRECISION)
+        b = _field_rows_tile(w_ptr, w_rows, LD, ro, c_ok, o_ok, BLOCK_K, BLOCK_N)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         fields = o0 + tl.arange(0, BLOCK_N) % FIELDS
         acc += tl.load(bias_ptr + fields, mask=fields < C_OUT, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
+    acc = _channel_order(acc, S, FIELDS)
     rn = o0 * S + tl.arange(0, BLOCK_N)  # channel order (o, t)
     out_ptrs = out_ptr + (batch * sob + oh * soh + ow * sow)[:, None] + rn[None, :] * soc
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (rn < C_OUT * S)[None, :])
@@ -303,10 +319,9 @@ def input_grad_fields_kernel(
                         other=0.0)
         o = (n0 + rk) // S
         w_rows = ((tl.load(taps_ptr + t * TAPS + tap) * (N // S) + o) * S_IN)[:, None] + orient  # (BLOCK_K, S_IN)
-        b = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + ri[None, None, :],
-                    mask=n_ok[:, None, None] & i_ok[None, None, :], other=0.0)
-        acc = tl.dot(a, tl.reshape(b, (BLOCK_K, BLOCK_N)), acc, input_precision=PRECISION)
-    acc = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_M, S_IN, FIELDS)), (0, 2, 1)), (BLOCK_M, BLOCK_N))
+        b = _field_rows_tile(w_ptr, w_rows, LD, ri, n_ok, i_ok, BLOCK_K, BLOCK_N)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    acc = _channel_order(acc, S_IN, FIELDS)
     rc = i0 * S_IN + tl.arange(0, BLOCK_N)  # channel order (i, s)
     dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rc[None, :] * sxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & (rc < C_IN * S_IN)[None, :])
