@@ -99,22 +99,23 @@ _HALF_TMA = [Config(128, 128, 64, 8, 3, "tma"), Config(128, 64, 64, 8, 3, "tma")
              Config(128, 128, 128, 8, 3, "tma"), Config(256, 64, 64, 8, 3, "tma")]
 # The 16-bit weight gradient has only the "channels" kernel: the one with rows of output fields was
 # 10-30x slower at every GER-UNet layer on an H200 (benchmarks/results/h200-2026-11-29b/sweep-bf16.md).
+_HALF_CHANNELS = [Config(128, 128, 64, 8, 3, "channels"), Config(128, 128, 32, 8, 3, "channels"),
+                  Config(128, 64, 64, 8, 3, "channels")]
 # 16 columns suit lifting layers (3 input channels: a 128-column tile is 2% full).
-_HALF_WEIGHT_GRAD = [Config(128, 128, 64, 8, 3, "channels"), Config(128, 128, 32, 8, 3, "channels"),
-                     Config(128, 64, 64, 8, 3, "channels"), Config(128, 16, 64, 4, 3, "channels"),
-                     Config(256, 16, 64, 8, 3, "channels"), Config(128, 128, 64, 8, 3, "channels-tma"),
-                     Config(128, 64, 64, 8, 3, "channels-tma"), Config(128, 128, 32, 8, 4, "channels-tma"),
-                     Config(128, 256, 64, 8, 3, "channels-tma"), Config(128, 128, 128, 8, 3, "channels-tma"),
-                     Config(64, 128, 64, 4, 3, "channels-tma")]
+_HALF_LIFTING_CHANNELS = [Config(128, 16, 64, 4, 3, "channels"), Config(256, 16, 64, 8, 3, "channels")]
+_HALF_CHANNELS_TMA = [Config(128, 128, 64, 8, 3, "channels-tma"), Config(128, 64, 64, 8, 3, "channels-tma"),
+                      Config(128, 128, 32, 8, 4, "channels-tma"), Config(128, 256, 64, 8, 3, "channels-tma"),
+                      Config(128, 128, 128, 8, 3, "channels-tma"), Config(64, 128, 64, 4, 3, "channels-tma")]
+_FLOAT32_FIELDS = [Config(128, 64, 16, 8, 3, "fields"), Config(64, 64, 32, 8, 3, "fields")]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
     "half": {"forward": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA,
              "input_grad": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA,
-             "weight_grad": _HALF_WEIGHT_GRAD},
+             "weight_grad": _HALF_CHANNELS + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA},
     "float32": {
-        "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3),
-                    Config(128, 64, 16, 8, 3, "fields"), Config(64, 64, 32, 8, 3, "fields")],
-        "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3),
-                       Config(128, 64, 16, 8, 3, "fields"), Config(64, 64, 32, 8, 3, "fields")],
+        "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)]
+        + _FLOAT32_FIELDS,
+        "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)]
+        + _FLOAT32_FIELDS,
         "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 16, 8, 3, "channels")],
     },
 }
@@ -124,9 +125,9 @@ CONFIGS: dict[str, dict[str, list[Config]]] = {
 # ahead-of-time compilation for sm_90 only): the sweep (benchmarks/gpu_sweep.py) times them and checks
 # their results against cuDNN, a default-config table may name them once it has, and tests and
 # GER_KERNELS_TRITON_CONFIG can force them; the tuner times them only with GER_KERNELS_TRITON_UNVERIFIED=1.
-UNVERIFIED = frozenset(c.name for lists in CONFIGS.values() for configs in lists.values() for c in configs
-                       if c.variant in ("fields", "tma", "channels-tma")) | {"m128n16k64w4s3-channels",
-                                                                             "m256n16k64w8s3-channels"}
+# A list leaves this set once a GPU sweep has checked it.
+UNVERIFIED = frozenset(c.name for c in _HALF_FIELDS + _HALF_TMA + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA
+                       + _FLOAT32_FIELDS)
 UNVERIFIED_ENV = "GER_KERNELS_TRITON_UNVERIFIED"
 
 
