@@ -56,7 +56,7 @@ def fused_passes(backend: str) -> tuple[Callable, Callable, Callable]:
         return ops.group_conv2d, ops.group_conv2d_input_grad, ops.group_conv2d_weight_grad
     from ger_kernels.triton import group_conv
 
-    return (lambda x, w, b, *conv: group_conv.forward(x, w, b, *conv, False),
+    return (lambda x, w, b, *conv: group_conv.forward(x, w, b, *conv, False)[0],
             lambda dy, w, size, *conv: group_conv.input_grad(dy, w, size, True, *conv),
             group_conv.weight_grad)
 

@@ -275,10 +275,19 @@ class SyncGroupBatchNorm2d(GroupBatchNorm2d):
 
     process_group = None
 
-    def _batch_norm(self, input: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size(self.process_group) > 1):
-            return super()._batch_norm(input, residual, relu)
+    def _reduces(self) -> bool:
+        """Whether this forward reduces its statistics over processes."""
+        return (self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size(self.process_group) > 1)
+
+    def normalizes_on_load(self) -> bool:
+        return not self._reduces()
+
+    def _batch_norm(self, input: torch.Tensor, residual: torch.Tensor | None, relu: bool,
+                    statistics: torch.Tensor | None = None) -> torch.Tensor:
+        """``statistics`` (this process's) are ignored when reducing over processes."""
+        if not self._reduces():
+            return super()._batch_norm(input, residual, relu, statistics)
         if residual is not None and residual.shape != input.shape:
             raise ValueError(f"residual must have the input's shape {tuple(input.shape)}, got {tuple(residual.shape)}")
         running = self.track_running_stats and self.running_mean is not None

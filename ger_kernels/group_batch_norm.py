@@ -43,7 +43,7 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels import triton as triton_backend  # imports no triton until its kernels are used
 
-__all__ = ["TRITON_BN_ENV", "group_batch_norm", "statistics", "merge_statistics", "normalize", "grad_sums", "input_grad",
+__all__ = ["TRITON_BN_ENV", "group_batch_norm", "batch_moments", "check_batch", "statistics", "merge_statistics", "normalize", "grad_sums", "input_grad",
            "input_grad_coefficients", "running_statistics", "min_bytes", "KERNELS"]
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -269,21 +269,32 @@ def _native_forward(input, weight, bias, running_mean, running_var, num_batches_
     return output, running_mean.to(dtype, copy=True), torch.rsqrt(running_var.to(dtype) + eps), *none
 
 
-def _triton_forward(input, weight, bias, residual, running_mean, running_var, num_batches_tracked, training,
-                    momentum, eps, order, relu):
-    """The staged kernels: (output, mean, invstd, new running mean, new running var)."""
+def batch_moments(input, order: int, running_mean, running_var, num_batches_tracked, training: bool, momentum,
+                  eps: float, statistics: Optional[torch.Tensor] = None):
+    """(mean, invstd, new running mean, new running var) of a batch norm of ``input`` (as in
+    ``group_batch_norm``): the batch's, from ``statistics`` (count, mean, M2) when given (computed
+    by whoever wrote ``input``) else computed, when ``training`` or without running statistics;
+    else the running ones. The new running statistics are empty unless ``training`` updates them."""
     dtype = _accumulation_dtype(input)
     new_mean, new_var = input.new_empty(0), input.new_empty(0)
     if training or running_mean is None:
         count = input.numel() // (input.shape[1] // order)
-        _, mean, m2 = _statistics(input, order).unbind(0)
+        _, mean, m2 = (statistics if statistics is not None else _statistics(input, order)).to(dtype).unbind(0)
         mean, var = mean.clone(), m2 / count  # outputs own their storage
         if _updates(input, running_mean, training):
             factor = momentum if momentum is not None else num_batches_tracked.to(torch.float64).reciprocal()
             new_mean, new_var = running_statistics(running_mean, running_var, mean, var, count, factor)
     else:
         mean, var = running_mean.to(dtype, copy=True), running_var.to(dtype)
-    invstd = torch.rsqrt(var + eps)
+    return mean, torch.rsqrt(var + eps), new_mean, new_var
+
+
+def _triton_forward(input, weight, bias, residual, running_mean, running_var, num_batches_tracked, training,
+                    momentum, eps, order, relu, statistics):
+    """The staged kernels: (output, mean, invstd, new running mean, new running var)."""
+    dtype = _accumulation_dtype(input)
+    mean, invstd, new_mean, new_var = batch_moments(input, order, running_mean, running_var, num_batches_tracked,
+                                                    training, momentum, eps, statistics)
     scale = invstd * weight.to(dtype) if weight is not None else invstd
     shift = bias.to(dtype) if bias is not None else torch.zeros_like(scale)
     return _normalize(input, mean, scale, shift, residual, order, relu), mean, invstd, new_mean, new_var
@@ -294,9 +305,12 @@ def _group_batch_norm(input: torch.Tensor, weight: Optional[torch.Tensor], bias:
                       residual: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
                       running_var: Optional[torch.Tensor], num_batches_tracked: Optional[torch.Tensor],
                       training: bool, momentum: Optional[float], eps: float, order: int,
-                      relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      relu: bool, statistics: Optional[torch.Tensor] = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(output, mean, invstd, new running mean, new running var); the new running statistics
-    are empty unless ``training`` updates them (functional: the caller copies them)."""
+    are empty unless ``training`` updates them (functional: the caller copies them).
+    ``statistics``: the input's (count, mean, M2) per field, used by the staged kernels instead
+    of a statistics pass (ATen's batch norm computes its own)."""
     fields = input.shape[1] // order
     if input.numel() == 0:  # as BatchNorm3d: an empty output, running statistics untouched
         zeros = input.new_zeros(fields, dtype=_accumulation_dtype(input))
@@ -304,7 +318,7 @@ def _group_batch_norm(input: torch.Tensor, weight: Optional[torch.Tensor], bias:
         return _like(torch.empty_like(input), _dense(input)), zeros, zeros.clone(), none, none.clone()
     if _on_triton(input):
         return _triton_forward(input, weight, bias, residual, running_mean, running_var, num_batches_tracked,
-                               training, momentum, eps, order, relu)
+                               training, momentum, eps, order, relu, statistics)
     output, mean, invstd, new_mean, new_var = _native_forward(input, weight, bias, running_mean, running_var,
                                                               num_batches_tracked, training, momentum, eps, order)
     output = _like(output.flatten(1, 2), _dense(input))
@@ -317,7 +331,7 @@ def _group_batch_norm(input: torch.Tensor, weight: Optional[torch.Tensor], bias:
 
 @_group_batch_norm.register_fake
 def _(input, weight, bias, residual, running_mean, running_var, num_batches_tracked, training, momentum, eps,
-      order, relu):
+      order, relu, statistics=None):
     stats = input.new_empty(input.shape[1] // order, dtype=_accumulation_dtype(input))
     updates = _updates(input, running_mean, training)
     running = [t.new_empty(t.shape) if updates else input.new_empty(0) for t in (running_mean, running_var)]
@@ -326,7 +340,7 @@ def _(input, weight, bias, residual, running_mean, running_var, num_batches_trac
 
 
 def _setup_context(ctx, inputs, output):
-    input, weight, bias, _, running_mean, _, _, training, _, ctx.eps, ctx.order, relu = inputs
+    input, weight, bias, _, running_mean, _, _, training, _, ctx.eps, ctx.order, relu, _ = inputs
     ctx.batch_statistics = training or running_mean is None
     ctx.native = not _on_triton(input)
     ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -381,34 +395,41 @@ def _backward(ctx, grad, *_non_differentiable):
         dbias = sums[0] if needs_bias else None
     dweight = dweight.to(weight.dtype) if needs_weight else None
     dbias = dbias.to(ctx.bias_dtype) if needs_bias else None
-    return dx, dweight, dbias, dresidual, None, None, None, None, None, None, None, None
+    return dx, dweight, dbias, dresidual, None, None, None, None, None, None, None, None, None
 
 
 _group_batch_norm.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_batch(input: torch.Tensor, order: int, batch_statistics: bool) -> None:
+    """Batch statistics need more than one value per field (as BatchNorm's)."""
+    if batch_statistics and input.numel() and input.numel() // (input.shape[1] // order) <= 1:
+        raise ValueError(f"Expected more than 1 value per field when training, got input of size "
+                         f"{tuple(input.shape)}")
 
 
 def group_batch_norm(input: torch.Tensor, order: int, running_mean: Optional[torch.Tensor] = None,
                      running_var: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None,
                      bias: Optional[torch.Tensor] = None, training: bool = False, momentum: Optional[float] = 0.1,
                      eps: float = 1e-5, residual: Optional[torch.Tensor] = None, relu: bool = False,
-                     num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     num_batches_tracked: Optional[torch.Tensor] = None,
+                     statistics: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.batch_norm`` on the 5-D view ``(B, C, S, H, W)`` of ``input`` ``(B, C*order, H, W)``
     (same arguments; batch statistics when ``training`` or without running statistics, which
     ``training`` updates), then ``+ residual`` and a ReLU if ``relu``, fused. ``momentum=None``
     (cumulative average) reads ``num_batches_tracked``, already incremented for this batch as
-    BatchNorm does. An empty batch gives an empty output and leaves the running statistics."""
-    fields = input.shape[1] // order
-    batch_statistics = training or running_mean is None
-    if batch_statistics and input.numel() and input.numel() // fields <= 1:
-        raise ValueError(f"Expected more than 1 value per field when training, got input of size "
-                         f"{tuple(input.shape)}")
+    BatchNorm does. An empty batch gives an empty output and leaves the running statistics.
+    ``statistics`` (3, C): the input's per-field (count, mean, M2), when its producer computed them
+    (``ger_kernels.nn.fused``); the staged kernels then skip their statistics pass."""
+    check_batch(input, order, training or running_mean is None)
     if residual is not None and residual.shape != input.shape:
         raise ValueError(f"residual must have the input's shape {tuple(input.shape)}, got {tuple(residual.shape)}")
     update = _updates(input, running_mean, training)
     if update and momentum is None and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
     output, _, _, new_mean, new_var = _group_batch_norm(input, weight, bias, residual, running_mean, running_var,
-                                                        num_batches_tracked, training, momentum, eps, order, relu)
+                                                        num_batches_tracked, training, momentum, eps, order, relu,
+                                                        statistics)
     if update:
         with torch.no_grad():
             running_mean.copy_(new_mean)

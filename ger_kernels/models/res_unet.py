@@ -11,7 +11,9 @@ Architecture (``w1..w4`` = ``widths``, planar channels for R-UNet, fields for GE
 
 A block is conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (identity, or 1x1 conv + BN when
 the width changes), then ReLU. GER-UNet fuses each BN-ReLU and the last BN-add-ReLU of a
-block into single passes of group batch norm (the ReLU modules are then Identities). Pools
+block into single passes of group batch norm (the ReLU modules are then Identities); on the
+Triton backend each conv also writes the next batch norm's statistics and a block's second conv
+applies the first BN-ReLU while loading its input (``ger_kernels.nn.FusedSequential``). Pools
 are 2x2/2 max pools, so the network is exactly equivariant (GER-UNet) on inputs whose H and
 W are divisible by 8; other sizes raise.
 Inputs ``(B, in_channels, H, W)``, outputs class scores ``(B, num_classes, H, W)``.
@@ -26,8 +28,8 @@ from torch import nn
 
 from ger_kernels._validation import check_feature_map
 from ger_kernels.groups import get_group
-from ger_kernels.nn import (GroupBatchNorm2d, GroupMaxPool2d, GroupOrientationPool, GroupUpsample, conv_class,
-                            group_cat)
+from ger_kernels.nn import (FusedSequential, GroupBatchNorm2d, GroupMaxPool2d, GroupOrientationPool, GroupUpsample,
+                            conv_class, group_cat)
 
 __all__ = ["GERUNet", "RUNet", "PAPER_WIDTHS", "group_widths", "count_parameters"]
 
@@ -87,27 +89,34 @@ class _Family:
         return head if self.group is None else nn.Sequential(head, GroupOrientationPool(self.group, "mean"))
 
 
-def _conv_bn_relu(family: _Family, c_in: int, c_out: int, lifting: bool = False) -> nn.Sequential:
-    return nn.Sequential(family.conv(c_in, c_out, 3, lifting), *family.norm_relu(c_out))
+def _conv_bn_relu(family: _Family, c_in: int, c_out: int, lifting: bool = False) -> FusedSequential:
+    return FusedSequential(family.conv(c_in, c_out, 3, lifting), *family.norm_relu(c_out))
 
 
-def _norm_add_relu(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """``relu(norm(x) + residual)``: one fused pass for group batch norm."""
+def _norm_add_relu(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor,
+                   statistics: torch.Tensor | None) -> torch.Tensor:
+    """``relu(norm(x) + residual)``: one fused pass for group batch norm (with the batch
+    statistics of x when the convolution that wrote it computed them)."""
     if isinstance(norm, GroupBatchNorm2d):
-        return norm(x, residual, relu=True)
+        return norm(x, residual, relu=True, statistics=statistics)
     return torch.relu(norm(x) + residual)
 
 
 class _ResBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU; the group version fuses each conv with
+    the batch norms around it on the Triton backend (``ger_kernels.nn.fused``)."""
+
     def __init__(self, family: _Family, c_in: int, c_out: int):
         super().__init__()
-        self.body = nn.Sequential(family.conv(c_in, c_out, 3), *family.norm_relu(c_out),
-                                  family.conv(c_out, c_out, 3), family.norm(c_out))
+        self.body = FusedSequential(family.conv(c_in, c_out, 3), *family.norm_relu(c_out),
+                                    family.conv(c_out, c_out, 3), family.norm(c_out))
         self.shortcut = (nn.Identity() if c_in == c_out
-                         else nn.Sequential(family.conv(c_in, c_out, 1), family.norm(c_out)))
+                         else FusedSequential(family.conv(c_in, c_out, 1), family.norm(c_out)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _norm_add_relu(self.body[-1], self.body[:-1](x), self.shortcut(x))
+        norm = self.body[-1]
+        y, statistics = self.body[:-1].forward_with_statistics(x, consumer=norm)
+        return _norm_add_relu(norm, y, self.shortcut(x), statistics)
 
 
 class _ResUNet(nn.Module):
@@ -125,7 +134,7 @@ class _ResUNet(nn.Module):
                                      [_ResBlock(family, w[i - 1], w[i]) for i in range(1, len(w))])
         self.bridge = _ResBlock(family, w[-1], w[-1])
         self.pool = family.pool()
-        self.up_layers = nn.ModuleList(nn.Sequential(family.upsample(), *_conv_bn_relu(family, w[i], w[i - 1]))
+        self.up_layers = nn.ModuleList(FusedSequential(family.upsample(), *_conv_bn_relu(family, w[i], w[i - 1]))
                                        for i in range(len(w) - 1, 0, -1))
         merged = 1 if skip == "add" else 2
         self.decoder = nn.ModuleList(_ResBlock(family, merged * w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1))

@@ -48,7 +48,7 @@ from ger_kernels.triton import interpreting
 from ger_kernels.triton.jit import DeviceFunction, Kernel
 from ger_kernels.triton.tuning import Config, Tuner, arch_name, dtype_class, size_bucket
 
-__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "tables", "precision", "problem_class", "TF32_ENV"]
+__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "statistics_of_fields", "tables", "precision", "problem_class", "TF32_ENV"]
 
 TF32_ENV = "GER_KERNELS_TRITON_TF32"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -82,21 +82,57 @@ def _channel_order(acc, G: tl.constexpr, FIELDS: tl.constexpr):
     return tl.reshape(tl.permute(tl.reshape(acc, (rows, G, FIELDS)), (0, 2, 1)), (rows, G * FIELDS))
 
 
+_SUM = tl.standard._sum_combine  # tl.sum is a @jit function; the interpreter recognizes this combiner
+
+
+@DeviceFunction
+def _normalized(a, norm_ptr, IN_FIELDS, channels, channels_ok, pixels_ok, S_IN: tl.constexpr, RELU: tl.constexpr):
+    """The activation tile ``a`` (pixels, channels) with the batch norm of its input applied on load:
+    ``(a - mean[f]) * scale[f] + shift[f]`` (ReLU if RELU) for f = channel // S_IN, from
+    ``norm_ptr`` (3, IN_FIELDS) float32, rows mean, scale, shift; zero where the pixel or channel
+    is padding (the convolution pads the normalized map); rounded to ``a``'s dtype."""
+    field = channels // S_IN
+    mean = tl.load(norm_ptr + field, mask=channels_ok, other=0.0)
+    scale = tl.load(norm_ptr + IN_FIELDS + field, mask=channels_ok, other=0.0)
+    shift = tl.load(norm_ptr + 2 * IN_FIELDS + field, mask=channels_ok, other=0.0)
+    v = (a.to(tl.float32) - mean[None, :]) * scale[None, :] + shift[None, :]
+    if RELU:
+        v = tl.maximum(v, 0.0)
+    return tl.where(pixels_ok[:, None] & channels_ok[None, :], v, 0.0).to(a.dtype)
+
+
+@DeviceFunction
+def _store_statistics(stats_ptr, values, rows_ok, cols, cols_ok, N):
+    """Per column of the float32 tile ``values`` (rows, cols), over the rows where ``rows_ok``:
+    count, mean, and M2 about that mean, stored at ``stats_ptr[program_id(0), 0..2, cols]`` of a
+    (programs, 3, N) float32 buffer (a batch norm's partial statistics, merged on the host)."""
+    ok = rows_ok[:, None] & cols_ok[None, :]
+    count = tl.reduce(ok.to(tl.float32), 0, _SUM)
+    mean = tl.reduce(tl.where(ok, values, 0.0), 0, _SUM) / tl.maximum(count, 1.0)
+    centered = tl.where(ok, values - mean[None, :], 0.0)
+    base = stats_ptr + tl.program_id(0).to(tl.int64) * (3 * N) + cols
+    tl.store(base, count, mask=cols_ok)
+    tl.store(base + N, mean, mask=cols_ok)
+    tl.store(base + 2 * N, tl.reduce(centered * centered, 0, _SUM), mask=cols_ok)
+
+
 @Kernel.specializing(("sxc", "soc"))  # channel strides of 1 (channels_last): vector loads and stores
 def forward_kernel(
-    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
+    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr, norm_ptr, stats_ptr,
     B, C, H, W, N, H_out, W_out, channel_blocks, steps,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    ALIGN: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, NORM_RELU: tl.constexpr, STATS: tl.constexpr, ALIGN: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[b, n, oh, ow] = sum_{c, tap} x[b, c, oh*stride - padding + kh*dilation, ...] W~[n, c, tap]
     (+ bias[n // S], ReLU). GEMM rows: output pixels (b, oh, ow); columns: output channels n
     (C = C_in*S_in, N = C_out*S); reduction: taps, then the channel_blocks = cdiv(C, BLOCK_K)
     blocks of input channels.
-    ALIGN divides C, sxb, sxh and sxw (vector loads along channels of channels_last inputs)."""
+    ALIGN divides C, sxb, sxh and sxw (vector loads along channels of channels_last inputs).
+    NORM: x is read through its batch norm (``_normalized``, ReLU if NORM_RELU); STATS: the
+    program's partial statistics of each output column go to ``stats_ptr`` (``_store_statistics``)."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -123,6 +159,8 @@ def forward_kernel(
         rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
         a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
                     mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+        if NORM:
+            a = _normalized(a, norm_ptr, C // S_IN, c0 + rk, c_ok, pix_ok, S_IN, NORM_RELU)
         src = tl.load(taps_ptr + t * TAPS + tap)
         b = tl.load(w_ptr + w_off + (src * C)[:, None] + c0, mask=n_ok[:, None] & c_ok[None, :], other=0.0)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
@@ -130,18 +168,21 @@ def forward_kernel(
         acc += tl.load(bias_ptr + rn // S, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
+    out = acc.to(out_ptr.dtype.element_ty)
+    if STATS:
+        _store_statistics(stats_ptr, out.to(tl.float32), m_ok, rn, n_ok, N)
     out_ptrs = out_ptr + (batch * sob + oh * soh + ow * sow)[:, None] + rn[None, :] * soc
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(out_ptrs, out, mask=m_ok[:, None] & n_ok[None, :])
 
 
 @Kernel.specializing(("sxc", "soc"))
 def forward_fields_kernel(
-    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr,
+    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr, norm_ptr, stats_ptr,
     B, C, H, W, C_OUT, LD, H_out, W_out, channel_blocks, steps, tiles_h, tiles_w,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    ALIGN: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
+    NORM: tl.constexpr, NORM_RELU: tl.constexpr, STATS: tl.constexpr, ALIGN: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """``forward_kernel``'s result (config variant "fields") with the weight tile read as vectors.
@@ -154,7 +195,8 @@ def forward_fields_kernel(
     TMA (config variant "tma", stride 1): ``x_ptr`` is a tensor descriptor of the channels_last
     input as (B, H, W, C) in boxes of (1, BLOCK_M // TILE_W, TILE_W, BLOCK_K); a program's pixels
     are one such rectangle of output rows and columns (tiles_h x tiles_w per image), per tap the
-    box is shifted by the tap, and what falls outside the image or past C reads as zeros."""
+    box is shifted by the tap, and what falls outside the image or past C reads as zeros.
+    NORM and STATS as in ``forward_kernel``."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_N // S
     if TMA:
@@ -182,16 +224,18 @@ def forward_fields_kernel(
         tap = step // channel_blocks
         c0 = step % channel_blocks * BLOCK_K
         c_ok = (c0 + rk) // ALIGN < C // ALIGN  # = c < C, constant over ALIGN channels (vector loads)
+        ih = oh * stride - padding + (tap // KSIZE) * dilation
+        iw = ow * stride - padding + (tap % KSIZE) * dilation
+        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         if TMA:
             a = tl.reshape(x_ptr.load([image, h0 - padding + tap // KSIZE * dilation,
                                        w0 - padding + tap % KSIZE * dilation, c0]), (BLOCK_M, BLOCK_K))
         else:
-            ih = oh * stride - padding + (tap // KSIZE) * dilation
-            iw = ow * stride - padding + (tap % KSIZE) * dilation
-            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
             a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
                         mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+        if NORM:
+            a = _normalized(a, norm_ptr, C // S_IN, c0 + rk, c_ok, pix_ok, S_IN, NORM_RELU)
         w_rows = (tl.load(taps_ptr + rt * TAPS + tap) * C + c0)[None, :] + within  # (BLOCK_K, S)
         b = _field_rows_tile(w_ptr, w_rows, LD, ro, c_ok, o_ok, BLOCK_K, BLOCK_N)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
@@ -200,10 +244,12 @@ def forward_fields_kernel(
         acc += tl.load(bias_ptr + fields, mask=fields < C_OUT, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    acc = _channel_order(acc, S, FIELDS)
+    out = _channel_order(acc, S, FIELDS).to(out_ptr.dtype.element_ty)
     rn = o0 * S + tl.arange(0, BLOCK_N)  # channel order (o, t)
+    if STATS:
+        _store_statistics(stats_ptr, out.to(tl.float32), m_ok, rn, rn < C_OUT * S, C_OUT * S)
     out_ptrs = out_ptr + (batch * sob + oh * soh + ow * sow)[:, None] + rn[None, :] * soc
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (rn < C_OUT * S)[None, :])
+    tl.store(out_ptrs, out, mask=m_ok[:, None] & (rn < C_OUT * S)[None, :])
 
 
 @Kernel.specializing(("sdc", "sxc"))
@@ -329,11 +375,11 @@ def input_grad_fields_kernel(
 
 @Kernel.specializing(("sdc", "sxc"))
 def weight_grad_kernel(
-    dy_ptr, x_ptr, dw_ptr, source_ptr, inverse_taps_ptr,
+    dy_ptr, x_ptr, dw_ptr, source_ptr, inverse_taps_ptr, norm_ptr,
     B, C, H, W, C_OUT, H_out, W_out, pixels_per_split, steps,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
-    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, NORM: tl.constexpr, NORM_RELU: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One split of the pixels of dw[o, q // S_IN, q % S_IN, tap'] (q = i*S_IN + u), written
@@ -341,7 +387,8 @@ def weight_grad_kernel(
     dW~[o*S + t, i*S_IN + source[t, u], inverse_taps[t, tap']], where source[t, u] is the s
     with T[t, s] = u (0 when S_IN = 1) and inverse_taps[t] inverts taps[t]. The S transformed
     contributions accumulate in one register tile. GEMM rows: output fields o; columns: q;
-    reduction: pixels (b, oh, ow) in blocks of BLOCK_K, and t."""
+    reduction: pixels (b, oh, ow) in blocks of BLOCK_K, and t. NORM: x is read through its batch
+    norm, as in ``forward_kernel``."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     tiles_n = (C + BLOCK_N - 1) // BLOCK_N
     tap_out = tl.program_id(1)
@@ -373,6 +420,8 @@ def weight_grad_kernel(
                     mask=o_ok[:, None] & p_ok[None, :], other=0.0)
         b = tl.load(x_ptr + (batch * sxb + ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :],
                     mask=pix_ok[:, None] & q_ok[None, :], other=0.0)
+        if NORM:
+            b = _normalized(b, norm_ptr, C // S_IN, c, q_ok, pix_ok, S_IN, NORM_RELU)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     dw_ptrs = dw_ptr + split * (C_OUT * C * TAPS) + (ro[:, None] * C + rq[None, :]) * TAPS + tap_out
     tl.store(dw_ptrs, acc, mask=o_ok[:, None] & q_ok[None, :])
@@ -380,11 +429,12 @@ def weight_grad_kernel(
 
 @Kernel.specializing(("sdc", "sxc"))
 def weight_grad_channels_kernel(
-    dy_ptr, x_ptr, dw_ptr, orient_ptr, taps_ptr,
+    dy_ptr, x_ptr, dw_ptr, orient_ptr, taps_ptr, norm_ptr,
     B, C, H, W, N, H_out, W_out, pixels_per_split, blocks_per_split, tiles_h, tiles_w,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
-    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN_DY: tl.constexpr, ALIGN_X: tl.constexpr,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, NORM: tl.constexpr, NORM_RELU: tl.constexpr,
+    ALIGN_DY: tl.constexpr, ALIGN_X: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -403,7 +453,8 @@ def weight_grad_channels_kernel(
     of the channels_last maps as (B, H', W', channels) in boxes of (1, BLOCK_K // TILE_W, TILE_W,
     BLOCK_M) and (..., BLOCK_N); a reduction block is one rectangle of output pixels (tiles_h x
     tiles_w per image, blocks_per_split of them per split), the x box is shifted by the tap, and
-    what falls outside a map (or past the images) reads as zeros."""
+    what falls outside a map (or past the images) reads as zeros. NORM: x is read through its
+    batch norm, as in ``forward_kernel``."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_M // S
     tiles_c = (C + BLOCK_N - 1) // BLOCK_N
@@ -421,13 +472,16 @@ def weight_grad_channels_kernel(
         acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
         for block in range(blocks_per_split):
             if TMA:  # a tile past the last image reads boxes of zeros
-                image, h0, w0, _, _ = _pixel_rectangle(split * blocks_per_split + block, tiles_h, tiles_w,
-                                                       BLOCK_K // TILE_W, TILE_W)
+                image, h0, w0, oh, ow = _pixel_rectangle(split * blocks_per_split + block, tiles_h, tiles_w,
+                                                         BLOCK_K // TILE_W, TILE_W)
                 n0 = tl.program_id(0) // tiles_c * BLOCK_M
                 c0 = tl.program_id(0) % tiles_c * BLOCK_N
                 a = tl.trans(tl.reshape(dy_ptr.load([image, h0, w0, n0]), (BLOCK_K, BLOCK_M)))
                 b = tl.reshape(x_ptr.load([image, h0 - padding + tap // KSIZE * dilation,
                                            w0 - padding + tap % KSIZE * dilation, c0]), (BLOCK_K, BLOCK_N))
+                ih = oh - padding + (tap // KSIZE) * dilation
+                iw = ow - padding + (tap % KSIZE) * dilation
+                pix_ok = (image < B) & (oh < H_out) & (ow < W_out) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             else:
                 p = split * pixels_per_split + block * BLOCK_K + rk
                 p_ok = p < pixels
@@ -443,6 +497,8 @@ def weight_grad_channels_kernel(
                             other=0.0)
                 b = tl.load(x_ptr + x_rows[:, None] + (rc * sxc)[None, :], mask=pix_ok[:, None] & c_ok[None, :],
                             other=0.0)
+            if NORM:
+                b = _normalized(b, norm_ptr, C // S_IN, rc, c_ok, pix_ok, S_IN, NORM_RELU)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         by_t = tl.permute(tl.reshape(acc, (FIELDS, S, BLOCK_N)), (0, 2, 1))  # (field, c, t)
         for fold in tl.static_range(S):  # the fold, one t at a time
@@ -634,45 +690,84 @@ def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.devi
         return launch(_TUNER.choose(family, dtype_class(dtype), key, time_ms, device=gpu, arch=arch_name(device)))
 
 
-def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: int, relu: bool) -> torch.Tensor:
-    """The group convolution (+ bias, + ReLU if ``relu``), in ``x``'s memory format."""
+def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: int, relu: bool,
+            norm: Optional[torch.Tensor] = None, norm_relu: bool = False,
+            statistics: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The group convolution (+ bias, + ReLU if ``relu``), in ``x``'s memory format, and its
+    partial statistics if ``statistics``: float32 (programs, 3, C_out*S), per output channel
+    and program (count, mean, M2) of the values stored (``statistics_of_fields`` merges them).
+    ``norm`` (3, C_in) float32 (mean, scale, shift per input field) convolves the normalized
+    input ``(x - mean) * scale + shift`` (ReLU if ``norm_relu``) instead of ``x``."""
     _check(x)
+    if statistics and relu:
+        raise ValueError("statistics are of the convolution's output before a ReLU; do not fuse both")
     batch, channels, height, width = x.shape
     c_out, _, s_in, k, _ = weight.shape
     h_out, w_out = _out_size(x.shape, k, stride, padding, dilation)
     out = torch.empty((batch, c_out * order, h_out, w_out), dtype=x.dtype, device=x.device,
                       memory_format=suggest_memory_format(x))
     if out.numel() == 0:
-        return out
+        return out, (out.new_zeros((0, 3, c_out * order), dtype=torch.float32) if statistics else None)
     _check_offsets(x, out)
+    norm = _check_norm(norm, channels // s_in, x.device)
     key = problem_class("forward", x.dtype, x.shape, weight.shape, stride, padding, dilation, order)
     layouts = _WeightLayouts(weight, fields_dim=0)
     table = tables(get_group(order), k, x.device)
     pixels, n = batch * h_out * w_out, c_out * order
 
-    def launch(config: Config) -> None:
+    def launch(config: Config) -> Optional[torch.Tensor]:
         if config.variant in ("fields", "tma"):
             rows = layouts.field_minor
             tma = config.variant == "tma" and _tma_eligible(x, stride)
             source, tiles_h, tiles_w, programs = _pixel_tiles(x, tma, h_out, w_out, config)
+            stats = _statistics_buffer(statistics, programs, n, x.device)
             forward_fields_kernel[(programs, triton.cdiv(c_out, config.block_n // order))](
                 source, rows, bias if bias is not None else rows, out, table["orient"], table["taps"],
+                norm if norm is not None else rows, stats if stats is not None else rows,
                 batch, channels, height, width, c_out, rows.shape[1], h_out, w_out,
                 triton.cdiv(channels, config.block_k), k * k * triton.cdiv(channels, config.block_k), tiles_h, tiles_w,
                 *x.stride(), *out.stride(), stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k,
-                HAS_BIAS=bias is not None, RELU=relu, ALIGN=_alignment(x), PRECISION=precision(x.dtype), TMA=tma,
-                TILE_W=_TILE_W, **config.meta())
-            return
-        grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(n, config.block_n))
-        forward_kernel[grid](
-            x, layouts.tap_major, bias if bias is not None else weight, out, table["orient"], table["taps"],
-            batch, channels, height, width, n, h_out, w_out, triton.cdiv(channels, config.block_k),
-            k * k * triton.cdiv(channels, config.block_k), *x.stride(), *out.stride(),
-            stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu,
-            ALIGN=_alignment(x), PRECISION=precision(x.dtype), **config.meta())
+                HAS_BIAS=bias is not None, RELU=relu, NORM=norm is not None, NORM_RELU=norm_relu, STATS=statistics,
+                ALIGN=_alignment(x), PRECISION=precision(x.dtype), TMA=tma, TILE_W=_TILE_W, **config.meta())
+        else:
+            grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(n, config.block_n))
+            stats = _statistics_buffer(statistics, grid[0], n, x.device)
+            forward_kernel[grid](
+                x, layouts.tap_major, bias if bias is not None else weight, out, table["orient"], table["taps"],
+                norm if norm is not None else weight, stats if stats is not None else weight,
+                batch, channels, height, width, n, h_out, w_out, triton.cdiv(channels, config.block_k),
+                k * k * triton.cdiv(channels, config.block_k), *x.stride(), *out.stride(),
+                stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu,
+                NORM=norm is not None, NORM_RELU=norm_relu, STATS=statistics, ALIGN=_alignment(x),
+                PRECISION=precision(x.dtype), **config.meta())
+        return stats
 
-    _run("forward", x.dtype, key, launch, x.device)
-    return out
+    return out, _run("forward", x.dtype, key, launch, x.device)
+
+
+def _statistics_buffer(statistics: bool, programs: int, channels: int, device) -> Optional[torch.Tensor]:
+    """The (programs, 3, channels) float32 partial statistics a forward launch writes, if wanted."""
+    return torch.empty((programs, 3, channels), dtype=torch.float32, device=device) if statistics else None
+
+
+def _check_norm(norm: Optional[torch.Tensor], in_fields: int, device: torch.device) -> Optional[torch.Tensor]:
+    """``norm`` as the kernels read it: a contiguous float32 (3, in_fields) tensor on ``device``."""
+    if norm is None:
+        return None
+    if tuple(norm.shape) != (3, in_fields) or norm.dtype != torch.float32 or norm.device != device:
+        raise ValueError(f"norm must be a float32 (3, {in_fields}) tensor (mean, scale, shift per input field) "
+                         f"on {device}, got {norm.dtype} {tuple(norm.shape)} on {norm.device}")
+    return norm.contiguous()
+
+
+def statistics_of_fields(partials: torch.Tensor, order: int) -> torch.Tensor:
+    """(3, C_out): count, mean and M2 of each output field, merged (Chan et al.) from a forward's
+    per-channel partials (programs, 3, C_out*order)."""
+    from ger_kernels.group_batch_norm import merge_statistics
+
+    programs, _, channels = partials.shape
+    by_field = partials.view(programs, 3, channels // order, order).permute(0, 3, 1, 2)
+    return merge_statistics(by_field.reshape(programs * order, 3, channels // order))
 
 
 def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride: int, padding: int,
@@ -740,11 +835,12 @@ def _splits(device: torch.device, programs: int, pixels: int, block_k: int) -> i
 
 
 def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, padding: int, dilation: int,
-                order: int) -> torch.Tensor:
+                order: int, norm: Optional[torch.Tensor] = None, norm_relu: bool = False) -> torch.Tensor:
     """Gradient w.r.t. the base weight ``(C_out, C_in, S_in, k, k)``; partial sums over pixel
     ranges are float32, added in a fixed order (deterministic). Configs of variant "channels" (and
     "channels-tma") run ``weight_grad_channels_kernel`` (GEMM rows C_out*S), the others
-    ``weight_grad_kernel``."""
+    ``weight_grad_kernel``. ``norm`` and ``norm_relu``: the input was normalized on load, as in
+    ``forward``."""
     _check(x)
     batch, channels, height, width = x.shape
     c_out = grad.shape[1] // order
@@ -756,6 +852,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
     table = tables(get_group(order), kernel_size, x.device)
     h_out, w_out = grad.shape[-2:]
     pixels = batch * h_out * w_out
+    norm = _check_norm(norm, channels // in_orientations, x.device)
 
     def launch(config: Config) -> torch.Tensor:
         if config.variant in ("channels", "channels-tma"):
@@ -766,11 +863,11 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
         partials = torch.empty((triton.cdiv(pixels, per_split), c_out, channels, taps), dtype=torch.float32,
                                device=x.device)
         weight_grad_kernel[(tiles, taps, partials.shape[0])](
-            grad, x, partials, table["source"], table["inverse_taps"],
+            grad, x, partials, table["source"], table["inverse_taps"], norm if norm is not None else partials,
             batch, channels, height, width, c_out, h_out, w_out, per_split, per_split // config.block_k * order,
             *grad.stride(), *x.stride(),
-            stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
-            PRECISION=precision(x.dtype), **config.meta())
+            stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size, NORM=norm is not None,
+            NORM_RELU=norm_relu, PRECISION=precision(x.dtype), **config.meta())
         return partials
 
     def launch_channels(config: Config) -> torch.Tensor:
@@ -791,11 +888,11 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
         partials = torch.zeros((triton.cdiv(blocks, per_split), c_out, channels, taps), dtype=torch.float32,
                                device=x.device)
         weight_grad_channels_kernel[(tiles, partials.shape[0])](
-            dy_source, x_source, partials, table["orient"], table["taps"],
+            dy_source, x_source, partials, table["orient"], table["taps"], norm if norm is not None else partials,
             batch, channels, height, width, c_out * order, h_out, w_out, per_split * config.block_k, per_split,
             tiles_h, tiles_w, *grad.stride(), *x.stride(),
-            stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size,
-            ALIGN_DY=_alignment(grad), ALIGN_X=_alignment(x), PRECISION=precision(x.dtype), TMA=tma, TILE_W=_TILE_W,
+            stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size, NORM=norm is not None,
+            NORM_RELU=norm_relu, ALIGN_DY=_alignment(grad), ALIGN_X=_alignment(x), PRECISION=precision(x.dtype), TMA=tma, TILE_W=_TILE_W,
             **config.meta())
         return partials
 
@@ -808,7 +905,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
 @torch.library.custom_op("ger_kernels_triton::group_conv2d", mutates_args=(), device_types=("cuda", "cpu"))
 def group_conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
                     padding: int, dilation: int, order: int, relu: bool) -> torch.Tensor:
-    return forward(input, weight, bias, stride, padding, dilation, order, relu)
+    return forward(input, weight, bias, stride, padding, dilation, order, relu)[0]
 
 
 @group_conv2d_op.register_fake

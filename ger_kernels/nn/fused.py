@@ -1,0 +1,107 @@
+"""Group convolutions fused with the group batch norms around them (conv -> BN -> ReLU -> conv).
+
+On the Triton backend (a conv whose ``backend`` resolves to "triton" for its input), a
+convolution writes the per-field batch statistics of its output from its epilogue, so the batch
+norm after it skips its statistics pass, and it reads its input through the batch norm (+ ReLU)
+before it, applied while loading, so the normalized map is never written (nor kept for the
+backward, which recomputes it). Elsewhere the same modules run unfused, with the same result:
+fusion changes no parameter, buffer, state dict or result beyond rounding.
+
+- ``fused_conv(conv, input, norm=None, norm_statistics=None, statistics=False)``: the functional form.
+- ``FusedSequential``: an ``nn.Sequential`` that fuses each ``GroupConv2d`` followed by a
+  ``GroupBatchNorm2d``, and each ``GroupBatchNorm2d`` followed by a ``GroupConv2d`` (``nn.Identity``
+  between them is skipped: GER-UNet's ReLU placeholders). GER-UNet's blocks are built from it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ger_kernels._autocast import casts
+from ger_kernels._validation import check_conv_args, check_exact_grid
+from ger_kernels.backends import resolved_backend
+from ger_kernels.nn.conv import GroupConv2d
+from ger_kernels.nn.norm import GroupBatchNorm2d
+
+__all__ = ["fused_conv", "FusedSequential", "fuses"]
+
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def fuses(conv: GroupConv2d, input: torch.Tensor) -> bool:
+    """Whether ``fused_conv`` runs ``conv`` on ``input`` with the fused Triton kernels."""
+    dtype = torch.get_autocast_dtype(input.device.type) if casts(input) else input.dtype
+    expanded_bytes = conv.weight.numel() * conv.group.order * conv.weight.element_size()
+    return (dtype in _TRITON_DTYPES and not torch.jit.is_scripting()
+            and resolved_backend(conv.backend, input.device.type, expanded_bytes) == "triton")
+
+
+def fused_conv(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | None = None,
+               norm_statistics: torch.Tensor | None = None,
+               statistics: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(conv(norm(input)), stats)``: ``norm`` (with its own ``relu``; none when None) applied to
+    ``input``, whose per-field (count, mean, M2) ``norm_statistics`` may come from the conv that
+    wrote it; ``stats`` the same (3, C_out) statistics of the output when ``statistics`` and the
+    convolution ran fused (pass them to the next ``GroupBatchNorm2d`` as ``statistics=``), else
+    None. ``norm`` updates its running statistics as its forward would."""
+    if fuses(conv, input) and (norm is None or norm.normalizes_on_load()):
+        return _fused(conv, input, norm, norm_statistics, statistics)
+    if norm is not None:
+        input = norm(input, statistics=norm_statistics)
+    return conv(input), None
+
+
+def _fused(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | None,
+           norm_statistics: torch.Tensor | None, statistics: bool):
+    from ger_kernels.triton.conv_norm import bn_group_conv2d
+
+    weight, bias = conv.weight, conv.bias
+    check_conv_args(input, weight, bias, conv.group)
+    if conv.strict_equivariance:
+        check_exact_grid(type(conv).__name__, input.shape[-2], input.shape[-1], conv.kernel_size, conv.stride,
+                         conv.padding, conv.dilation)
+    terms = norm.input_normalization(input, norm_statistics) if norm is not None else None
+    if casts(input):  # F.conv2d's autocast rule for the conv's tensors; the batch norm's stay float32
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    norm_args = (terms.mean, terms.invstd, terms.weight, terms.bias) if terms is not None else (None,) * 4
+    with torch.autocast(input.device.type, enabled=False):
+        output, stats = bn_group_conv2d(input, weight, bias, *norm_args, conv.stride, conv.padding, conv.dilation,
+                                        conv.group.order, norm is not None and norm.relu,
+                                        terms is not None and terms.batch_statistics, statistics)
+    return output, stats if statistics else None
+
+
+def _wants_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` is a group batch norm that would compute its input's batch statistics."""
+    return isinstance(module, GroupBatchNorm2d) and (module.training or module.running_mean is None)
+
+
+class FusedSequential(nn.Sequential):
+    """``nn.Sequential`` whose group convolutions fuse the group batch norms around them (module
+    docstring); the same modules, state dict and result as the plain ``nn.Sequential``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_statistics(input)[0]
+
+    def forward_with_statistics(self, input: torch.Tensor,
+                                consumer: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output, stats): ``stats`` the (3, C) per-field statistics of the output when the last
+        module is a ``GroupConv2d`` that ran fused and ``consumer``, the module the output goes
+        to, is a ``GroupBatchNorm2d`` that uses batch statistics (pass them to it), else None."""
+        modules = [m for m in self if not isinstance(m, nn.Identity)]
+        x, stats, pending = input, None, None  # pending: a batch norm of x the next conv applies
+        for i, module in enumerate(modules):
+            following = modules[i + 1] if i + 1 < len(modules) else None
+            if isinstance(module, GroupConv2d):
+                x, stats = fused_conv(module, x, pending, stats, _wants_statistics(following if following is not None else consumer))
+                pending = None
+            elif isinstance(module, GroupBatchNorm2d) and isinstance(following, GroupConv2d):
+                pending = module
+            elif isinstance(module, GroupBatchNorm2d):
+                x, stats = module(x, statistics=stats), None
+            else:
+                x, stats = module(x), None
+        return x, stats
