@@ -12,6 +12,8 @@
 #                (benchmarks/bench_step.py, its own budget 210 s)
 #   groupbn 120  fused group batch norm against BatchNorm3d, bf16, GB/s (benchmarks/bench_group_bn.py)
 #                (step and groupbn switch the group batch norm's Triton kernels on: GER_KERNELS_TRITON_BN=1)
+#   convnorm 120 conv-BN-ReLU-conv-BN fused (statistics epilogue, BN-ReLU on load) against cuDNN + BatchNorm3d
+#                + ReLU and against the unfused Triton modules, bf16, forward+backward (benchmarks/bench_conv_norm.py)
 #   triton  150  each Triton kernel per pass against cuDNN on the expanded filter, bfloat16 (benchmarks/bench_triton.py)
 #   cpp     240  the same for the CUDA kernels of ger_kernels._C, CuTe on, bfloat16 (bench_triton.py --backend cpp)
 #   layers  150  every backend per layer and the run.py training step, bfloat16 (benchmarks/run.py)
@@ -23,7 +25,7 @@
 # must hold what matters most): one call of the default stages,
 #   SUITE_BUDGET_S=520 STEP_TIMEOUT_S=150 SWEEP_DTYPES=bfloat16 RESULTS_TAR=$OUT/results.tar.gz \
 #       bash benchmarks/gpu_suite.sh /tmp/gpu
-# = build errors parity sweep cpp step groupbn (measured 2026-11-29: build 27 s, CuTe parity 15 s,
+# = build errors parity sweep convnorm cpp step groupbn (measured 2026-11-29: build 27 s, CuTe parity 15 s,
 # cpp 18 s, a bf16 sweep of 105 configs 70 s); what is left after it can go to a call of
 # `build triton layers` or an fp32 sweep. Everything is written to OUT; the short tables are printed.
 # The device tool returns at most 8 files from $OUT: set RESULTS_TAR=$OUT/results.tar.gz and write
@@ -34,9 +36,9 @@
 # STEP_TIMEOUT_S (240), SWEEP_DTYPES (bfloat16 float32) and SWEEP_VARIANTS (all) narrow those stages
 # for a short call.
 set -euo pipefail
-OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [errors] [parity] [step] [groupbn] [triton] [cpp] [layers] [sweep]}
+OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [errors] [parity] [step] [groupbn] [convnorm] [triton] [cpp] [layers] [sweep]}
 shift
-STAGES=${*:-build errors parity sweep cpp step groupbn}
+STAGES=${*:-build errors parity sweep convnorm cpp step groupbn}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)  # OUT is relative to where the suite was started, not to the repository
 cd "$(dirname "$0")/.."
@@ -142,7 +144,12 @@ for stage in $STAGES; do
         || echo "group batch norm benchmark FAILED: see $OUT/group_bn.log"
       cat "$OUT/group_bn/results.md" 2>/dev/null || true
       ;;
-    *) echo "unknown stage $stage (build, errors, parity, step, groupbn, triton, cpp, layers, sweep)"; exit 2 ;;
+    convnorm)
+      timeout "$(cap 120)" $PY benchmarks/bench_conv_norm.py --out "$OUT/conv_norm" > "$OUT/conv_norm.log" 2>&1 \
+        || echo "fused conv + batch norm benchmark FAILED: see $OUT/conv_norm.log"
+      cat "$OUT/conv_norm/results.md" 2>/dev/null || true
+      ;;
+    *) echo "unknown stage $stage (build, errors, parity, step, groupbn, convnorm, triton, cpp, layers, sweep)"; exit 2 ;;
   esac
   pack
 done

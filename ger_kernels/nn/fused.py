@@ -44,11 +44,13 @@ def fused_conv(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | 
     ``input``, whose per-field (count, mean, M2) ``norm_statistics`` may come from the conv that
     wrote it; ``stats`` the same (3, C_out) statistics of the output when ``statistics`` and the
     convolution ran fused (pass them to the next ``GroupBatchNorm2d`` as ``statistics=``), else
-    None. ``norm`` updates its running statistics as its forward would."""
-    if fuses(conv, input) and (norm is None or norm.normalizes_on_load()):
+    None. ``norm`` updates its running statistics as its forward would; one that cannot be
+    applied on load (``normalizes_on_load``) runs first."""
+    on_load = norm is not None and norm.normalizes_on_load()
+    if norm is not None and not (on_load and fuses(conv, input)):
+        input, norm = norm(input, statistics=norm_statistics), None
+    if fuses(conv, input):
         return _fused(conv, input, norm, norm_statistics, statistics)
-    if norm is not None:
-        input = norm(input, statistics=norm_statistics)
     return conv(input), None
 
 

@@ -8,6 +8,8 @@ reports as ``n_spills``), and whether the PTX uses tensor-core instructions (wgm
 The convolution kernels are compiled for a p4m group layer with k = 3 on channels_last
 tensors; the group batch norm kernels (``bn_*``, config = layout) for GER-UNet's first p4m
 map, 4 x (23*8) x 448 x 448, NCHW and channels_last, with every fusion on (residual, ReLU).
+Rows ``forward+bn`` and ``weight_grad+bn`` are the bfloat16 kernels with the batch norm of their
+input applied on load (and, forward, the statistics of the output in the epilogue).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ger_kernels.triton import batch_norm, group_conv
 from ger_kernels.triton.tuning import CONFIGS, Config, dtype_class
 
 __all__ = ["Resources", "compile_config", "compile_batch_norm", "report", "format_table", "DTYPES", "BN_KERNELS",
-           "BN_LAYOUTS"]
+           "BN_LAYOUTS", "FUSED_FAMILIES", "FUSED_DTYPE"]
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input_grad_kernel,
@@ -39,14 +41,21 @@ _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input
             "weight_grad": group_conv.weight_grad_kernel,
             "weight_grad-channels": group_conv.weight_grad_channels_kernel,
             "weight_grad-channels-tma": group_conv.weight_grad_channels_kernel}  # family-variant of a Config
-# Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table.
-_POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32"], "forward-fields": ["x", "x", "x", "x", "i32", "i32"],
-             "forward-tma": ["desc", "x", "x", "x", "i32", "i32"],
+# Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table, "fp32"
+# float32 partials or the (3, C) rows of a batch norm applied on load.
+_POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
+             "forward-fields": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
+             "forward-tma": ["desc", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
              "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
              "input_grad-fields": ["x", "x", "x", "i32", "i32", "i32", "i32"],
              "input_grad-tma": ["desc", "x", "x", "i32", "i32", "i32", "i32"],
-             "weight_grad": ["x", "x", "fp32", "i32", "i32"], "weight_grad-channels": ["x", "x", "fp32", "i32", "i32"],
-             "weight_grad-channels-tma": ["desc", "desc", "fp32", "i32", "i32"]}
+             "weight_grad": ["x", "x", "fp32", "i32", "i32", "fp32"],
+             "weight_grad-channels": ["x", "x", "fp32", "i32", "i32", "fp32"],
+             "weight_grad-channels-tma": ["desc", "desc", "fp32", "i32", "i32", "fp32"]}
+# The fused batch norm (``conv_norm``): compiled for every 16-bit config of these families, as
+# "<family>+bn" rows, with the normalization on load (and ReLU) and, in the forward, the statistics.
+FUSED_FAMILIES = ("forward", "weight_grad")
+FUSED_DTYPE = torch.bfloat16
 
 
 # Group batch norm kernels and their pointer arguments ("x" the map's dtype, "fp32" per-field vectors, partials)
@@ -81,7 +90,9 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
         if name in fn.arg_names:
             constexprs[name] = 8
     if family.startswith("forward"):
-        constexprs.update(HAS_BIAS=True, RELU=False)
+        constexprs.update(HAS_BIAS=True, RELU=False, STATS=False)
+    if not family.startswith("input_grad"):
+        constexprs.update(NORM=False, NORM_RELU=False)
     signature = {}
     for i, name in enumerate(fn.arg_names):
         constant = fn.params[i].is_constexpr or name in constexprs
@@ -107,11 +118,16 @@ def _compile(family: str, config: str, dtype: torch.dtype, fn, signature: dict, 
     return Resources(family, config, DTYPES[dtype], registers, compiled.metadata.shared, spills, cores)
 
 
-def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 90) -> Resources:
-    """Compiles ``family``'s kernel (of ``config.variant``) with ``config`` for ``dtype`` and sm_``arch``."""
+def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 90, fused: bool = False) -> Resources:
+    """Compiles ``family``'s kernel (of ``config.variant``) with ``config`` for ``dtype`` and sm_``arch``;
+    ``fused``: with the batch norm applied on load (+ ReLU) and, forward, the output statistics
+    (the row's family is then ``<family>+bn``)."""
     kernel = f"{family}-{config.variant}" if config.variant else family
     signature, constexprs, attrs = _signature(kernel, dtype)
     constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
+    if fused:
+        constexprs.update(NORM=True, NORM_RELU=True, **({"HAS_BIAS": False, "STATS": True}
+                                                        if family == "forward" else {}))
     if config.variant:  # every variant kernel has the TMA path
         constexprs.update(TMA=config.variant.endswith("tma"), TILE_W=group_conv._TILE_W)
     rows = f"1,{config.block_m // group_conv._TILE_W},{group_conv._TILE_W}"
@@ -121,8 +137,8 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
         rows = f"1,{config.block_k // group_conv._TILE_W},{group_conv._TILE_W}"
         signature["dy_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_m}]>"
         signature["x_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_n}]>"
-    return _compile(family, config.name, dtype, _KERNELS[kernel].jit, signature, constexprs, attrs,
-                    {"num_warps": config.num_warps, "num_stages": config.num_stages}, arch)
+    return _compile(family + "+bn" if fused else family, config.name, dtype, _KERNELS[kernel].jit, signature,
+                    constexprs, attrs, {"num_warps": config.num_warps, "num_stages": config.num_stages}, arch)
 
 
 def compile_batch_norm(family: str, layout: str, dtype: torch.dtype, arch: int = 90) -> Resources:
@@ -146,6 +162,8 @@ def report(arch: int = 90, workers: int | None = None) -> list[Resources]:
     processes (default: one per CPU core)."""
     jobs = [(compile_config, family, config, dtype, arch) for family in ("forward", "input_grad", "weight_grad")
             for dtype in DTYPES for config in CONFIGS[dtype_class(dtype)][family]]
+    jobs += [(compile_config, family, config, FUSED_DTYPE, arch, True) for family in FUSED_FAMILIES
+             for config in CONFIGS[dtype_class(FUSED_DTYPE)][family]]
     jobs += [(compile_batch_norm, family, layout, dtype, arch) for family in BN_KERNELS for dtype in DTYPES
              for layout in BN_LAYOUTS]
     with concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count(),

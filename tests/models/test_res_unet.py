@@ -193,3 +193,33 @@ def test_ger_unet_fuses_batch_norm_relu_and_residual_add():
     keys = set(model.state_dict())
     assert {"encoder.1.body.1.running_var", "encoder.1.body.4.weight", "encoder.1.shortcut.1.bias"} <= keys
     assert not any(key.startswith("encoder.1.body.2.") for key in keys)
+
+
+def test_ger_unet_on_triton_fuses_convolutions_with_their_batch_norms(monkeypatch):
+    """On the Triton backend (its interpreter here) every group conv runs fused with the batch
+    norms around it (``ger_kernels.nn.fused``): a training step gives the scores, gradients and
+    running statistics of the same model on the reference backend."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if not ger_kernels.backends("cpu")["triton"].available:
+        pytest.skip(ger_kernels.backends("cpu")["triton"].reason)
+    from ger_kernels.nn import fused
+
+    calls = []
+    original = fused._fused
+    monkeypatch.setattr(fused, "_fused", lambda *args: calls.append(args[2] is not None) or original(*args))
+    model = randomized(GERUNet(widths=(2, 2, 3, 3), backend="reference"))
+    fused_model = GERUNet(widths=(2, 2, 3, 3), backend="triton")
+    fused_model.load_state_dict(model.state_dict())
+    x, target = torch.randn(2, 3, 8, 8), torch.randn(2, 2, 8, 8)
+    expected, out = model(x), fused_model(x)
+    (expected * target).sum().backward()
+    (out * target).sum().backward()
+    convs = sum(isinstance(m, ger_kernels.nn.GroupConv2d) for m in model.modules())
+    assert len(calls) == convs - 1  # all but the output layer's 1x1 conv, which no batch norm follows
+    assert sum(calls) == 8  # each block's second conv applies the first BN-ReLU on load
+    assert max_rel_err(out, expected) <= 1e-5
+    for (name, p), q in zip(fused_model.named_parameters(), model.parameters()):
+        assert max_rel_err(p.grad, q.grad) <= 1e-4, name
+    for (name, b), c in zip(fused_model.named_buffers(), model.buffers()):
+        assert max_rel_err(b.float(), c.float()) <= 1e-5, name

@@ -22,6 +22,8 @@ def test_every_config_compiles_for_sm90(rows):
                 for family, configs in CONFIGS[dtype_class(dtype)].items() for config in configs}
     expected |= {(family, layout, name) for family in aot.BN_KERNELS for layout in aot.BN_LAYOUTS
                  for name in aot.DTYPES.values()}
+    expected |= {(family + "+bn", config.name, aot.DTYPES[aot.FUSED_DTYPE]) for family in aot.FUSED_FAMILIES
+                 for config in CONFIGS[dtype_class(aot.FUSED_DTYPE)][family]}
     assert {(r.family, r.config, r.dtype) for r in rows} == expected
     for r in rows:
         assert r.spill_bytes == 0, r

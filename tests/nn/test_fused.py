@@ -1,0 +1,150 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import ger_kernels
+from ger_kernels.nn import FusedSequential, GroupBatchNorm2d, P4ConvP4, P4MConvP4M, P4MConvZ2, fused_conv
+from ger_kernels.nn import fused
+from helpers import max_rel_err
+
+
+@pytest.fixture
+def triton_on_cpu(monkeypatch):
+    """The Triton backend on CPU tensors, in its interpreter."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    status = ger_kernels.backends("cpu")["triton"]
+    if not status.available:
+        pytest.skip(status.reason)
+
+
+def randomized(module):
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, GroupBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.5)
+    return module
+
+
+def block(conv, fields=(2, 3, 3), lifting=False):
+    """conv-BN-ReLU-conv-BN, as GER-UNet's blocks (the ReLU fused into the first BN; no conv bias:
+    a batch norm after it takes it out, and its gradient is rounding noise)."""
+    first = P4MConvZ2 if lifting else conv
+    return randomized(FusedSequential(first(fields[0], fields[1], 3, padding=1, bias=False, backend="triton"),
+                                      GroupBatchNorm2d(fields[1], conv.group_name, relu=True), nn.Identity(),
+                                      conv(fields[1], fields[2], 3, padding=1, bias=False, backend="triton"),
+                                      GroupBatchNorm2d(fields[2], conv.group_name)))
+
+
+def unfused(model):
+    """A copy of ``model`` on the reference backend."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if hasattr(m, "backend"):
+            m.backend = "reference"
+    return model
+
+
+def spy_fused_calls(monkeypatch) -> list:
+    calls = []
+    original = fused._fused
+    monkeypatch.setattr(fused, "_fused", lambda *args: calls.append(args[0]) or original(*args))
+    return calls
+
+
+@pytest.mark.parametrize("conv,lifting", [(P4MConvP4M, False), (P4ConvP4, False), (P4MConvP4M, True)],
+                         ids=["p4m", "p4", "lifting"])
+def test_fused_sequential_equals_the_unfused_modules(triton_on_cpu, monkeypatch, conv, lifting):
+    """Two training steps and an eval forward: outputs, every gradient, running statistics and
+    batch counts as the same modules on the reference backend; both convolutions ran fused."""
+    model = block(conv, lifting=lifting)
+    expected_model = unfused(model)
+    calls = spy_fused_calls(monkeypatch)
+    order = model[0].group.order
+    x = torch.randn(2, 2 * (1 if lifting else order), 6, 5) * 2 + 0.5
+    for step in range(2):
+        out, expected = model(x), expected_model(x)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        expected.backward(grad)
+        assert max_rel_err(out, expected) <= 1e-5, step
+    for (name, p), q in zip(model.named_parameters(), expected_model.parameters()):
+        assert max_rel_err(p.grad, q.grad) <= 1e-4, name
+    for (name, b), c in zip(model.named_buffers(), expected_model.buffers()):
+        assert max_rel_err(b.float(), c.float()) <= 1e-5, name
+    model.eval()
+    expected_model.eval()
+    assert max_rel_err(model(x), expected_model(x)) <= 1e-5
+    assert calls == [model[0], model[3]] * 3
+
+
+def test_statistics_reach_the_next_batch_norm(triton_on_cpu, monkeypatch):
+    """The conv before a training batch norm computes its statistics, which the batch norm uses
+    (its staged path computes none); in eval mode no statistics are computed."""
+    model = block(P4MConvP4M)
+    seen = []
+    original = GroupBatchNorm2d.forward
+
+    def record(self, input, residual=None, relu=None, statistics=None):
+        seen.append(statistics is not None)
+        return original(self, input, residual, relu, statistics)
+
+    monkeypatch.setattr(GroupBatchNorm2d, "forward", record)
+    x = torch.randn(2, 16, 5, 5)
+    y, stats = model.forward_with_statistics(x)
+    assert seen == [True] and stats is None  # no consumer named: the last conv's statistics are not wanted
+    y, stats = model[:4].forward_with_statistics(x, consumer=model[4])
+    assert stats.shape == (3, 3) and max_rel_err(stats[1], y.unflatten(1, (3, 8)).mean((0, 2, 3, 4))) <= 1e-5
+    model.eval()
+    seen.clear()
+    model(x)
+    assert seen == [False]
+
+
+def test_other_backends_and_float64_run_unfused(monkeypatch):
+    """Elsewhere than on the Triton backend, ``fused_conv`` is ``conv(norm(input))`` with no statistics."""
+    calls = spy_fused_calls(monkeypatch)
+    conv = P4MConvP4M(2, 3, 3, padding=1, backend="reference").double()
+    norm = randomized(GroupBatchNorm2d(2, relu=True)).double()
+    expected_norm = copy.deepcopy(norm)
+    x = torch.randn(2, 16, 5, 5, dtype=torch.float64)
+    out, stats = fused_conv(conv, x, norm, statistics=True)
+    assert stats is None and calls == []
+    assert torch.equal(out, conv(expected_norm(x)))
+    assert torch.equal(norm.running_mean, expected_norm.running_mean)
+
+
+def test_float64_is_not_fused(triton_on_cpu):
+    conv = P4MConvP4M(2, 3, 3, padding=1, backend="triton")
+    assert fused.fuses(conv, torch.randn(1, 16, 4, 4))
+    assert not fused.fuses(conv, torch.randn(1, 16, 4, 4, dtype=torch.float64))
+    conv.backend = "reference"
+    assert not fused.fuses(conv, torch.randn(1, 16, 4, 4))
+
+
+def test_a_batch_norm_that_cannot_be_applied_on_load_runs_itself(triton_on_cpu, monkeypatch):
+    """A synchronized batch norm reducing over processes says so; the conv then runs it first."""
+    norm = randomized(GroupBatchNorm2d(2, relu=True))
+    monkeypatch.setattr(norm, "normalizes_on_load", lambda: False)
+    monkeypatch.setattr(norm, "input_normalization", lambda *args: pytest.fail("applied on load"))
+    conv = P4MConvP4M(2, 3, 3, padding=1, backend="triton")
+    x = torch.randn(2, 16, 5, 5)
+    expected = unfused(conv)(copy.deepcopy(norm)(x))
+    out, stats = fused_conv(conv, x, norm, statistics=True)
+    assert max_rel_err(out, expected) <= 1e-5 and stats.shape == (3, 3)
+
+
+def test_bad_input_is_checked_before_the_batch_norm_updates(triton_on_cpu):
+    conv = P4MConvP4M(2, 3, 3, padding=1, backend="triton")
+    norm = GroupBatchNorm2d(2, relu=True)
+    with pytest.raises(ValueError, match="input must"):
+        fused_conv(conv, torch.randn(2, 15, 5, 5), norm)
+    assert norm.num_batches_tracked.item() == 0 and not norm.running_mean.any()
+
+
+def test_state_dict_is_the_sequentials():
+    modules = [P4MConvP4M(2, 3, 3), GroupBatchNorm2d(3, relu=True), nn.Identity(), P4MConvP4M(3, 3, 3)]
+    assert FusedSequential(*modules).state_dict().keys() == nn.Sequential(*modules).state_dict().keys()
