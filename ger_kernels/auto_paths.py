@@ -109,6 +109,7 @@ def pass_classes(problem: ConvProblem) -> tuple[tuple, tuple, tuple]:
     return tuple(problem_class(name, problem) for name in PASSES)
 
 
+@functools.lru_cache(maxsize=4096)
 def pass_entries(classes: tuple[tuple, tuple, tuple]) -> tuple[str, str, str]:
     """The table entries ``pass|kind|problem class`` of the passes of problem classes ``classes``."""
     return tuple(tuning.entry(name, tuning.dtype_class(cls[0]), cls) for name, cls in zip(PASSES, classes))
@@ -217,6 +218,11 @@ def _device_key(device: str) -> tuple[str, ...]:
     return name, f"torch {torch.__version__}", f"triton {triton_version}"
 
 
+@functools.cache
+def _arch(device: str) -> str:
+    return tuning.arch_name(torch.device(device))
+
+
 class PathChooser:
     """The choice of path per pass (module docstring), with the path tables in ``table_dir``
     (default ``TABLE_DIR``), the cache file ``cache_file`` (default ``cache_path()`` at each
@@ -231,10 +237,14 @@ class PathChooser:
         self.timed_device_types = timed_device_types
         self.memory: dict[str, Choice | None] = {}
         self._tables: dict[str, dict[str, dict]] = {}
+        self._consults: dict[str, bool] = {}
 
     def consults(self, device_type: str) -> bool:
         """Whether a choice can exist for tensors of ``device_type`` (it times there, or has a table)."""
-        return device_type in self.timed_device_types or table_path(device_type, self.table_dir).exists()
+        if device_type not in self._consults:
+            self._consults[device_type] = (device_type in self.timed_device_types
+                                           or table_path(device_type, self.table_dir).exists())
+        return self._consults[device_type]
 
     def table(self, arch: str) -> dict[str, dict]:
         if arch not in self._tables:
@@ -261,12 +271,12 @@ class PathChooser:
         except OSError:
             pass  # a read-only cache directory only costs timing again in the next process
 
-    def _known(self, entry: str, cache_key: str, arch: str, read_file: Callable[[], dict]) -> Choice | None:
-        """The choice for ``entry`` from the table or the cache file."""
+    def _known(self, entry: str, cache_key: str, arch: str, file: dict) -> Choice | None:
+        """The choice for ``entry`` from the table or the cache file's contents ``file``."""
         if entry in self.table(arch):
             found = self.table(arch)[entry]
             return Choice(found["path"], f"table {arch} ({found.get('measured', 'no date')})", found.get("ms", {}))
-        found = read_file().get(cache_key)
+        found = file.get(cache_key)
         if isinstance(found, dict) and "path" in found:
             return Choice(found["path"], f"cache {self._cache()} ({found.get('source')})", found.get("ms", {}))
         return None
@@ -279,12 +289,12 @@ class PathChooser:
         pass's choice (or, where nothing times, its absence) is looked up once per process."""
         device_key = _device_key(device)
         cache_keys = dict(zip(PASSES, ("|".join(device_key + (entry,)) for entry in entries)))
-        arch = tuning.arch_name(torch.device(device))
-        read_file = functools.cache(self._read_cache)
         timing_here = torch.device(device).type in self.timed_device_types
-        for name, entry in zip(PASSES, entries):
-            if cache_keys[name] not in self.memory:
-                known = self._known(entry, cache_keys[name], arch, read_file)
+        missing = [(name, entry) for name, entry in zip(PASSES, entries) if cache_keys[name] not in self.memory]
+        if missing:
+            file = self._read_cache()
+            for name, entry in missing:
+                known = self._known(entry, cache_keys[name], _arch(device), file)
                 if known is not None or not timing_here:
                     self.memory[cache_keys[name]] = known
         choices = {name: self.memory.get(cache_keys[name]) for name in PASSES}

@@ -148,7 +148,7 @@ def test_nothing_is_timed_without_a_problem_or_off_the_timed_devices(tmp_path, c
     assert timer.timed == [] and not cache_dir.exists() and set(chooser.memory.values()) == {None}
     assert not chooser.consults("cpu") and chooser.consults("cuda")
     write_table(tmp_path, "cpu", {})
-    assert chooser.consults("cpu")
+    assert PathChooser(table_dir=tmp_path).consults("cpu")
 
 
 def test_no_cpu_table_ships():
@@ -182,7 +182,7 @@ def test_the_sm90_table_runs_the_reference_at_ger_unets_measured_layers(monkeypa
         assert entry["path"] == "reference" == min(entry["ms"], key=entry["ms"].get)
         assert "the reference is fastest" in entry["source"] and "2026-11-29" in entry["measured"]
     monkeypatch.setattr(auto_paths, "_device_key", lambda device: ("NVIDIA H200", "torch", "triton"))
-    monkeypatch.setattr(tuning, "arch_name", lambda device: "sm90")
+    monkeypatch.setattr(auto_paths, "_arch", lambda device: "sm90")
     chooser = PathChooser(time_ms=FakeTimer({}))
     for problem in ger_unet_problems():
         choices = chooser.choose("cuda:0", entries(problem), ("reference", "cpp", "triton"), problem)
