@@ -180,9 +180,9 @@ def markdown(report: dict) -> str:
               f"{r['x_cudnn']:.2f} | {r['tflops']:.1f} | {r['cudnn_tflops']:.1f} |" for r in report["best"]]
     lines += ["", "Path `auto` chooses per layer and pass (ms of each path; - wrong or not run):", "",
               "| layer | dtype | pass | reference ms | cpp ms | triton ms | path |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['dtype']} | {r['pass']} | "
-              + " | ".join("-" if r["ms"].get(p) is None else f"{r['ms'][p]:.3f}" for p in ("reference", "cpp", "triton"))
-              + f" | {r['path']} |" for r in report.get("paths", [])]
+    for r in report.get("paths", []):
+        ms = ["-" if r["ms"].get(p) is None else f"{r['ms'][p]:.3f}" for p in ("reference", "cpp", "triton")]
+        lines.append(f"| {r['layer']} | {r['dtype']} | {r['pass']} | {' | '.join(ms)} | {r['path']} |")
     lines += ["", "Every config:", "",
               "| layer | dtype | pass | config | ms | x cuDNN | TFLOP/s | rel. diff | status |",
               "|---|---|---|---|---|---|---|---|---|"]

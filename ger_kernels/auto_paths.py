@@ -24,6 +24,7 @@ decides (``ger_kernels.backends``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -41,7 +42,8 @@ from ger_kernels.conv_passes import PASSES
 from ger_kernels.triton import tuning
 
 __all__ = ["CHOOSER", "Choice", "ConvProblem", "PathChooser", "TABLE_DIR", "cache_path", "cuda_median_ms",
-           "layer_problem", "measure", "pass_classes", "pass_entries", "problem_class", "read_table", "table_path", "tolerance"]
+           "layer_problem", "measure", "pass_classes", "pass_entries", "problem_class", "read_table", "table_path",
+           "tolerance"]
 
 TABLE_DIR = pathlib.Path(__file__).resolve().parent
 TF32_ENV = "GER_KERNELS_TRITON_TF32"  # ger_kernels.triton.group_conv.TF32_ENV, without importing triton
@@ -185,10 +187,11 @@ def _pass_steps(problem: ConvProblem, device: torch.device) -> dict[str, Callabl
 def measure(problem: ConvProblem, device: str | torch.device, paths, time_ms, passes=PASSES) -> dict[str, dict]:
     """Per pass of ``passes``, ``{path: ms}`` for each of ``paths``: None where the path fails or its
     result differs from the reference's by more than ``tolerance``; ``time_ms(pass, path, step)``
-    times the others. Runs with autocast off, without autograd."""
+    times the others. Runs on ``device`` as the current device, with autocast off, without autograd."""
     device = torch.device(device)
     results = {}
-    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+    current = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with current, torch.no_grad(), torch.autocast(device.type, enabled=False):
         steps = _pass_steps(problem, device)
         for name in passes:
             expected = steps[name]("reference").float()
