@@ -19,7 +19,8 @@
 #   layers  150  every backend per layer and the run.py training step, bfloat16 (benchmarks/run.py)
 #   sweep   500  every Triton config per pass and layer against cuDNN, bf16 then fp32, within --budget-s 450
 #                (benchmarks/gpu_sweep.py); copy OUT/sweep/configs_sm90.json to ger_kernels/triton/ to make
-#                its best configs the defaults
+#                its best configs the defaults, and OUT/sweep/auto_paths_sm90.json to ger_kernels/ to make its
+#                fastest path per pass what backend="auto" runs
 # Plan for a session's device time (15 min in all, at most 10 min per call, a fresh machine starts in
 # ~40-60 s and goes back after ~30 s idle; a session may be refused a second machine, so the first call
 # must hold what matters most): one call of the default stages,

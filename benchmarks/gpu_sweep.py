@@ -12,11 +12,17 @@ largest magnitude), is recorded as wrong and never chosen. The sweep is how the 
 ``tuning.UNVERIFIED`` configs are first checked on a GPU: a table entry naming one is followed by
 the tuner, which otherwise leaves them out (``GER_KERNELS_TRITON_UNVERIFIED``).
 
+Per layer and pass it also times the paths ``backend="auto"`` chooses among (``ger_kernels.auto_paths``):
+the reference (``F.conv2d``'s passes on ``W~`` expanded in the step, the weight gradient folded) and
+the cpp kernels where they run, checked against the reference, beside the best Triton config.
+
 Writes to --out, atomically after every layer (a timeout keeps the layers done): sweep.md and
-sweep.json (every config's milliseconds, TFLOP/s, ratio to cuDNN, relative difference) and
-``configs_<arch>.json``: the default-config table of ``ger_kernels/triton/`` with the fastest
-correct config per (pass, problem class) merged in. Copying that file over
-``ger_kernels/triton/configs_<arch>.json`` and committing it updates the defaults.
+sweep.json (every config's milliseconds, TFLOP/s, ratio to cuDNN, relative difference; the paths'
+milliseconds), ``configs_<arch>.json``: the default-config table of ``ger_kernels/triton/`` with the
+fastest correct config per (pass, problem class) merged in, and ``auto_paths_<arch>.json``: the path
+table of ``ger_kernels/`` with the fastest correct path per (pass, problem class) merged in. Copying
+them over ``ger_kernels/triton/configs_<arch>.json`` and ``ger_kernels/auto_paths_<arch>.json`` and
+committing them updates the defaults.
 
     python benchmarks/gpu_sweep.py --out OUT [--budget-s 450] [--dtypes bfloat16 float32] [--variants fields tma]
     TRITON_INTERPRET=1 python benchmarks/gpu_sweep.py --device cpu --quick --dtypes float32 \\
@@ -41,7 +47,9 @@ from bench_triton import LAYERS, QUICK_LAYERS, fused_passes, layer_steps, rel_di
 from measure import describe, timed_ms  # noqa: E402
 from run import label  # noqa: E402
 
+from ger_kernels import auto_paths  # noqa: E402
 from ger_kernels._io import write_text_atomically  # noqa: E402
+from ger_kernels.backends import backends  # noqa: E402
 from ger_kernels.groups import P4M  # noqa: E402
 from ger_kernels.machine import machine_description  # noqa: E402
 from ger_kernels.roofline import ConvShape, conv_flops  # noqa: E402
@@ -111,6 +119,41 @@ def best_rows(rows: list[dict]) -> list[dict]:
     return list(best.values())
 
 
+def path_rows(shape: ConvShape, dtype: torch.dtype, device: torch.device, triton_rows: list[dict]) -> list[dict]:
+    """Per pass: the milliseconds of each path ``auto`` chooses among (None: wrong or failed), the
+    reference and cpp measured here (``auto_paths.measure``), triton the best correct row of
+    ``triton_rows`` (this layer's configs), and the fastest correct path with its table entry."""
+    problem = auto_paths.ConvProblem(dtype, (shape.batch, shape.in_fields * shape.in_orientations, shape.height,
+                                             shape.width),
+                                     (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
+                                      shape.kernel_size), shape.stride, shape.padding, shape.dilation, P4M.order, True)
+    paths = [name for name in ("reference", "cpp") if backends(device)[name].available]
+    measured = auto_paths.measure(problem, device, paths, lambda name, path, step: time_ms(step, device))
+    rows = []
+    for family, entry in zip(measured, auto_paths.pass_entries(auto_paths.pass_classes(problem))):
+        best = best_rows([r for r in triton_rows if r["pass"] == family])
+        ms = {**measured[family], "triton": best[0]["ms"] if best else None}
+        correct = {path: value for path, value in ms.items() if value is not None}
+        rows.append({"layer": label(shape), "dtype": str(dtype).split(".")[-1], "pass": family, "entry": entry,
+                     "ms": ms, "path": min(correct, key=correct.get)})
+    return rows
+
+
+def path_table(rows: list[dict], arch: str, source: str, date: str) -> dict:
+    """The shipped path table of ``arch`` with ``path_rows``' choices merged in."""
+    path = auto_paths.table_path(arch)
+    table = json.loads(path.read_text()) if path.exists() else {"arch": arch, "entries": {}}
+    table["note"] = (f"Fastest correct path per pass measured by benchmarks/gpu_sweep.py ({source}; each entry says "
+                     "when); problem classes without an entry are timed on first use.")
+    for row in rows:
+        table["entries"][row["entry"]] = {
+            "path": row["path"], "ms": {p: None if ms is None else round(ms, 4) for p, ms in row["ms"].items()},
+            "layer": row["layer"], "measured": f"{source}, {date}",
+            "source": "benchmarks/gpu_sweep.py: reference and cpp timed per pass, triton its best config"}
+    table["entries"] = dict(sorted(table["entries"].items()))
+    return table
+
+
 def default_table(best: list[dict], arch: str, source: str, date: str) -> dict:
     """The shipped default-config table of ``arch`` with the ``best`` rows merged in (each row
     carries its problem class as ``"entry"``)."""
@@ -135,6 +178,11 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['layer']} | {r['dtype']} | {r['pass']} | {r['config']} | {r['ms']:.3f} | {r['cudnn_ms']:.3f} | "
               f"{r['x_cudnn']:.2f} | {r['tflops']:.1f} | {r['cudnn_tflops']:.1f} |" for r in report["best"]]
+    lines += ["", "Path `auto` chooses per layer and pass (ms of each path; - wrong or not run):", "",
+              "| layer | dtype | pass | reference ms | cpp ms | triton ms | path |", "|---|---|---|---|---|---|---|"]
+    for r in report.get("paths", []):
+        ms = ["-" if r["ms"].get(p) is None else f"{r['ms'][p]:.3f}" for p in ("reference", "cpp", "triton")]
+        lines.append(f"| {r['layer']} | {r['dtype']} | {r['pass']} | {' | '.join(ms)} | {r['path']} |")
     lines += ["", "Every config:", "",
               "| layer | dtype | pass | config | ms | x cuDNN | TFLOP/s | rel. diff | status |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -155,6 +203,8 @@ def write(report: dict, out: pathlib.Path) -> None:
     write_text_atomically(str(out / "sweep.json"), json.dumps(report, indent=1))
     write_text_atomically(str(out / "sweep.md"), markdown(report))
     write_text_atomically(str(out / f"configs_{report['arch']}.json"), json.dumps(table, indent=1) + "\n")
+    paths = path_table(report["paths"], report["arch"], f"{report['gpu']}, {report['versions']}", report["date"])
+    write_text_atomically(str(out / f"auto_paths_{report['arch']}.json"), json.dumps(paths, indent=1) + "\n")
 
 
 def main(argv=None) -> int:
@@ -190,7 +240,8 @@ def main(argv=None) -> int:
     report = {"machine": machine_description(device), "date": datetime.date.today().isoformat(),
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
               "arch": tuning.arch_name(device), "triton": triton.__version__, "budget_s": args.budget_s,
-              "complete": False, "rows": []}
+              "versions": f"torch {torch.__version__}, triton {triton.__version__}", "complete": False, "rows": [],
+              "paths": []}
     args.out.mkdir(parents=True, exist_ok=True)
     from ger_kernels.triton import group_conv
 
@@ -205,6 +256,7 @@ def main(argv=None) -> int:
             weight_shape = (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
                             shape.kernel_size)
             input_shape = (shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width)
+            layer_rows = []
             for family, steps in layer_steps(shape, dtype, device, fused_passes("triton")).items():
                 configs = [c for c in tuning.CONFIGS[kind][family]
                            if args.variants is None or c.variant in args.variants][:args.max_configs]
@@ -216,7 +268,9 @@ def main(argv=None) -> int:
                     row["entry"] = tuning.entry(family, kind, key)
                     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                                    if k != "entry"), flush=True)
-                report["rows"] += rows
+                layer_rows += rows
+            report["rows"] += layer_rows
+            report["paths"] += path_rows(shape, dtype, device, layer_rows)
             write(report, args.out)
     report["complete"] = complete
     write(report, args.out)

@@ -2,7 +2,8 @@
 
 - ``demo``: the main job: train GER-UNet and R-UNet on phantom data, evaluate, Figure 1, report.
 - ``train`` / ``evaluate`` / ``equivariance`` / ``predict``: the segmentation workflow.
-- ``info``: versions, backends (and why not the others), parameter counts at paper widths.
+- ``info``: versions, backends (and why not the others), parameter counts at paper widths;
+  ``--paths``: the backend of each pass of each GER-UNet convolution under ``backend="auto"``.
 - ``check``: equivariance per group element and backend parity of a small p4m network.
 
 Every argument is checked before data is read or a folder created. Errors print one line,
@@ -46,7 +47,25 @@ def _opt_in_switches() -> dict[str, str]:
             UNVERIFIED_ENV: "tuning over the Triton configs no GPU has checked (fields, tma, channels-tma)"}
 
 
-def info(_args: argparse.Namespace) -> int:
+def _print_paths(args: argparse.Namespace) -> None:
+    """The backend of each pass of each convolution of GER-UNet (paper widths) under ``auto``, for a
+    random input of ``args.batch`` x 3 x ``args.size``^2 on ``args.device``, in bfloat16 autocast on CUDA
+    (as ``ger-unet train``). On CUDA a first call times the passes the path table lacks."""
+    from ger_kernels.backends import describe_model, format_paths
+    from ger_kernels.models import GERUNet
+    from ger_kernels.training import resolve_device
+
+    device = resolve_device(args.device)
+    model = GERUNet().to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        rows = describe_model(model, x)
+    print(f"backend='auto', pass by pass: GER-UNet (paper widths), input {tuple(x.shape)} on {device}"
+          + (", bfloat16 autocast" if device.type == "cuda" else "") + ":")
+    print("\n".join("  " + line for line in format_paths(rows).splitlines()))
+
+
+def info(args: argparse.Namespace) -> int:
     from ger_kernels.models import GERUNet, RUNet, count_parameters
 
     print(f"ger_kernels {ger_kernels.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
@@ -60,6 +79,8 @@ def info(_args: argparse.Namespace) -> int:
     for name, model in (("GER-UNet add", GERUNet()), ("GER-UNet concat", GERUNet(skip="concat")),
                         ("R-UNet add", RUNet())):
         print(f"  {name:<16} {count_parameters(model) / 1e6:.2f}M  widths {model.widths}")
+    if args.paths:
+        _print_paths(args)
     return 0
 
 
@@ -251,7 +272,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True,
                                      parser_class=functools.partial(argparse.ArgumentParser,
                                                                     formatter_class=_HelpFormatter))
-    commands.add_parser("info", help="versions, backends, parameter counts").set_defaults(run=info)
+    p = commands.add_parser("info", help="versions, backends, parameter counts")
+    p.add_argument("--paths", action="store_true",
+                   help="also the backend of each pass of each GER-UNet convolution under backend='auto' (one "
+                        "forward on a random input; on CUDA a first call times the passes the path table lacks)")
+    p.add_argument("--size", type=int, default=64, help="with --paths: input height and width (a multiple of 8)")
+    p.add_argument("--batch", type=int, default=4, help="with --paths")
+    p.add_argument("--device", default="auto", help="with --paths: auto | cpu | cuda | cuda:N")
+    p.set_defaults(run=info)
 
     p = commands.add_parser("check", help="equivariance and backend parity of a small p4m network")
     p.add_argument("--size", type=int, default=32, help="input height and width (even)")
@@ -375,7 +403,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
             check_resumable(config)
     elif getattr(args, "device", None) is not None:
         resolve_device(args.device)
-    if args.command == "demo":
+    if args.command == "demo" or args.command == "info" and args.paths:
         check_size(args.size)
     if args.command == "check" and args.size % 2:
         raise ValueError(f"--size must be even (the check network pools once), got {args.size}")

@@ -19,7 +19,7 @@ from ger_kernels import ops
 from ger_kernels._validation import check_conv_args, check_weight, square_param
 from ger_kernels.groups import Group, get_group
 
-__all__ = ["expand_filter", "group_conv2d"]
+__all__ = ["expand_filter", "expand_for_conv", "fold_expanded", "group_conv2d"]
 
 
 # (group name, S_in, k, device) -> gather indices; a plain dict, which torch.compile traces.
@@ -70,14 +70,29 @@ def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 EXPAND_OP_DEVICES = frozenset(d for d in ("cpu", "cuda") if ops.has_kernel("expand_filter", d))
 
 
-def _expanded(weight: torch.Tensor, group: Group) -> torch.Tensor:
+def expand_for_conv(weight: torch.Tensor, group: Group) -> torch.Tensor:
     """``expand_filter(weight, group)`` of a checked weight, by the extension where it can."""
     if weight.device.type in EXPAND_OP_DEVICES:
         return torch.ops.ger_kernels.expand_filter(weight, group.order)
     return expand_filter(weight, group)
 
 
+def fold_expanded(grad: torch.Tensor, group: Group, in_orientations: int) -> torch.Tensor:
+    """The adjoint of ``expand_for_conv``: the gradient ``(C_out, C_in, S_in, k, k)`` of the base
+    weight from a gradient ``(C_out*S, C_in*S_in, k, k)`` of ``W~``, by the extension where it can,
+    else by the scatter-add that is the adjoint of ``expand_filter``'s gather. Differentiable."""
+    if grad.device.type in EXPAND_OP_DEVICES:
+        return torch.ops.ger_kernels.expand_filter_backward(grad, group.order, in_orientations)
+    c_out_s, c_in_s, k, _ = grad.shape
+    c_out, c_in = c_out_s // group.order, c_in_s // in_orientations
+    orient, taps = _gather_indices(group, in_orientations, k, grad.device)
+    per_element = grad.reshape(c_out, group.order, c_in, in_orientations, k * k).transpose(1, 2)
+    folded = torch.ops.aten.index_put(grad.new_zeros(c_out, c_in, in_orientations, k * k),
+                                      [None, None, orient, taps], per_element, accumulate=True)
+    return folded.view(c_out, c_in, in_orientations, k, k)
+
+
 def conv_expanded(input, weight, bias, stride: int, padding: int, dilation: int, group: Group) -> torch.Tensor:
     """``group_conv2d`` on arguments already checked."""
     expanded_bias = bias.repeat_interleave(group.order) if bias is not None else None
-    return F.conv2d(input, _expanded(weight, group), expanded_bias, stride, padding, dilation)
+    return F.conv2d(input, expand_for_conv(weight, group), expanded_bias, stride, padding, dilation)

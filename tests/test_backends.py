@@ -1,12 +1,13 @@
 import importlib.util
+import json
 
 import pytest
 import torch
 
 import ger_kernels
 from ger_kernels import ops, reference
-from ger_kernels.backends import (CPU_CPP_MIN_EXPANDED_BYTES, auto_backend, check_backend_name, resolve_backend,
-                                  resolved_backend)
+from ger_kernels.backends import (CPU_CPP_MIN_EXPANDED_BYTES, auto_backend, check_backend_name, layer_paths,
+                                  resolve_backend, resolved_backend, resolved_paths)
 from ger_kernels.groups import P4M
 
 
@@ -114,3 +115,107 @@ def test_resolved_backend_names_what_runs():
     assert resolved_backend("auto", "cpu", CPU_CPP_MIN_EXPANDED_BYTES - 1) == "reference"
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
         resolved_backend("fast", "cpu", 1)
+
+
+# ---------------------------------------------------------------- auto: a path per pass (ger_kernels.auto_paths)
+
+def cpu_table(tmp_path, monkeypatch, problem, paths):
+    """A CPU path table giving ``problem``'s passes ``paths`` (None: no entry), consulted by ``auto``."""
+    from ger_kernels import auto_paths
+
+    entries = auto_paths.pass_entries(auto_paths.pass_classes(problem))
+    table = {"entries": {e: {"path": p, "measured": "a test"} for e, p in zip(entries, paths) if p is not None}}
+    auto_paths.table_path("cpu", tmp_path).write_text(json.dumps(table))
+    monkeypatch.setattr(auto_paths, "CHOOSER", auto_paths.PathChooser(tmp_path / "cache.json", tmp_path))
+
+
+def p4m_layer(dtype=torch.float64, c_in=2, c_out=3):
+    from ger_kernels.auto_paths import ConvProblem
+
+    x = torch.randn(2, c_in * 8, 6, 5, dtype=dtype, requires_grad=True)
+    w = torch.randn(c_out, c_in, 8, 3, 3, dtype=dtype, requires_grad=True)
+    b = torch.randn(c_out, dtype=dtype, requires_grad=True)
+    return (x, w, b), ConvProblem(dtype, tuple(x.shape), tuple(w.shape), 1, 1, 1, 8, False)
+
+
+@pytest.fixture
+def cpp_available():
+    if not ger_kernels.backends("cpu")["cpp"].available:
+        pytest.skip(ger_kernels.backends("cpu")["cpp"].reason)
+
+
+def test_auto_runs_each_pass_on_the_path_of_the_table(tmp_path, monkeypatch, cpp_available):
+    (x, w, b), problem = p4m_layer()
+    cpu_table(tmp_path, monkeypatch, problem, ["cpp", "reference", "cpp"])
+    assert layer_paths("auto", x, w, P4M, 1, 1, 1) == {
+        "forward": ("cpp", "table cpu (a test)"), "input_grad": ("reference", "table cpu (a test)"),
+        "weight_grad": ("cpp", "table cpu (a test)")}
+    out = ger_kernels.group_conv2d(x, w, b, padding=1)
+    assert out.grad_fn.name().startswith("GeneratedBackwardFor_ger_kernels_paths_group_conv2d")
+    expected = reference.group_conv2d(x, w, b, padding=1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    dy = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, (x, w, b), dy), torch.autograd.grad(expected, (x, w, b), dy)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    # another shape has no entry: the CPU rule; a named backend ignores the table
+    assert set(layer_paths("auto", x[:1], w, P4M, 1, 1, 1).values()) == {
+        ("reference", "auto on cpu without a measurement: cpp where W~ has >= 4 MiB, else reference")}
+    assert set(layer_paths("reference", x, w, P4M, 1, 1, 1).values()) == {("reference", "backend='reference'")}
+
+
+def test_one_path_for_every_pass_runs_that_backend_itself(tmp_path, monkeypatch, cpp_available):
+    (x, w, b), problem = p4m_layer()
+    cpu_table(tmp_path, monkeypatch, problem, ["cpp", "cpp", "cpp"])
+    assert resolve_backend("auto", x, w, P4M, 1, 1, 1) is resolve_backend("cpp", x, w, P4M)
+    assert resolved_paths("auto", "cpu", 1, None, None) == ("reference",) * 3  # no classes: the CPU rule
+
+
+def test_describe_model_names_each_layers_paths(tmp_path, monkeypatch, cpp_available):
+    from ger_kernels.backends import describe_model, format_paths
+    from ger_kernels.nn import P4MConvP4M, P4MConvZ2
+
+    model = torch.nn.Sequential(P4MConvZ2(3, 2, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Sequential(P4MConvP4M(2, 3, 3, padding=1)),
+                                P4MConvP4M(3, 3, 3, padding=1, backend="cpp")).double()
+    _, problem = p4m_layer()
+    cpu_table(tmp_path, monkeypatch, problem, ["reference", "cpp", None])
+    rows = describe_model(model, torch.randn(2, 3, 6, 5, dtype=torch.float64))
+    rule = ("reference", "auto on cpu without a measurement: cpp where W~ has >= 4 MiB, else reference")
+    assert rows == [
+        {"layer": "0", "input": (2, 3, 6, 5), "dtype": "float64", "forward": rule, "input_grad": rule,
+         "weight_grad": rule},
+        {"layer": "2.0", "input": (2, 16, 6, 5), "dtype": "float64", "forward": ("reference", "table cpu (a test)"),
+         "input_grad": ("cpp", "table cpu (a test)"), "weight_grad": rule},
+        {"layer": "3", "input": (2, 24, 6, 5), "dtype": "float64", **dict.fromkeys(
+            ("forward", "input_grad", "weight_grad"), ("cpp", "backend='cpp'"))}]
+    text = format_paths(rows).splitlines()
+    assert text[2].split() == ["2.0", "2x16x6x5", "float64", "reference", "[2]", "cpp", "[2]", "reference", "[1]"]
+    assert text[-3:] == ["[1] " + rule[1], "[2] table cpu (a test)", "[3] backend='cpp'"]
+    assert not any(module._forward_pre_hooks for module in model.modules())
+
+
+def test_auto_paths_compile_with_dynamic_shapes(tmp_path, monkeypatch, cpp_available):
+    """The table lookup is a compile-time constant per problem class (a dynamic size guards on its
+    power-of-two bucket): a shape of another class recompiles and takes its own paths."""
+    from ger_kernels import conv_passes
+    from ger_kernels.nn import P4MConvP4M
+
+    calls = set()
+    for name in conv_passes.PASSES:
+        def spy(path, *args, name=name, original=getattr(conv_passes, name)):
+            calls.add((name, path))
+            return original(path, *args)
+
+        monkeypatch.setattr(conv_passes, name, spy)
+    _, problem = p4m_layer(torch.float32)
+    cpu_table(tmp_path, monkeypatch, problem, ["cpp", "reference", "cpp"])
+    layer = P4MConvP4M(2, 3, 3, padding=1)
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="aot_eager")
+    mixed = {("forward", "cpp"), ("input_grad", "reference"), ("weight_grad", "cpp")}
+    for batch, paths in ((2, mixed), (1, set()), (7, set())):  # the table's class, then two without an entry
+        calls.clear()
+        x = torch.randn(batch, 16, 6, 5, requires_grad=True)
+        out = compiled(x)
+        out.sum().backward()
+        assert calls == paths, batch
+        torch.testing.assert_close(out, layer(x), rtol=0, atol=0)

@@ -69,6 +69,22 @@ def test_info_lists_the_opt_in_switches(capsys, monkeypatch):
     assert "GER_KERNELS_TRITON_UNVERIFIED" in out
 
 
+def test_info_paths_reports_each_ger_unet_convolutions_paths(capsys):
+    assert main(["info", "--paths", "--size", "8", "--batch", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "backend='auto', pass by pass: GER-UNet (paper widths), input (1, 3, 8, 8) on cpu:" in out
+    table = out.split("pass by pass:")[1].splitlines()
+    assert table[1].split() == ["layer", "input", "dtype", "forward", "input_grad", "weight_grad"]
+    assert table[2].split() == ["input_layer.0", "1x3x8x8", "float32"] + ["reference", "[1]"] * 3
+    assert table[-2].split()[:2] == ["output_layer.0", "1x184x8x8"]
+    assert table[-1].startswith("  [1] auto on cpu without a measurement: cpp where W~ has >= 4 MiB")
+
+
+def test_info_paths_checks_the_size(capsys):
+    assert main(["info", "--paths", "--size", "12"]) == 2
+    assert "size must be a positive multiple of 8" in capsys.readouterr().err
+
+
 def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "ger_kernels", "info"], capture_output=True, text=True)
     assert result.returncode == 0 and "backends:" in result.stdout

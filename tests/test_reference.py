@@ -132,3 +132,22 @@ def test_expands_with_the_extension_where_it_has_a_kernel():
     out = reference.conv_expanded(x, w, b, 1, 1, 1, P4M)
     w_tilde = out.grad_fn.next_functions[1][0].name()  # the node that gives W~'s gradient to w
     assert ("ger_kernels_expand_filter" in w_tilde) == ("cpu" in reference.EXPAND_OP_DEVICES), w_tilde
+
+
+@pytest.mark.parametrize("group,lifting", [(P4M, True), (P4M, False), (P4, False)])
+@pytest.mark.parametrize("with_op", [True, False])
+def test_fold_expanded_is_the_adjoint_of_the_expansion(group, lifting, with_op, monkeypatch):
+    """<expand(w), g> = <w, fold(g)> for every w and g: by the extension's op where it runs, else by
+    the scatter-add; differentiable either way."""
+    if with_op and "cpu" not in reference.EXPAND_OP_DEVICES:
+        pytest.skip("the extension's expand_filter_backward does not run here")
+    if not with_op:
+        monkeypatch.setattr(reference, "EXPAND_OP_DEVICES", frozenset())
+    s_in = 1 if lifting else group.order
+    w = torch.randn(3, 2, s_in, 3, 3, dtype=torch.float64)
+    g = torch.randn(3 * group.order, 2 * s_in, 3, 3, dtype=torch.float64, requires_grad=True)
+    folded = reference.fold_expanded(g, group, s_in)
+    assert folded.shape == w.shape
+    torch.testing.assert_close((reference.expand_filter(w, group) * g).sum(), (w * folded).sum(), rtol=1e-12,
+                               atol=0)
+    assert torch.autograd.gradcheck(lambda g: reference.fold_expanded(g, group, s_in), (g,))

@@ -16,6 +16,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks
 import gpu_sweep  # noqa: E402
 from bench_triton import PASSES  # noqa: E402
 
+from ger_kernels import auto_paths  # noqa: E402
+from ger_kernels.backends import backends  # noqa: E402
 from ger_kernels.triton import tuning  # noqa: E402
 from ger_kernels.triton.tuning import CONFIGS, Config, Tuner  # noqa: E402
 
@@ -58,6 +60,23 @@ def test_quick_sweep_in_the_interpreter_writes_the_default_table(tmp_path, monke
         same = [r for r in report["rows"] if (r["layer"], r["pass"]) == (row["layer"], row["pass"])]
         assert row["ms"] == min(r["ms"] for r in same)
         assert entries[row["entry"]]["config"] == row["config"]
+
+    # the path table: per layer and pass the fastest correct path, under the entries backend="auto" looks up
+    paths = auto_paths.read_table("cpu", tmp_path)
+    assert [(r["layer"], r["pass"]) for r in report["paths"]] == [
+        (gpu_sweep.label(shape), family) for shape in gpu_sweep.QUICK_LAYERS for family in PASSES]
+    for row in report["paths"]:
+        assert set(row["ms"]) == {"reference", "triton"} | ({"cpp"} if backends("cpu")["cpp"].available else set())
+        assert row["ms"]["triton"] == next(r["ms"] for r in report["best"]
+                                           if (r["layer"], r["pass"]) == (row["layer"], row["pass"]))
+        assert paths[row["entry"]]["path"] == row["path"] == min(row["ms"], key=row["ms"].get)
+    for shape in gpu_sweep.QUICK_LAYERS:
+        problem = auto_paths.ConvProblem(torch.float32, (shape.batch, shape.in_fields * shape.in_orientations,
+                                                         shape.height, shape.width),
+                                         (shape.out_fields, shape.in_fields, shape.in_orientations, 3, 3), 1, 1, 1, 8,
+                                         True)
+        assert set(auto_paths.pass_entries(auto_paths.pass_classes(problem))) <= set(paths)
+    assert "| layer | dtype | pass | reference ms | cpp ms | triton ms | path |" in (tmp_path / "sweep.md").read_text()
 
     # and a tuner reading that table picks its config without timing
     monkeypatch.delenv("TRITON_INTERPRET")
