@@ -3,8 +3,7 @@
 
 A pass (``forward``, ``input_grad``, ``weight_grad``) of one layer is looked up by its table
 entry ``pass|kind|problem class`` (``kind`` the dtype class, "float32" or "half"; the problem
-class is the Triton tuner's, ``ger_kernels.triton.group_conv.problem_class``, computed here
-without importing triton), in this order:
+class, ``problem_class``, is also the Triton tuner's key; computing it imports no triton), in this order:
 
 1. this process's earlier choices;
 2. the table of the device's architecture, ``auto_paths_<arch>.json`` beside this module
@@ -13,9 +12,11 @@ without importing triton), in this order:
 3. the user cache ``auto_paths.json`` beside the Triton tuner's (``tuning.cache_path()``:
    ``$GER_KERNELS_CACHE_DIR``, else ``$XDG_CACHE_HOME/ger_kernels``, else ``~/.cache/ger_kernels``),
    per device (GPU name, torch and triton versions), written atomically;
-4. on device types that time (CUDA), a first call times every available path on random tensors
-   of the layer's shape (``ConvProblem``), checks each result against the reference's, and keeps
-   the fastest correct one, in memory and in the user cache.
+4. with ``GER_KERNELS_AUTO_TIMING=1`` on CUDA, a first call times every available path on random
+   tensors of the layer's shape (``ConvProblem``), checks each result against the reference's, and
+   keeps the fastest correct one, in memory and in the user cache. Opt-in: every fused pass
+   measured so far loses to the reference, and a first call of the Triton path tunes its configs
+   (seconds to minutes per layer shape), so without a table entry ``auto`` keeps its rule.
 
 A path a table names that is not available here is skipped. Without any of these (CPU without a
 table, or under ``torch.compile``, which never times) the pass has no choice: the caller's rule
@@ -41,12 +42,13 @@ from ger_kernels._validation import conv_output_size
 from ger_kernels.conv_passes import PASSES
 from ger_kernels.triton import tuning
 
-__all__ = ["CHOOSER", "Choice", "ConvProblem", "PathChooser", "TABLE_DIR", "cache_path", "cuda_median_ms",
-           "layer_problem", "measure", "pass_classes", "pass_entries", "problem_class", "read_table", "table_path",
+__all__ = ["AUTO_TIMING_ENV", "CHOOSER", "Choice", "ConvProblem", "PathChooser", "TABLE_DIR", "cache_path", "cuda_median_ms",
+           "layer_problem", "measure", "pass_classes", "pass_entries", "precision", "problem_class", "read_table", "table_path",
            "tolerance"]
 
 TABLE_DIR = pathlib.Path(__file__).resolve().parent
-TF32_ENV = "GER_KERNELS_TRITON_TF32"  # ger_kernels.triton.group_conv.TF32_ENV, without importing triton
+TF32_ENV = "GER_KERNELS_TRITON_TF32"
+AUTO_TIMING_ENV = "GER_KERNELS_AUTO_TIMING"
 
 
 class ConvProblem(NamedTuple):
@@ -90,20 +92,24 @@ def _bucket(n) -> int:
     return bucket
 
 
-def _precision(dtype: torch.dtype) -> str:
+def precision(dtype: torch.dtype) -> str:
+    """The Triton kernels' ``tl.dot`` input_precision: IEEE float32 unless ``GER_KERNELS_TRITON_TF32=1``
+    opts in (part of a problem class)."""
     return "tf32" if dtype == torch.float32 and os.environ.get(TF32_ENV) == "1" else "ieee"
 
 
 def problem_class(pass_name: str, problem: ConvProblem) -> tuple:
-    """``group_conv.problem_class`` of ``pass_name`` for ``problem``: dtype, group order, S_in, k,
-    stride, precision and the power-of-two buckets of the pass's GEMM (M, N, K)."""
+    """The problem class of ``pass_name`` (a family of the Triton kernels) for ``problem``: dtype, group
+    order, S_in, k, stride, precision and the power-of-two buckets of the pass's GEMM (M, N, K)
+    (forward: pixels, output channels, C*k*k; input_grad: input pixels, C, C_out*S*k*k;
+    weight_grad: C_out, C, pixels)."""
     batch, channels, height, width = problem.input_shape
     c_out, _, s_in, k, _ = problem.weight_shape
     h_out, w_out = (conv_output_size(n, k, problem.stride, problem.padding, problem.dilation) for n in (height, width))
     n, pixels = c_out * problem.order, batch * h_out * w_out
     gemm = {"forward": (pixels, n, channels * k * k), "input_grad": (batch * height * width, channels, n * k * k),
             "weight_grad": (c_out, channels, pixels)}[pass_name]
-    return (problem.dtype, problem.order, s_in, k, problem.stride, _precision(problem.dtype), *map(_bucket, gemm))
+    return (problem.dtype, problem.order, s_in, k, problem.stride, precision(problem.dtype), *map(_bucket, gemm))
 
 
 def pass_classes(problem: ConvProblem) -> tuple[tuple, tuple, tuple]:
@@ -230,22 +236,29 @@ class PathChooser:
     """The choice of path per pass (module docstring), with the path tables in ``table_dir``
     (default ``TABLE_DIR``), the cache file ``cache_file`` (default ``cache_path()`` at each
     use), timing by ``time_ms(pass, path, step)`` (default ``cuda_median_ms``) on the device
-    types ``timed_device_types``."""
+    types ``timed_device_types`` (default: CUDA with ``GER_KERNELS_AUTO_TIMING=1``, read when a
+    layer's passes are first looked up)."""
 
     def __init__(self, cache_file: pathlib.Path | None = None, table_dir: pathlib.Path | None = None,
-                 time_ms: Callable | None = None, timed_device_types: tuple[str, ...] = ("cuda",)):
+                 time_ms: Callable | None = None, timed_device_types: tuple[str, ...] | None = None):
         self.cache_file = cache_file
         self.table_dir = table_dir
         self.time_ms = time_ms or cuda_median_ms
-        self.timed_device_types = timed_device_types
+        self._timed_device_types = timed_device_types
         self.memory: dict[str, Choice | None] = {}
         self._tables: dict[str, dict[str, dict]] = {}
         self._consults: dict[str, bool] = {}
 
+    def timed_device_types(self) -> tuple[str, ...]:
+        if self._timed_device_types is not None:
+            return self._timed_device_types
+        return ("cuda",) if os.environ.get(AUTO_TIMING_ENV) == "1" else ()
+
     def consults(self, device_type: str) -> bool:
-        """Whether a choice can exist for tensors of ``device_type`` (it times there, or has a table)."""
+        """Whether a choice can exist for tensors of ``device_type``: CUDA (path tables are per GPU
+        architecture), a device type that times, or one with a table of its own (``cpu``)."""
         if device_type not in self._consults:
-            self._consults[device_type] = (device_type in self.timed_device_types
+            self._consults[device_type] = (device_type == "cuda" or device_type in self.timed_device_types()
                                            or table_path(device_type, self.table_dir).exists())
         return self._consults[device_type]
 
@@ -292,7 +305,7 @@ class PathChooser:
         pass's choice (or, where nothing times, its absence) is looked up once per process."""
         device_key = _device_key(device)
         cache_keys = dict(zip(PASSES, ("|".join(device_key + (entry,)) for entry in entries)))
-        timing_here = torch.device(device).type in self.timed_device_types
+        timing_here = torch.device(device).type in self.timed_device_types()
         missing = [(name, entry) for name, entry in zip(PASSES, entries) if cache_keys[name] not in self.memory]
         if missing:
             file = self._read_cache()

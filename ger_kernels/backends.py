@@ -35,7 +35,8 @@ BACKENDS = ("reference", "cpp", "triton")
 # pass of the fused CUDA and Triton kernels measured slower than cuDNN on the expanded filter
 # (H200, bf16, GER-UNet's layers: 0.01-0.63x, benchmarks/results/h200-2026-11-29b): there ``auto``
 # takes each pass's path from the measured table of the GPU's architecture (ger_kernels/auto_paths_sm90.json:
-# the reference on those layers), and times the paths on a layer's first call where the table has no entry.
+# the reference on those layers), and with GER_KERNELS_AUTO_TIMING=1 times the paths on a layer's first call
+# where the table has no entry.
 CPU_CPP_MIN_EXPANDED_BYTES = 4 << 20
 
 class BackendStatus(NamedTuple):

@@ -39,18 +39,22 @@ def _print_backends() -> None:
 
 def _opt_in_switches() -> dict[str, str]:
     """Environment switches of kernels that have not yet run (in their current form) on a GPU."""
+    from ger_kernels.auto_paths import AUTO_TIMING_ENV
     from ger_kernels.group_batch_norm import TRITON_BN_ENV
     from ger_kernels.triton.tuning import UNVERIFIED_ENV
 
     return {"GER_KERNELS_CUTE": "the CuTe tensor-core kernels of the cpp backend (CUDA, float16/bfloat16)",
             TRITON_BN_ENV: "the group batch norm's Triton kernels on CUDA",
-            UNVERIFIED_ENV: "tuning over the Triton configs no GPU has checked (fields, tma, channels-tma)"}
+            UNVERIFIED_ENV: "tuning over the Triton configs no GPU has checked (fields, tma, channels-tma)",
+            AUTO_TIMING_ENV: "auto on CUDA times each pass's paths on a layer's first call where its "
+                             "path table has no entry"}
 
 
 def _print_paths(args: argparse.Namespace) -> None:
     """The backend of each pass of each convolution of GER-UNet (paper widths) under ``auto``, for a
     random input of ``args.batch`` x 3 x ``args.size``^2 on ``args.device``, in bfloat16 autocast on CUDA
-    (as ``ger-unet train``). On CUDA a first call times the passes the path table lacks."""
+    (as ``ger-unet train``). With ``GER_KERNELS_AUTO_TIMING=1`` a first call on CUDA times the passes
+    the path table lacks."""
     from ger_kernels.backends import describe_model, format_paths
     from ger_kernels.models import GERUNet
     from ger_kernels.training import resolve_device
@@ -275,7 +279,8 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("info", help="versions, backends, parameter counts")
     p.add_argument("--paths", action="store_true",
                    help="also the backend of each pass of each GER-UNet convolution under backend='auto' (one "
-                        "forward on a random input; on CUDA a first call times the passes the path table lacks)")
+                        "forward on a random input; with GER_KERNELS_AUTO_TIMING=1 a first call on CUDA times the passes "
+                        "the path table lacks)")
     p.add_argument("--size", type=int, default=64, help="with --paths: input height and width (a multiple of 8)")
     p.add_argument("--batch", type=int, default=4, help="with --paths")
     p.add_argument("--device", default="auto", help="with --paths: auto | cpu | cuda | cuda:N")

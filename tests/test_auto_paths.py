@@ -51,18 +51,18 @@ def cpp_available():
         pytest.skip(backends("cpu")["cpp"].reason)
 
 
-def test_problem_class_is_the_triton_tuners():
-    group_conv = pytest.importorskip("ger_kernels.triton.group_conv")
-    for dtype, input_shape, weight_shape, conv in [
-            (torch.bfloat16, (4, 3, 448, 448), (23, 3, 1, 3, 3), (1, 1, 1)),
-            (torch.float32, (2, 64, 17, 9), (5, 8, 8, 5, 5), (2, 2, 2)),
-            (torch.float16, (1, 12, 7, 7), (3, 3, 4, 1, 1), (1, 0, 1))]:
-        order = 4 if weight_shape[2] == 4 else 8
-        problem = ConvProblem(dtype, input_shape, weight_shape, *conv, order, True)
-        for name in conv_passes.PASSES:
-            assert auto_paths.problem_class(name, problem) == group_conv.problem_class(
-                name, dtype, input_shape, weight_shape, *conv, order)
-    assert auto_paths.TF32_ENV == group_conv.TF32_ENV
+def test_problem_class_keys_the_measured_tables(monkeypatch):
+    """The classes of GER-UNet's 23->23 layer @448 (bf16, batch 4) are the keys the H200 sweep wrote
+    in the Triton config table; TF32 is part of a float32 class; buckets are tuning's."""
+    problem = ConvProblem(torch.bfloat16, (4, 184, 448, 448), (23, 23, 8, 3, 3), 1, 1, 1, 8, True)
+    keys = set(json.loads((tuning.DEFAULTS_DIR / "configs_sm90.json").read_text())["entries"])
+    for name in conv_passes.PASSES:
+        assert tuning.entry(name, "half", auto_paths.problem_class(name, problem)) in keys, name
+    assert auto_paths.problem_class("weight_grad", problem)[-3:] == (32, 256, 1048576)  # C_out, C, pixels
+    fp32 = problem._replace(dtype=torch.float32)
+    assert auto_paths.problem_class("forward", fp32)[5] == "ieee"
+    monkeypatch.setenv(auto_paths.TF32_ENV, "1")
+    assert auto_paths.problem_class("forward", fp32)[5] == "tf32"
     assert [auto_paths._bucket(n) for n in range(0, 70)] == [tuning.size_bucket(n) for n in range(0, 70)]
 
 
@@ -149,6 +149,17 @@ def test_nothing_is_timed_without_a_problem_or_off_the_timed_devices(tmp_path, c
     assert not chooser.consults("cpu") and chooser.consults("cuda")
     write_table(tmp_path, "cpu", {})
     assert PathChooser(table_dir=tmp_path).consults("cpu")
+
+
+def test_timing_on_cuda_is_opt_in(monkeypatch, tmp_path):
+    """By default nothing times (every fused pass measured so far lost, and Triton tunes on a first
+    call): CUDA reads its tables only; GER_KERNELS_AUTO_TIMING=1 times there."""
+    monkeypatch.delenv(auto_paths.AUTO_TIMING_ENV, raising=False)
+    chooser = PathChooser(table_dir=tmp_path)
+    assert chooser.timed_device_types() == () and chooser.consults("cuda")
+    monkeypatch.setenv(auto_paths.AUTO_TIMING_ENV, "1")
+    assert chooser.timed_device_types() == ("cuda",)
+    assert PathChooser(table_dir=tmp_path, timed_device_types=("cpu",)).timed_device_types() == ("cpu",)
 
 
 def test_no_cpu_table_ships():

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from typing import Optional
 
 import torch
@@ -41,16 +40,17 @@ except ImportError:  # pragma: no cover
     TensorDescriptor = None
 from torch._prims_common import suggest_memory_format
 
+from ger_kernels import auto_paths
 from ger_kernels._autocast import register_autocast
+from ger_kernels.auto_paths import TF32_ENV, precision
 from ger_kernels._validation import conv_output_size
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton import interpreting
 from ger_kernels.triton.jit import DeviceFunction, Kernel
-from ger_kernels.triton.tuning import Config, Tuner, arch_name, dtype_class, size_bucket
+from ger_kernels.triton.tuning import Config, Tuner, arch_name, dtype_class
 
 __all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "statistics_of_fields", "tables", "precision", "problem_class", "TF32_ENV"]
 
-TF32_ENV = "GER_KERNELS_TRITON_TF32"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -621,11 +621,6 @@ def _tma_eligible(x: torch.Tensor, stride: int) -> bool:
             and x.data_ptr() % 16 == 0)
 
 
-def precision(dtype: torch.dtype) -> str:
-    """``tl.dot``'s input_precision: IEEE float32 unless ``GER_KERNELS_TRITON_TF32=1`` opts in."""
-    return "tf32" if dtype == torch.float32 and os.environ.get(TF32_ENV) == "1" else "ieee"
-
-
 def _check_offsets(*tensors: torch.Tensor) -> None:
     """The kernels index within one image in 32 bits (the batch offset is 64-bit)."""
     for t in tensors:
@@ -662,16 +657,11 @@ def _out_size(input_size, k: int, stride: int, padding: int, dilation: int) -> l
 def problem_class(family: str, dtype: torch.dtype, input_shape, weight_shape, stride: int, padding: int,
                   dilation: int, order: int) -> tuple:
     """The tuning key of ``family``'s kernel for an input ``(B, C_in*S_in, H, W)`` and a weight
-    ``(C_out, C_in, S_in, k, k)``: dtype, group, S_in, k, stride, precision and the power-of-two
-    buckets of the GEMM's (M, N, K) (forward: pixels, output channels, C*k*k; input_grad: input
-    pixels, C, C_out*S*k*k; weight_grad: C_out, C, pixels)."""
-    batch, channels, height, width = input_shape
-    c_out, _, s_in, k, _ = weight_shape
-    h_out, w_out = _out_size(input_shape, k, stride, padding, dilation)
-    n, pixels = c_out * order, batch * h_out * w_out
-    gemm = {"forward": (pixels, n, channels * k * k), "input_grad": (batch * height * width, channels, n * k * k),
-            "weight_grad": (c_out, channels, pixels)}[family]
-    return (dtype, order, s_in, k, stride, precision(dtype), *map(size_bucket, gemm))
+    ``(C_out, C_in, S_in, k, k)``: ``auto_paths.problem_class`` (an error when the output is empty)."""
+    _out_size(input_shape, weight_shape[-1], stride, padding, dilation)
+    problem = auto_paths.ConvProblem(dtype, tuple(input_shape), tuple(weight_shape), stride, padding, dilation, order,
+                                     False)
+    return auto_paths.problem_class(family, problem)
 
 
 def _run(family: str, dtype: torch.dtype, key: tuple, launch, device: torch.device):
