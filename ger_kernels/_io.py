@@ -4,7 +4,9 @@ so a crash never leaves a half-written checkpoint, log or report behind."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pathlib
 import tempfile
 from typing import Callable, Iterator
 
@@ -39,3 +41,19 @@ def write_text_atomically(path: str, text: str) -> None:
             f.write(text)
 
     write_atomically(path, write)
+
+
+def read_table_entries(path: pathlib.Path, what: str, is_entry: Callable[[object], bool], expected: str) -> dict:
+    """The ``entries`` object of the JSON table ``path`` (``what`` names it in errors): empty when the
+    file does not exist; a clear error when it is not JSON, or when an entry fails ``is_entry``
+    (``expected`` says what an entry maps to)."""
+    try:
+        table = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as error:
+        raise ValueError(f"the {what} {path} is not valid JSON: {error}") from error
+    entries = table.get("entries") if isinstance(table, dict) else None
+    if not isinstance(entries, dict) or not all(is_entry(e) for e in entries.values()):
+        raise ValueError(f"the {what} {path} needs an object 'entries' mapping {expected}")
+    return entries

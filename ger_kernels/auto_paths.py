@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from ger_kernels import conv_passes
-from ger_kernels._io import write_text_atomically
+from ger_kernels._io import read_table_entries, write_text_atomically
 from ger_kernels._validation import conv_output_size
 from ger_kernels.conv_passes import PASSES
 from ger_kernels.triton import tuning
@@ -130,19 +130,9 @@ def table_path(arch: str, directory: pathlib.Path | None = None) -> pathlib.Path
 
 def read_table(arch: str, directory: pathlib.Path | None = None) -> dict[str, dict]:
     """The ``entries`` of ``arch``'s path table; empty when there is none."""
-    path = table_path(arch, directory)
-    try:
-        table = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError as error:
-        raise ValueError(f"the path table {path} is not valid JSON: {error}") from error
-    entries = table.get("entries") if isinstance(table, dict) else None
-    if not isinstance(entries, dict) or not all(isinstance(e, dict) and e.get("path") in conv_passes.PATHS
-                                                for e in entries.values()):
-        raise ValueError(f"the path table {path} needs an object 'entries' mapping 'pass|kind|problem class' to "
-                         f"{{\"path\": one of {list(conv_passes.PATHS)}, ...}}")
-    return entries
+    return read_table_entries(table_path(arch, directory), "path table",
+                              lambda e: isinstance(e, dict) and e.get("path") in conv_passes.PATHS,
+                              f"'pass|kind|problem class' to {{\"path\": one of {list(conv_passes.PATHS)}, ...}}")
 
 
 def cache_path() -> pathlib.Path:

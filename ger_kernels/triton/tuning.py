@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from ger_kernels._io import write_text_atomically
+from ger_kernels._io import read_table_entries, write_text_atomically
 from ger_kernels.triton import interpreting
 
 __all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "UNVERIFIED", "UNVERIFIED_ENV", "Tuner", "arch_name",
@@ -197,18 +197,9 @@ def defaults_path(arch: str, directory: pathlib.Path | None = None) -> pathlib.P
 
 def read_defaults(arch: str, directory: pathlib.Path | None = None) -> dict[str, dict]:
     """The ``entries`` of ``arch``'s default-config table; empty when there is no table."""
-    path = defaults_path(arch, directory)
-    try:
-        table = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError as error:
-        raise ValueError(f"the default-config table {path} is not valid JSON: {error}") from error
-    entries = table.get("entries") if isinstance(table, dict) else None
-    if not isinstance(entries, dict) or not all(isinstance(e, dict) and "config" in e for e in entries.values()):
-        raise ValueError(f"the default-config table {path} needs an object 'entries' mapping "
-                         "'family|kind|problem class' to {\"config\": name, ...}")
-    return entries
+    return read_table_entries(defaults_path(arch, directory), "default-config table",
+                              lambda e: isinstance(e, dict) and "config" in e,
+                              "'family|kind|problem class' to {\"config\": name, ...}")
 
 
 class Tuner:
