@@ -8,8 +8,9 @@ reports as ``n_spills``), and whether the PTX uses tensor-core instructions (wgm
 The convolution kernels are compiled for a p4m group layer with k = 3 on channels_last
 tensors; the group batch norm kernels (``bn_*``, config = layout) for GER-UNet's first p4m
 map, 4 x (23*8) x 448 x 448, NCHW and channels_last, with every fusion on (residual, ReLU).
-Rows ``forward+bn`` and ``weight_grad+bn`` are the bfloat16 kernels with the batch norm of their
-input applied on load (and, forward, the statistics of the output in the epilogue).
+Rows ``<family>+bn`` are the bfloat16 kernels of ``triton.conv_norm``: the batch norm (+ ReLU) of the
+input applied on load (forward: and the statistics of the output in the epilogue; input gradient:
+the ReLU's mask in the epilogue).
 """
 
 from __future__ import annotations
@@ -46,15 +47,15 @@ _KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input
 _POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
              "forward-fields": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
              "forward-tma": ["desc", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
-             "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32"],
-             "input_grad-fields": ["x", "x", "x", "i32", "i32", "i32", "i32"],
-             "input_grad-tma": ["desc", "x", "x", "i32", "i32", "i32", "i32"],
+             "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
+             "input_grad-fields": ["x", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
+             "input_grad-tma": ["desc", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
              "weight_grad": ["x", "x", "fp32", "i32", "i32", "fp32"],
              "weight_grad-channels": ["x", "x", "fp32", "i32", "i32", "fp32"],
              "weight_grad-channels-tma": ["desc", "desc", "fp32", "i32", "i32", "fp32"]}
 # The fused batch norm (``conv_norm``): compiled for every 16-bit config of these families, as
-# "<family>+bn" rows, with the normalization on load (and ReLU) and, in the forward, the statistics.
-FUSED_FAMILIES = ("forward", "weight_grad")
+# "<family>+bn" rows.
+FUSED_FAMILIES = ("forward", "input_grad", "weight_grad")
 FUSED_DTYPE = torch.bfloat16
 
 
@@ -92,7 +93,8 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
     if family.startswith("forward"):
         constexprs.update(HAS_BIAS=True, RELU=False, STATS=False)
     if not family.startswith("input_grad"):
-        constexprs.update(NORM=False, NORM_RELU=False)
+        constexprs.update(NORM=False)
+    constexprs.update(NORM_RELU=False)
     signature = {}
     for i, name in enumerate(fn.arg_names):
         constant = fn.params[i].is_constexpr or name in constexprs
@@ -125,9 +127,9 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
     kernel = f"{family}-{config.variant}" if config.variant else family
     signature, constexprs, attrs = _signature(kernel, dtype)
     constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
-    if fused:
-        constexprs.update(NORM=True, NORM_RELU=True, **({"HAS_BIAS": False, "STATS": True}
-                                                        if family == "forward" else {}))
+    if fused:  # forward and weight gradient: BN-ReLU on load (forward: statistics); input gradient: the ReLU's mask
+        constexprs.update(NORM_RELU=True, **({"NORM": True} if family != "input_grad" else {}),
+                          **({"HAS_BIAS": False, "STATS": True} if family == "forward" else {}))
     if config.variant:  # every variant kernel has the TMA path
         constexprs.update(TMA=config.variant.endswith("tma"), TILE_W=group_conv._TILE_W)
     rows = f"1,{config.block_m // group_conv._TILE_W},{group_conv._TILE_W}"

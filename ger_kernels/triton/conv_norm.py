@@ -17,9 +17,10 @@ bn_group_conv2d``) returns ``(output, stats)``:
 
 ``mean`` and ``invstd`` (float32) are the input's batch statistics when ``batch_statistics``
 (training: the backward then includes their dependence on the input, as a batch norm's does),
-else fixed ones (running statistics). The backward recomputes z's ReLU mask through group batch
-norm's ``normalize`` and runs its ``grad_sums`` / ``input_grad`` stages; the weight gradient reads
-the input through the same normalization. CPU tensors need ``TRITON_INTERPRET=1``.
+else fixed ones (running statistics). In the backward the input gradient's epilogue zeroes the
+gradient where z's ReLU clipped (the normalized value <= 0, recomputed in float32 from the input),
+then group batch norm's ``grad_sums`` / ``input_grad`` stages run; the weight gradient reads the
+input through the same normalization. z is never stored. CPU tensors need ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 from ger_kernels import group_batch_norm as gbn
 from ger_kernels.triton import group_conv
@@ -88,17 +90,19 @@ def _backward(ctx, grad, _stats_grad):
     if ctx.has_bias and needs_bias:
         db = grad.unflatten(1, (-1, order)).sum((0, 2, 3, 4))
     if needs_input or needs_norm_weight or needs_norm_bias:
-        dz = group_conv._input_grad_like(input, grad, weight, ctx.conv)
+        # the gradient w.r.t. z, zeroed where z's ReLU clipped (the input gradient kernel's epilogue)
+        dz = group_conv.input_grad(grad, weight, list(input.shape),
+                                   suggest_memory_format(input) == torch.channels_last, *ctx.conv,
+                                   relu_of=(input, norm) if norm is not None and ctx.norm_relu else None)
         if norm is None:
             dx = dz
-        else:  # through the batch norm: z's ReLU mask (recomputed), then group batch norm's stages
+        else:  # through the batch norm: group batch norm's stages
             s_in = weight.shape[2]
-            z = gbn.normalize(input, mean, norm[1], norm[2], None, s_in, True) if ctx.norm_relu else None
-            sums = gbn.grad_sums(dz, input, z, mean, s_in)
+            sums = gbn.grad_sums(dz, input, None, mean, s_in)
             count = input.numel() // (input.shape[1] // s_in)
             a, b, c = gbn.input_grad_coefficients(invstd, norm_weight.float() if norm_weight is not None else None,
                                                   sums if ctx.batch_statistics else None, count)
-            dx = gbn.input_grad(dz, input, z, mean, a, b, c, s_in, False)[0] if needs_input else None
+            dx = gbn.input_grad(dz, input, None, mean, a, b, c, s_in, False)[0] if needs_input else None
             dgamma = (sums[1] * invstd).to(norm_weight.dtype) if needs_norm_weight else None
             dbeta = sums[0].to(norm_bias.dtype) if needs_norm_bias else None
     return dx, dw, db, None, None, dgamma, dbeta, None, None, None, None, None, None, None

@@ -102,6 +102,20 @@ def _normalized(a, norm_ptr, IN_FIELDS, channels, channels_ok, pixels_ok, S_IN: 
 
 
 @DeviceFunction
+def _where_normalized_positive(acc, x_ptr, offsets, ok, norm_ptr, IN_FIELDS, channels, channels_ok,
+                               S_IN: tl.constexpr):
+    """The input gradient ``acc`` (pixels, channels) of a convolution that read its input through a
+    batch norm and a ReLU (``_normalized``), zeroed where the ReLU clipped: where
+    ``(x - mean[f]) * scale[f] + shift[f] <= 0`` (float32), x loaded at ``offsets`` where ``ok``."""
+    field = channels // S_IN
+    mean = tl.load(norm_ptr + field, mask=channels_ok, other=0.0)
+    scale = tl.load(norm_ptr + IN_FIELDS + field, mask=channels_ok, other=0.0)
+    shift = tl.load(norm_ptr + 2 * IN_FIELDS + field, mask=channels_ok, other=0.0)
+    v = (tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32) - mean[None, :]) * scale[None, :] + shift[None, :]
+    return tl.where(v > 0.0, acc, 0.0)
+
+
+@DeviceFunction
 def _store_statistics(stats_ptr, values, rows_ok, cols, cols_ok, N):
     """Per column of the float32 tile ``values`` (rows, cols), over the rows where ``rows_ok``:
     count, mean, and M2 about that mean, stored at ``stats_ptr[program_id(0), 0..2, cols]`` of a
@@ -254,11 +268,11 @@ def forward_fields_kernel(
 
 @Kernel.specializing(("sdc", "sxc"))
 def input_grad_kernel(
-    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr,
+    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr, x_ptr, norm_ptr,
     B, C, H, W, N, H_out, W_out, H_phase, W_phase, channel_blocks,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
-    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, NORM_RELU: tl.constexpr, ALIGN: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_{n, tap} dy[b, n, oh, ow] W~[n, c, tap] over oh*stride - padding +
@@ -266,7 +280,9 @@ def input_grad_kernel(
     a tap meets output pixels for all or none of a phase's pixels; the phase's
     phase_tap_counts[phase] taps that do are listed in phase_taps[phase, :]. GEMM rows: that
     phase's input pixels; columns: input channels c; reduction: those taps, then the
-    channel_blocks = cdiv(N, BLOCK_K) blocks of output channels. ALIGN divides N, sdb, sdh and sdw."""
+    channel_blocks = cdiv(N, BLOCK_K) blocks of output channels. ALIGN divides N, sdb, sdh and sdw.
+    NORM_RELU: the forward read its input x (laid out as dx) through a batch norm and a ReLU; the
+    gradient is zeroed where that ReLU clipped (``_where_normalized_positive``)."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -299,17 +315,20 @@ def input_grad_kernel(
         b = tl.load(w_ptr + w_off + (src * C)[:, None] + n0 // S * (TAPS * C), mask=n_ok[:, None] & c_ok[None, :],
                     other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rn[None, :] * sxc
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+    dx_offsets = (batch * sxb + h * sxh + w * sxw)[:, None] + rn[None, :] * sxc
+    if NORM_RELU:
+        acc = _where_normalized_positive(acc, x_ptr, dx_offsets, m_ok[:, None] & c_ok[None, :], norm_ptr, C // S_IN,
+                                         rn, c_ok, S_IN)
+    tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
 
 @Kernel.specializing(("sdc", "sxc"))
 def input_grad_fields_kernel(
-    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr,
+    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr, x_ptr, norm_ptr,
     B, C_IN, H, W, N, LD, H_out, W_out, H_phase, W_phase, channel_blocks, tiles_h, tiles_w,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
-    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, ALIGN: tl.constexpr,
+    S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, NORM_RELU: tl.constexpr, ALIGN: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -323,7 +342,8 @@ def input_grad_fields_kernel(
     the store. TMA (config variant "tma", stride 1: one phase): ``dy_ptr`` is a tensor descriptor
     of the channels_last dy as (B, H_out, W_out, N) in boxes of (1, BLOCK_M // TILE_W, TILE_W,
     BLOCK_K); a program's pixels are one such rectangle of input rows and columns, per tap the box
-    is shifted back by the tap, and what falls outside dy or past N reads as zeros."""
+    is shifted back by the tap, and what falls outside dy or past N reads as zeros. NORM_RELU as in
+    ``input_grad_kernel``."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_N // S_IN
     if TMA:
@@ -369,8 +389,12 @@ def input_grad_fields_kernel(
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     acc = _channel_order(acc, S_IN, FIELDS)
     rc = i0 * S_IN + tl.arange(0, BLOCK_N)  # channel order (i, s)
-    dx_ptrs = dx_ptr + (batch * sxb + h * sxh + w * sxw)[:, None] + rc[None, :] * sxc
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & (rc < C_IN * S_IN)[None, :])
+    rc_ok = rc < C_IN * S_IN
+    dx_offsets = (batch * sxb + h * sxh + w * sxw)[:, None] + rc[None, :] * sxc
+    if NORM_RELU:
+        acc = _where_normalized_positive(acc, x_ptr, dx_offsets, m_ok[:, None] & rc_ok[None, :], norm_ptr, C_IN, rc,
+                                         rc_ok, S_IN)
+    tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & rc_ok[None, :])
 
 
 @Kernel.specializing(("sdc", "sxc"))
@@ -761,8 +785,11 @@ def statistics_of_fields(partials: torch.Tensor, order: int) -> torch.Tensor:
 
 
 def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride: int, padding: int,
-               dilation: int, order: int) -> torch.Tensor:
-    """Gradient w.r.t. the input ``(B, C_in*S_in, H, W)`` of size ``input_size``."""
+               dilation: int, order: int, relu_of: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    """Gradient w.r.t. the input ``(B, C_in*S_in, H, W)`` of size ``input_size``. ``relu_of``
+    ``(x, norm)``: the forward read x through the batch norm ``norm`` (as ``forward``) and a ReLU;
+    the gradient is zeroed where that ReLU clipped (the gradient w.r.t. the normalized map, before
+    the ReLU)."""
     _check(grad)
     batch, channels, height, width = input_size
     c_out, _, s_in, k, _ = weight.shape
@@ -778,6 +805,10 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
     h_phase, w_phase = triton.cdiv(height, stride), triton.cdiv(width, stride)
     n = c_out * order
     taps_of_phase, tap_counts = phase_taps(k, stride, padding, dilation, grad.device)
+    x = norm = None
+    if relu_of is not None:
+        x, norm = relu_of[0].contiguous(memory_format=suggest_memory_format(dx)), _check_norm(
+            relu_of[1], channels // s_in, grad.device)
 
     def launch(config: Config) -> None:
         if config.variant in ("fields", "tma"):
@@ -788,18 +819,21 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
                     triton.cdiv(channels // s_in, config.block_n // s_in), 1 if tma else stride * stride)
             input_grad_fields_kernel[grid](
                 source, rows, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
+                x if x is not None else dx, norm if norm is not None else rows,
                 batch, channels // s_in, height, width, n, rows.shape[1], h_out, w_out, h_phase, w_phase,
                 triton.cdiv(n, config.block_k), tiles_h, tiles_w, *grad.stride(), *dx.stride(),
-                stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),
+                stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, NORM_RELU=x is not None,
+                ALIGN=_alignment(grad),
                 PRECISION=precision(grad.dtype), TMA=tma, TILE_W=_TILE_W, **config.meta())
             return
         grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m), triton.cdiv(channels, config.block_n),
                 stride * stride)
         input_grad_kernel[grid](
             grad, layouts.tap_major, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
+            x if x is not None else dx, norm if norm is not None else weight,
             batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, triton.cdiv(n, config.block_k),
             *grad.stride(), *dx.stride(),
-            stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, ALIGN=_alignment(grad),
+            stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, NORM_RELU=x is not None, ALIGN=_alignment(grad),
             PRECISION=precision(grad.dtype), **config.meta())
 
     _run("input_grad", grad.dtype, key, launch, grad.device)

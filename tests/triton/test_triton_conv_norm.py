@@ -123,12 +123,13 @@ def test_statistics_without_batch_norm_of_the_input(device, lifting):
     assert max(errors.values()) <= 2e-5, errors
 
 
-@pytest.mark.parametrize("variants,dtype", [({"forward": "fields"}, "float32"), ({"weight_grad": "channels"}, "float32"),
+@pytest.mark.parametrize("variants,dtype", [({"forward": "fields", "input_grad": "fields"}, "float32"),
+                                            ({"weight_grad": "channels"}, "float32"),
                                             ({"forward": "tma", "input_grad": "tma", "weight_grad": "channels-tma"},
                                              "half")], ids=["fields", "channels", "tma"])
 def test_every_kernel_variant(device, monkeypatch, variants, dtype):
-    """The prologue and epilogue in each kernel that has them: "fields" and "tma" forwards, the
-    "channels" and "channels-tma" weight gradients (the TMA paths in float16, channels_last)."""
+    """The prologue and epilogues in each kernel that has them: "fields" and "tma" forwards and input
+    gradients, the "channels" and "channels-tma" weight gradients (the TMA paths in float16, channels_last)."""
     names = [next(c.name for c in CONFIGS[dtype][family] if c.variant == variant)
              for family, variant in variants.items()]
     monkeypatch.setenv(FORCE_ENV, ",".join(names))
@@ -138,14 +139,19 @@ def test_every_kernel_variant(device, monkeypatch, variants, dtype):
         assert max(errors.values()) <= 2e-5, errors
         return
     view = VIEWS["channels_last"]
-    ref, ref_stats = reference_bn_conv(x, w, b, gamma, beta, None, 8, True, 1, 1, 1, P4M)
-    x16 = view(x).half().requires_grad_(True)
-    assert group_conv._tma_eligible(x16, 1)
-    out, stats = fused_bn_conv(x16, w.half(), b.half(), gamma.float(), beta.float(), None, 8, True, 1, 1, 1, P4M)
-    out.float().sum().backward()
+    leaves = [t.clone().requires_grad_(True) for t in (x, w, b, gamma, beta)]
+    ref, ref_stats = reference_bn_conv(*leaves, None, 8, True, 1, 1, 1, P4M)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    halves = [view(x).half()] + [t.half() for t in (w, b)] + [t.float() for t in (gamma, beta)]
+    halves = [t.requires_grad_(True) for t in halves]
+    assert group_conv._tma_eligible(halves[0], 1)
+    out, stats = fused_bn_conv(*halves, None, 8, True, 1, 1, 1, P4M)
+    out.backward(view(grad).half())
     assert max_rel_err(out, ref) <= 5e-3
     assert max_rel_err(stats[1], ref_stats[1]) <= 5e-3 and max_rel_err(stats[2], ref_stats[2]) <= 5e-3
-    assert torch.isfinite(x16.grad).all()
+    for name, half, leaf in zip(("x", "w", "b", "gamma", "beta"), halves, leaves):
+        assert max_rel_err(half.grad, leaf.grad) <= 2e-2, name
 
 
 def test_empty_batch(interpreter):
