@@ -3,6 +3,8 @@
 CUDA sources are added when torch was built with CUDA (torch.version.cuda) and a
 CUDA toolkit is found (CUDA_HOME), or when FORCE_CUDA=1. Whether a GPU is present
 does not matter, so a build host without one still ships CUDA kernels.
+GER_KERNELS_CPU_ONLY=1 leaves the CUDA sources out even then (a CPU-only build against
+a CUDA build of torch, e.g. to test the CPU kernels under another torch version).
 The 16-bit tensor-core kernels are written with CuTe: their headers come from the
 installed nvidia-cutlass package (csrc/cutlass_include.py). Without it the CUDA
 build warns and leaves them out (GER_KERNELS_CUTE=0: the WMMA kernels run instead).
@@ -24,6 +26,8 @@ from csrc.cutlass_include import cutlass_include_dir  # noqa: E402
 
 
 def with_cuda() -> bool:
+    if os.environ.get("GER_KERNELS_CPU_ONLY", "0") == "1":
+        return False
     if os.environ.get("FORCE_CUDA", "0") == "1":
         return True
     return torch.version.cuda is not None and CUDA_HOME is not None

@@ -417,19 +417,21 @@ cudaError_t with_kernel(FloatKind kind, const CudaDevice& device, Body body) {
   return cudaErrorInvalidValue;
 }
 
+#if GER_KERNELS_CUTE
 // Whether 16-bit ops go to the CuTe kernels on this device (sm_80 and newer: mma.sync, ldmatrix, cp.async),
 // when they are enabled (CudaDevice::cute_enabled).
-[[maybe_unused]] bool uses_cute(FloatKind kind, const CudaDevice& device) {
+bool uses_cute(FloatKind kind, const CudaDevice& device) {
   return device.cute_enabled && (kind == FloatKind::kHalf || kind == FloatKind::kBFloat16) && device.arch >= 80;
 }
 
 // Whether the CuTe forward (input_grad false) or input gradient runs: its activation `data` is
 // cute_vectorizable and the weight scratch 16-byte aligned.
-[[maybe_unused]] bool uses_cute_conv(FloatKind kind, const CudaDevice& device, const void* data,
-                                     const Strides4& strides, int64_t channels, const void* weight_scratch) {
+bool uses_cute_conv(FloatKind kind, const CudaDevice& device, const void* data, const Strides4& strides,
+                    int64_t channels, const void* weight_scratch) {
   return uses_cute(kind, device) && cute_vectorizable(data, strides, channels) &&
          reinterpret_cast<uintptr_t>(weight_scratch) % 16 == 0;
 }
+#endif  // GER_KERNELS_CUTE (cute_vectorizable exists only then)
 
 }  // namespace
 

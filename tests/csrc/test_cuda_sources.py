@@ -132,6 +132,33 @@ def test_16bit_kernels_use_tensor_cores(source, tmp_path_factory):
             assert ("LDGSTS" in sass) == ("cute_weight_grad" in name or "WeightGrad" not in name), name
 
 
+def ger_kernels_symbols(obj: pathlib.Path, undefined: bool) -> set[str]:
+    """The demangled ger_kernels:: functions an object file defines (or, undefined=True, needs)."""
+    listing = subprocess.run(["nm", "-C", "-u" if undefined else "--defined-only", str(obj)], capture_output=True,
+                             text=True, check=True).stdout
+    return {m.group(1) for m in re.finditer(r"\s(ger_kernels::[^(]+)\(", listing)}
+
+
+def test_sources_link_without_cute(tmp_path):
+    """Built without nvidia-cutlass (GER_KERNELS_CUTE=0, as setup.py does then), the .cu objects need no
+    ger_kernels function that only the CuTe build defines: every one they call is defined by one of them
+    (a call left outside `#if GER_KERNELS_CUTE` made _C fail to load: undefined symbol cute_vectorizable).
+    PTX only: the host objects are what links."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    defined, needed = set(), {}
+    for source in CU_FILES:
+        obj = tmp_path / f"{source.stem}.o"
+        result = subprocess.run([NVCC, "-std=c++20", "-O3", "-gencode", "arch=compute_80,code=compute_80",
+                                 "-DGER_KERNELS_CUTE=0", *COMMON_NVCC_FLAGS, "-c", str(source), "-o", str(obj)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        defined |= ger_kernels_symbols(obj, undefined=False)
+        needed[source.name] = ger_kernels_symbols(obj, undefined=True)
+    assert defined
+    assert {name: symbols - defined for name, symbols in needed.items()} == {name: set() for name in needed}
+
+
 @pytest.mark.parametrize("source", GLUE_FILES, ids=lambda p: p.name)
 def test_torch_glue_compiles(source, tmp_path):
     from torch.utils.cpp_extension import include_paths
