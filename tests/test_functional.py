@@ -21,10 +21,8 @@ def test_checks_arguments_before_dispatch():
         ger_kernels.group_conv2d(torch.randn(1, 16, 5, 5), torch.randn(1, 2, 8, 3, 3), backend="fast")
 
 
-def test_triton_backend_through_the_switch_in_the_interpreter(monkeypatch):
+def test_triton_backend_through_the_switch_in_the_interpreter(interpreter):
     """The layers' path to the Triton kernels (CPU tensors run in the interpreter here)."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     x = torch.randn(1, 16, 7, 6, requires_grad=True)
     w = torch.randn(3, 2, 8, 3, 3, requires_grad=True)
     b = torch.randn(3, requires_grad=True)

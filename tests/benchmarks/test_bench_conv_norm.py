@@ -11,8 +11,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks
 import bench_conv_norm  # noqa: E402
 
 
-def test_quick_run_in_the_interpreter_times_and_checks_every_contender(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_quick_run_in_the_interpreter_times_and_checks_every_contender(tmp_path, monkeypatch, interpreter):
     monkeypatch.delenv("GER_KERNELS_TRITON_BN", raising=False)
     assert bench_conv_norm.main(["--device", "cpu", "--quick", "--dtype", "float32", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]

@@ -11,8 +11,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks
 import bench_group_bn  # noqa: E402
 
 
-def test_quick_run_in_the_interpreter_writes_every_case(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_quick_run_in_the_interpreter_writes_every_case(tmp_path, interpreter):
     assert bench_group_bn.main(["--device", "cpu", "--quick", "--dtype", "float32", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(r["map"], r["case"], r["pass"]) for r in rows] == [

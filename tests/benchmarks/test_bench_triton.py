@@ -25,9 +25,7 @@ def quick_run(tmp_path, backend: str) -> list[dict]:
     return rows
 
 
-def test_quick_run_in_the_interpreter_writes_every_pass(tmp_path, monkeypatch):
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_quick_run_in_the_interpreter_writes_every_pass(tmp_path, interpreter):
     quick_run(tmp_path, "triton")
 
 

@@ -33,8 +33,7 @@ class RecordingTuner:
         return CONFIGS[kind][family][0]
 
 
-def test_quick_sweep_in_the_interpreter_writes_the_default_table(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_quick_sweep_in_the_interpreter_writes_the_default_table(tmp_path, monkeypatch, interpreter):
     assert gpu_sweep.main(["--device", "cpu", "--quick", "--dtypes", "float32", "--max-configs", "2",
                            "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "sweep.json").read_text())
@@ -125,10 +124,9 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_variants_select_the_configs_swept(tmp_path, monkeypatch):
+def test_variants_select_the_configs_swept(tmp_path, interpreter):
     """--variants sweeps only the configs of the named variants (float32 has "fields" for forward and
     input_grad and "channels" for weight_grad): every swept row is of one, and each is correct."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert gpu_sweep.main(["--device", "cpu", "--quick", "--dtypes", "float32", "--variants", "fields", "channels",
                            "--max-configs", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]

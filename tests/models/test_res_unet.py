@@ -195,12 +195,10 @@ def test_ger_unet_fuses_batch_norm_relu_and_residual_add():
     assert not any(key.startswith("encoder.1.body.2.") for key in keys)
 
 
-def test_ger_unet_on_triton_fuses_convolutions_with_their_batch_norms(monkeypatch):
+def test_ger_unet_on_triton_fuses_convolutions_with_their_batch_norms(monkeypatch, interpreter):
     """On the Triton backend (its interpreter here) every group conv runs fused with the batch
     norms around it (``ger_kernels.nn.fused``): a training step gives the scores, gradients and
     running statistics of the same model on the reference backend."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     if not ger_kernels.backends("cpu")["triton"].available:
         pytest.skip(ger_kernels.backends("cpu")["triton"].reason)
     from ger_kernels.nn import fused

@@ -22,8 +22,7 @@ GEOMETRIES = [(1, 1, 0, 1, 7), (3, 1, 1, 1, 7), (3, 1, 0, 1, 6), (5, 1, 2, 1, 7)
 def backend(request, monkeypatch):
     """Every backend that runs CPU tensors here (triton in its interpreter)."""
     if request.param == "triton":
-        pytest.importorskip("triton")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        request.getfixturevalue("interpreter")
     status = ger_kernels.backends("cpu")[request.param]
     if not status.available:
         pytest.skip(status.reason)

@@ -11,10 +11,8 @@ from helpers import max_rel_err
 
 
 @pytest.fixture
-def triton_on_cpu(monkeypatch):
+def triton_on_cpu(interpreter):
     """The Triton backend on CPU tensors, in its interpreter."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     status = ger_kernels.backends("cpu")["triton"]
     if not status.available:
         pytest.skip(status.reason)
