@@ -146,3 +146,22 @@ def test_bad_input_is_checked_before_the_batch_norm_updates(triton_on_cpu):
 def test_state_dict_is_the_sequentials():
     modules = [P4MConvP4M(2, 3, 3), GroupBatchNorm2d(3, relu=True), nn.Identity(), P4MConvP4M(3, 3, 3)]
     assert FusedSequential(*modules).state_dict().keys() == nn.Sequential(*modules).state_dict().keys()
+
+
+def test_autocast_computes_the_convolutions_in_the_autocast_dtype(triton_on_cpu, monkeypatch):
+    """Under autocast (float16 here: the interpreter's bfloat16 dot is wrong) the fused convs compute
+    in float16 with the batch norms' statistics and parameters in float32, as the unfused modules
+    do: the same scores within float16 rounding, float32 gradients that agree."""
+    calls = spy_fused_calls(monkeypatch)
+    model = block(P4MConvP4M)
+    expected_model = unfused(model)
+    x = torch.randn(2, 16, 6, 5) * 2 + 0.5
+    with torch.autocast("cpu", dtype=torch.float16):
+        out, expected = model(x), expected_model(x)
+    assert out.dtype == expected.dtype == torch.float16 and len(calls) == 2
+    assert max_rel_err(out, expected) <= 2e-2
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for (name, p), q in zip(model.named_parameters(), expected_model.parameters()):
+        assert p.grad.dtype == torch.float32 and max_rel_err(p.grad, q.grad) <= 5e-2, name
