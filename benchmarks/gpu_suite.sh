@@ -82,6 +82,9 @@ for stage in $STAGES; do
           || echo "build FAILED: see $OUT/build-without-cute.log"
       fi
       $PY -m ger_kernels info 2>&1 | tee -a "$OUT/machine.txt" || echo "ger_kernels info FAILED"
+      # what auto runs per pass of each GER-UNet conv at the measured size (the sm90 path table's entries)
+      timeout "$(cap 60)" $PY -m ger_kernels info --paths --size 448 --batch 4 > "$OUT/paths.txt" 2>&1 \
+        || echo "ger_kernels info --paths FAILED: see $OUT/paths.txt"
       ;;
     step)
       limit=$(cap "${STEP_TIMEOUT_S:-240}")

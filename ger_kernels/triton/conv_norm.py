@@ -79,21 +79,42 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
+@torch.library.custom_op("ger_kernels_triton::bn_group_conv2d_backward", mutates_args=(),
+                         device_types=("cuda", "cpu"))
+def _conv_backward(grad: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor],
+                   norm_relu: bool, stride: int, padding: int, dilation: int, order: int, input_grad: bool,
+                   weight_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dz, dw) of the convolution of z (the normalized input, ``norm`` (3, C_in) rows mean, scale,
+    shift, or the input itself): dz, laid out as the input, zeroed where z's ReLU clipped; dw of the
+    base weight. Each is empty when not asked for."""
+    conv = (stride, padding, dilation, order)
+    dz = dw = input.new_empty(0)
+    if input_grad:  # the ReLU's mask in the input gradient kernel's epilogue
+        dz = group_conv.input_grad(grad, weight, list(input.shape), suggest_memory_format(input) == torch.channels_last,
+                                   *conv, relu_of=(input, norm) if norm is not None and norm_relu else None)
+    if weight_grad:
+        dw = group_conv.weight_grad(grad, input, weight.shape[-1], weight.shape[2], *conv, norm, norm_relu)
+    return dz, dw
+
+
+@_conv_backward.register_fake
+def _(grad, input, weight, norm, norm_relu, stride, padding, dilation, order, input_grad, weight_grad):
+    dz = torch.empty_like(input, memory_format=suggest_memory_format(input)) if input_grad else input.new_empty(0)
+    return dz, input.new_empty(weight.shape if weight_grad else (0,))
+
+
 def _backward(ctx, grad, _stats_grad):
     input, weight, mean, invstd, norm_weight, norm_bias = ctx.saved_tensors
     order = ctx.conv[-1]
     needs_input, needs_weight, needs_bias, _, _, needs_norm_weight, needs_norm_bias = ctx.needs_input_grad[:7]
     norm = _norm_rows(mean, invstd, norm_weight, norm_bias)
     dx = dw = db = dgamma = dbeta = None
-    if needs_weight:
-        dw = group_conv.weight_grad(grad, input, weight.shape[-1], weight.shape[2], *ctx.conv, norm, ctx.norm_relu)
+    needs_dz = needs_input or needs_norm_weight or needs_norm_bias
+    dz, dw = _conv_backward(grad, input, weight, norm, ctx.norm_relu, *ctx.conv, needs_dz, needs_weight)
+    dw = dw if needs_weight else None
     if ctx.has_bias and needs_bias:
         db = grad.unflatten(1, (-1, order)).sum((0, 2, 3, 4))
-    if needs_input or needs_norm_weight or needs_norm_bias:
-        # the gradient w.r.t. z, zeroed where z's ReLU clipped (the input gradient kernel's epilogue)
-        dz = group_conv.input_grad(grad, weight, list(input.shape),
-                                   suggest_memory_format(input) == torch.channels_last, *ctx.conv,
-                                   relu_of=(input, norm) if norm is not None and ctx.norm_relu else None)
+    if needs_dz:
         if norm is None:
             dx = dz
         else:  # through the batch norm: group batch norm's stages

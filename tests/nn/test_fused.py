@@ -165,3 +165,20 @@ def test_autocast_computes_the_convolutions_in_the_autocast_dtype(triton_on_cpu,
     expected.backward(grad)
     for (name, p), q in zip(model.named_parameters(), expected_model.parameters()):
         assert p.grad.dtype == torch.float32 and max_rel_err(p.grad, q.grad) <= 5e-2, name
+
+
+def test_torch_compile_fullgraph(triton_on_cpu):
+    """The fused block compiles into one graph (its kernels and backward are custom ops with fake
+    kernels) and trains as eager: outputs, gradients and running statistics."""
+    model = block(P4MConvP4M)
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 16, 6, 5)
+    out, expected = compiled(x), eager(x)
+    out.sum().backward()
+    expected.sum().backward()
+    assert max_rel_err(out, expected) <= 1e-6
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        assert max_rel_err(p.grad, q.grad) <= 1e-5, name
+    for (name, b), c in zip(model.named_buffers(), eager.buffers()):
+        assert torch.equal(b, c), name

@@ -176,3 +176,9 @@ def test_opcheck(interpreter):
                  (x, w.requires_grad_(), None, None, None, None, None, 1, 1, 1, 4, False, False, False)]:
         torch.library.opcheck(bn_group_conv2d, args, test_utils=("test_schema", "test_faketensor",
                                                                   "test_autograd_registration"))
+    norm = torch.stack([mean, invstd, torch.randn(2)])
+    for layout in (torch.contiguous_format, torch.channels_last):
+        backward_args = (torch.randn(2, 12, 5, 4), x.detach().contiguous(memory_format=layout), w, norm, True, 1, 1,
+                         1, 4, True, True)
+        torch.library.opcheck(torch.ops.ger_kernels_triton.bn_group_conv2d_backward, backward_args,
+                              test_utils=("test_schema", "test_faketensor"))
