@@ -4,7 +4,7 @@ On the Triton backend (a conv whose ``backend`` resolves to "triton" for its inp
 convolution writes the per-field batch statistics of its output from its epilogue, so the batch
 norm after it skips its statistics pass, and it reads its input through the batch norm (+ ReLU)
 before it, applied while loading, so the normalized map is never written (nor kept for the
-backward, which recomputes it). Elsewhere the same modules run unfused, with the same result:
+backward: its input gradient's epilogue recomputes the ReLU's mask from the input). Elsewhere the same modules run unfused, with the same result:
 fusion changes no parameter, buffer, state dict or result beyond rounding.
 
 - ``fused_conv(conv, input, norm=None, norm_statistics=None, statistics=False)``: the functional form.
@@ -33,8 +33,7 @@ def fuses(conv: GroupConv2d, input: torch.Tensor) -> bool:
     """Whether ``fused_conv`` runs ``conv`` on ``input`` with the fused Triton kernels."""
     dtype = torch.get_autocast_dtype(input.device.type) if casts(input) else input.dtype
     expanded_bytes = conv.weight.numel() * conv.group.order * conv.weight.element_size()
-    return (dtype in _TRITON_DTYPES and not torch.jit.is_scripting()
-            and resolved_backend(conv.backend, input.device.type, expanded_bytes) == "triton")
+    return dtype in _TRITON_DTYPES and resolved_backend(conv.backend, input.device.type, expanded_bytes) == "triton"
 
 
 def fused_conv(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | None = None,
@@ -46,10 +45,10 @@ def fused_conv(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | 
     convolution ran fused (pass them to the next ``GroupBatchNorm2d`` as ``statistics=``), else
     None. ``norm`` updates its running statistics as its forward would; one that cannot be
     applied on load (``normalizes_on_load``) runs first."""
-    on_load = norm is not None and norm.normalizes_on_load()
-    if norm is not None and not (on_load and fuses(conv, input)):
+    fused = fuses(conv, input)
+    if norm is not None and not (fused and norm.normalizes_on_load()):
         input, norm = norm(input, statistics=norm_statistics), None
-    if fuses(conv, input):
+    if fused:
         return _fused(conv, input, norm, norm_statistics, statistics)
     return conv(input), None
 
