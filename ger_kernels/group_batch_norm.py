@@ -401,11 +401,17 @@ def _backward(ctx, grad, *_non_differentiable):
 _group_batch_norm.register_autograd(_backward, setup_context=_setup_context)
 
 
-def check_batch(input: torch.Tensor, order: int, batch_statistics: bool) -> None:
-    """Batch statistics need more than one value per field (as BatchNorm's)."""
-    if batch_statistics and input.numel() and input.numel() // (input.shape[1] // order) <= 1:
+def check_batch(input: torch.Tensor, order: int, batch_statistics: bool,
+                statistics: Optional[torch.Tensor] = None) -> None:
+    """Batch statistics need more than one value per field (as BatchNorm's); given ones (count,
+    mean, M2 per field) are a (3, C) tensor."""
+    fields = input.shape[1] // order
+    if batch_statistics and input.numel() and input.numel() // fields <= 1:
         raise ValueError(f"Expected more than 1 value per field when training, got input of size "
                          f"{tuple(input.shape)}")
+    if statistics is not None and tuple(statistics.shape) != (3, fields):
+        raise ValueError(f"statistics must be the input's (count, mean, M2) per field, shape (3, {fields}), "
+                         f"got {tuple(statistics.shape)}")
 
 
 def group_batch_norm(input: torch.Tensor, order: int, running_mean: Optional[torch.Tensor] = None,
@@ -421,7 +427,7 @@ def group_batch_norm(input: torch.Tensor, order: int, running_mean: Optional[tor
     BatchNorm does. An empty batch gives an empty output and leaves the running statistics.
     ``statistics`` (3, C): the input's per-field (count, mean, M2), when its producer computed them
     (``ger_kernels.nn.fused``); the staged kernels then skip their statistics pass."""
-    check_batch(input, order, training or running_mean is None)
+    check_batch(input, order, training or running_mean is None, statistics)
     if residual is not None and residual.shape != input.shape:
         raise ValueError(f"residual must have the input's shape {tuple(input.shape)}, got {tuple(residual.shape)}")
     update = _updates(input, running_mean, training)

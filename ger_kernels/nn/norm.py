@@ -48,18 +48,21 @@ class GroupBatchNorm2d(nn.BatchNorm3d):
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None, relu: bool | None = None,
                 statistics: torch.Tensor | None = None) -> torch.Tensor:
-        self._check_and_count(input)
+        self._check_and_count(input, statistics)
         return self._batch_norm(input, residual, self.relu if relu is None else relu, statistics)
 
-    def _check_and_count(self, input: torch.Tensor) -> None:
+    def _check_and_count(self, input: torch.Tensor, statistics: torch.Tensor | None = None) -> None:
+        """Checks ``input`` (and given ``statistics``), then counts the batch as BatchNorm3d does,
+        before the cumulative average reads the count."""
         fields = check_fields(input, self.group, "input")
         if fields != self.num_features:
             raise ValueError(
                 f"input must have num_fields*{self.group.order} = {self.num_features * self.group.order} "
                 f"channels, got {input.shape[1]}"
             )
+        check_batch(input, self.group.order, self.training or self._running()[0] is None, statistics)
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)  # as BatchNorm3d, before the cumulative average reads it
+            self.num_batches_tracked.add_(1)
 
     def _running(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The running statistics this forward reads or updates (None: batch statistics only)."""
@@ -83,10 +86,9 @@ class GroupBatchNorm2d(nn.BatchNorm3d):
         """This batch norm of ``input`` as the convolution after it applies it on load (the ReLU is
         ``self.relu``), with the running statistics updated as ``forward`` does; ``statistics`` as
         in ``forward``."""
-        self._check_and_count(input)
+        self._check_and_count(input, statistics)
         running_mean, running_var = self._running()
         batch_statistics = self.training or running_mean is None
-        check_batch(input, self.group.order, batch_statistics)
         with torch.no_grad():
             mean, invstd, new_mean, new_var = batch_moments(input, self.group.order, running_mean, running_var,
                                                             self.num_batches_tracked, self.training, self.momentum,

@@ -182,3 +182,14 @@ def test_torch_compile_fullgraph(triton_on_cpu):
         assert max_rel_err(p.grad, q.grad) <= 1e-5, name
     for (name, b), c in zip(model.named_buffers(), eager.buffers()):
         assert torch.equal(b, c), name
+
+
+def test_statistics_of_the_wrong_shape_are_an_error():
+    norm = GroupBatchNorm2d(2, relu=True)
+    x = torch.randn(2, 16, 5, 5)
+    with pytest.raises(ValueError, match=r"statistics must be the input's \(count, mean, M2\) per field, shape "
+                                         r"\(3, 2\), got \(3, 3\)"):
+        norm(x, statistics=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"shape \(3, 2\), got \(2, 2\)"):
+        norm.input_normalization(x, torch.zeros(2, 2))
+    assert norm.num_batches_tracked.item() == 0  # checked before the batch is counted
