@@ -9,7 +9,8 @@ compute the same function in eval mode, so the layers need nothing of ``ger_kern
   without running statistics (``track_running_stats=False``, batch statistics per field even in eval
   mode) -> ``Unflatten`` + ``nn.BatchNorm3d(C)`` + ``Flatten``; then ``nn.ReLU`` if the layer fuses one;
 - spatial pools and upsampling -> ``nn.MaxPool2d`` / ``nn.AvgPool2d`` / ``nn.Upsample``;
-- ``GroupOrientationPool`` -> ``Unflatten`` + ``AvgPool3d``/``MaxPool3d`` over orientations + ``Flatten``.
+- ``GroupOrientationPool`` -> ``Unflatten`` + ``AvgPool3d``/``MaxPool3d`` over orientations + ``Flatten``;
+- ``FusedSequential`` -> ``nn.Sequential`` of the exported layers.
 
 A model whose own ``forward`` is code of this package (``GERUNet``) keeps that code; for an
 artifact with no dependency at all, export that model further with ``torch.export`` or ONNX.
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 
 from ger_kernels.convert.groupy import GroupyLayout
-from ger_kernels.nn import (GroupAvgPool2d, GroupBatchNorm2d, GroupConv2d, GroupMaxPool2d, GroupOrientationPool,
-                            GroupUpsample)
+from ger_kernels.nn import (FusedSequential, GroupAvgPool2d, GroupBatchNorm2d, GroupConv2d, GroupMaxPool2d,
+                            GroupOrientationPool, GroupUpsample)
 from ger_kernels.reference import expand_filter
 
 __all__ = ["export", "plain_module"]
@@ -80,6 +81,9 @@ def plain_module(module: nn.Module) -> nn.Module | None:
     if isinstance(module, GroupyLayout):  # 4-D or 5-D input, 5-D output
         plain = nn.Sequential(nn.Flatten(1, -3), _conv(module),
                               nn.Unflatten(1, (module.out_channels, module.group.order)))
+    elif isinstance(module, FusedSequential):  # the same chain, unfused, of plain layers
+        plain = nn.Sequential(*module)
+        _replace_children(plain)
     elif isinstance(module, GroupConv2d):
         plain = _conv(module)
     elif isinstance(module, GroupBatchNorm2d):

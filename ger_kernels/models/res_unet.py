@@ -114,8 +114,11 @@ class _ResBlock(nn.Module):
                          else FusedSequential(family.conv(c_in, c_out, 1), family.norm(c_out)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = self.body[-1]
-        y, statistics = self.body[:-1].forward_with_statistics(x, consumer=norm)
+        body, norm = self.body[:-1], self.body[-1]
+        if isinstance(body, FusedSequential):
+            y, statistics = body.forward_with_statistics(x, consumer=norm)
+        else:  # exported to plain torch.nn (ger_kernels.convert.export)
+            y, statistics = body(x), None
         return _norm_add_relu(norm, y, self.shortcut(x), statistics)
 
 
