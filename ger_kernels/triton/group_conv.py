@@ -725,6 +725,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     _check_offsets(x, out)
     norm = _check_norm(norm, channels // s_in, x.device)
     key = problem_class("forward", x.dtype, x.shape, weight.shape, stride, padding, dilation, order)
+    key += _FUSED_KEY if norm is not None or statistics else ()
     layouts = _WeightLayouts(weight, fields_dim=0)
     table = tables(get_group(order), k, x.device)
     pixels, n = batch * h_out * w_out, c_out * order
@@ -757,6 +758,11 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
         return stats
 
     return out, _run("forward", x.dtype, key, launch, x.device)
+
+
+# Tuning keys of kernels with a fused batch norm end with this: they are tuned apart from the plain
+# kernels (their registers differ: some tiles that fit plain spill fused, triton-aot-sm90.md).
+_FUSED_KEY = ("bn",)
 
 
 def _statistics_buffer(statistics: bool, programs: int, channels: int, device) -> Optional[torch.Tensor]:
@@ -799,6 +805,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
         return dx
     _check_offsets(grad, dx)
     key = problem_class("input_grad", grad.dtype, input_size, weight.shape, stride, padding, dilation, order)
+    key += _FUSED_KEY if relu_of is not None else ()
     layouts = _WeightLayouts(weight, fields_dim=1)
     table = tables(get_group(order), k, grad.device)
     h_out, w_out = grad.shape[-2:]
@@ -921,6 +928,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
         return partials
 
     key = problem_class("weight_grad", x.dtype, x.shape, shape, stride, padding, dilation, order)
+    key += _FUSED_KEY if norm is not None else ()
     return _run("weight_grad", x.dtype, key, launch, x.device).sum(0).view(shape).to(x.dtype)
 
 

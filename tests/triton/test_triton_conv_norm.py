@@ -182,3 +182,26 @@ def test_opcheck(interpreter):
                          1, 4, True, True)
         torch.library.opcheck(torch.ops.ger_kernels_triton.bn_group_conv2d_backward, backward_args,
                               test_utils=("test_schema", "test_faketensor"))
+
+
+def test_fused_kernels_are_tuned_apart_from_the_plain_ones(interpreter, monkeypatch):
+    """Their registers differ (some tiles spill only fused): each pass with a fused batch norm has a
+    tuning key of its own, the plain passes keep theirs."""
+    keys = []
+
+    class RecordingTuner:
+        def choose(self, family, kind, key, time_ms, device=(), arch=None):
+            keys.append((family, key[-1] == "bn"))
+            return CONFIGS[kind][family][0]
+
+    monkeypatch.setattr(group_conv, "_TUNER", RecordingTuner())
+    x, w, b, gamma, beta = (t.float() for t in case(P4, False, 3, 5, 4, 2, c_in=2, c_out=3))
+    x.requires_grad_(True)
+    out, _ = bn_group_conv2d(x, w.requires_grad_(True), b, torch.randn(2), torch.rand(2) + 0.5, gamma, beta, 1, 1,
+                             1, 4, True, True, True)
+    out.sum().backward()
+    assert sorted(keys) == [("forward", True), ("input_grad", True), ("weight_grad", True)]
+    keys.clear()
+    plain, _ = bn_group_conv2d(x, w, b, None, None, None, None, 1, 1, 1, 4, False, False, False)
+    plain.sum().backward()
+    assert sorted(keys) == [("forward", False), ("input_grad", False), ("weight_grad", False)]
