@@ -47,7 +47,7 @@ from ger_kernels._validation import conv_output_size
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton import interpreting
 from ger_kernels.triton.jit import DeviceFunction, Kernel
-from ger_kernels.triton.tuning import Config, Tuner, arch_name, dtype_class
+from ger_kernels.triton.tuning import FUSED_TAG, Config, Tuner, arch_name, dtype_class
 
 __all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "statistics_of_fields", "tables", "precision", "problem_class", "TF32_ENV"]
 
@@ -761,8 +761,9 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
 
 
 # Tuning keys of kernels with a fused batch norm end with this: they are tuned apart from the plain
-# kernels (their registers differ: some tiles that fit plain spill fused, triton-aot-sm90.md).
-_FUSED_KEY = ("bn",)
+# kernels (their registers differ: some tiles that fit plain spill fused, triton-aot-sm90.md), and
+# take the plain kernel's default config where the default table has no entry of their own.
+_FUSED_KEY = (FUSED_TAG,)
 
 
 def _statistics_buffer(statistics: bool, programs: int, channels: int, device) -> Optional[torch.Tensor]:

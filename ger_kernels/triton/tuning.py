@@ -35,11 +35,12 @@ import torch
 from ger_kernels._io import read_table_entries, write_text_atomically
 from ger_kernels.triton import interpreting
 
-__all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "UNVERIFIED", "UNVERIFIED_ENV", "Tuner", "arch_name",
+__all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "FUSED_TAG", "UNVERIFIED", "UNVERIFIED_ENV", "Tuner", "arch_name",
            "cache_path", "defaults_path", "dtype_class", "entry", "forced_config", "read_defaults", "size_bucket",
            "tunable"]
 
 FORCE_ENV = "GER_KERNELS_TRITON_CONFIG"
+FUSED_TAG = "bn"  # the last element of the problem class of a kernel with a fused batch norm
 DEFAULTS_DIR = pathlib.Path(__file__).resolve().parent
 
 
@@ -213,10 +214,15 @@ class Tuner:
         self._defaults: dict[str, dict[str, dict]] = {}
 
     def default(self, family: str, kind: str, key: tuple, arch: str) -> str | None:
-        """The config name ``arch``'s default-config table gives ``family`` for problem class ``key``."""
+        """The config name ``arch``'s default-config table gives ``family`` for problem class ``key``;
+        for a kernel with a fused batch norm (``key`` ends in ``FUSED_TAG``) without an entry of its
+        own, the plain kernel's (the AOT test holds that the shipped defaults fit fused)."""
         if arch not in self._defaults:
             self._defaults[arch] = read_defaults(arch, self.defaults_dir)
-        found = self._defaults[arch].get(entry(family, kind, key))
+        table = self._defaults[arch]
+        found = table.get(entry(family, kind, key))
+        if found is None and key and key[-1] == FUSED_TAG:
+            found = table.get(entry(family, kind, key[:-1]))
         return found["config"] if found else None
 
     def _read_file(self) -> dict[str, str]:

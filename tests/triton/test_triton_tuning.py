@@ -164,6 +164,21 @@ def test_tuning_cache_wins_over_the_default_table(tmp_path):
         == configs[2]
 
 
+def test_a_fused_kernel_takes_its_own_default_else_the_plain_kernels(tmp_path):
+    configs = CONFIGS["half"]["forward"]
+    plain, fused = ("torch.bfloat16", 8, 1024), ("torch.bfloat16", 8, 1024, tuning.FUSED_TAG)
+    write_defaults(tmp_path, "sm90", {"forward|half|torch.bfloat16|8|1024": {"config": configs[1].name},
+                                      "forward|half|torch.bfloat16|8|2048|bn": {"config": configs[2].name}})
+    tuner = Tuner(tmp_path / "cache.json", tmp_path)
+    never = None  # a table entry is never timed
+    assert tuner.choose("forward", "half", fused, never, (), "sm90") == configs[1]
+    assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 2048, "bn"), never, (), "sm90") == configs[2]
+    timed = []  # the fused entry is its own: the plain kernel of that class has none
+    assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 2048), lambda c: timed.append(c) or 1.0,
+                        (), "sm90") == configs[0] and timed
+    assert tuner.choose("forward", "half", plain, never, (), "sm90") == configs[1]
+
+
 def test_default_naming_a_config_no_longer_listed_is_timed(tmp_path):
     write_defaults(tmp_path, "sm90", {"forward|float32|k": {"config": "m1n1k1w1s1"}})
     configs = CONFIGS["float32"]["forward"]
