@@ -42,8 +42,9 @@ from ger_kernels._validation import conv_output_size
 from ger_kernels.conv_passes import PASSES
 from ger_kernels.triton import tuning
 
-__all__ = ["AUTO_TIMING_ENV", "CHOOSER", "Choice", "ConvProblem", "PathChooser", "TABLE_DIR", "cache_path", "cuda_median_ms",
-           "layer_problem", "measure", "pass_classes", "pass_entries", "precision", "problem_class", "read_table", "table_path",
+__all__ = ["AUTO_TIMING_ENV", "CHOOSER", "Choice", "ConvProblem", "PathChooser", "TABLE_DIR", "cache_path",
+           "cuda_median_ms", "layer_problem", "measure", "pass_classes", "pass_entries", "precision", "problem_class",
+           "read_table", "table_path",
            "tolerance"]
 
 TABLE_DIR = pathlib.Path(__file__).resolve().parent

@@ -279,8 +279,8 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("info", help="versions, backends, parameter counts")
     p.add_argument("--paths", action="store_true",
                    help="also the backend of each pass of each GER-UNet convolution under backend='auto' (one "
-                        "forward on a random input; with GER_KERNELS_AUTO_TIMING=1 a first call on CUDA times the passes "
-                        "the path table lacks)")
+                        "forward on a random input; with GER_KERNELS_AUTO_TIMING=1 a first call on CUDA times the "
+                        "passes the path table lacks)")
     p.add_argument("--size", type=int, default=64, help="with --paths: input height and width (a multiple of 8)")
     p.add_argument("--batch", type=int, default=4, help="with --paths")
     p.add_argument("--device", default="auto", help="with --paths: auto | cpu | cuda | cuda:N")

@@ -43,8 +43,9 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels import triton as triton_backend  # imports no triton until its kernels are used
 
-__all__ = ["TRITON_BN_ENV", "group_batch_norm", "batch_moments", "check_batch", "statistics", "merge_statistics", "normalize", "grad_sums", "input_grad",
-           "input_grad_coefficients", "running_statistics", "min_bytes", "KERNELS"]
+__all__ = ["TRITON_BN_ENV", "group_batch_norm", "batch_moments", "check_batch", "statistics", "merge_statistics",
+           "normalize", "grad_sums", "input_grad", "input_grad_coefficients", "running_statistics", "min_bytes",
+           "KERNELS"]
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The Triton kernels have been checked in the interpreter and compiled for sm_90, but have not yet

@@ -9,6 +9,7 @@ from ger_kernels.nn.upsample import GroupUpsample
 
 __all__ = [
     "GroupConv2d", "P4MConvZ2", "P4MConvP4M", "P4ConvZ2", "P4ConvP4", "conv_class",
-    "GroupBatchNorm2d", "InputNormalization", "FusedSequential", "fused_conv", "GroupMaxPool2d", "GroupAvgPool2d", "GroupOrientationPool",
+    "GroupBatchNorm2d", "InputNormalization", "FusedSequential", "fused_conv", "GroupMaxPool2d", "GroupAvgPool2d",
+    "GroupOrientationPool",
     "GroupUpsample", "group_cat",
 ]

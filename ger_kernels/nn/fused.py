@@ -4,7 +4,8 @@ On the Triton backend (a conv whose ``backend`` resolves to "triton" for its inp
 convolution writes the per-field batch statistics of its output from its epilogue, so the batch
 norm after it skips its statistics pass, and it reads its input through the batch norm (+ ReLU)
 before it, applied while loading, so the normalized map is never written (nor kept for the
-backward: its input gradient's epilogue recomputes the ReLU's mask from the input). Elsewhere the same modules run unfused, with the same result:
+backward: its input gradient's epilogue recomputes the ReLU's mask from the input). Elsewhere the
+same modules run unfused, with the same result:
 fusion changes no parameter, buffer, state dict or result beyond rounding.
 
 - ``fused_conv(conv, input, norm=None, norm_statistics=None, statistics=False)``: the functional form.
@@ -97,7 +98,8 @@ class FusedSequential(nn.Sequential):
         for i, module in enumerate(modules):
             following = modules[i + 1] if i + 1 < len(modules) else None
             if isinstance(module, GroupConv2d):
-                x, stats = fused_conv(module, x, pending, stats, _wants_statistics(following if following is not None else consumer))
+                wanted = _wants_statistics(following if following is not None else consumer)
+                x, stats = fused_conv(module, x, pending, stats, wanted)
                 pending = None
             elif isinstance(module, GroupBatchNorm2d) and isinstance(following, GroupConv2d):
                 pending = module

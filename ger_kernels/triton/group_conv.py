@@ -49,7 +49,8 @@ from ger_kernels.triton import interpreting
 from ger_kernels.triton.jit import DeviceFunction, Kernel
 from ger_kernels.triton.tuning import FUSED_TAG, Config, Tuner, arch_name, dtype_class
 
-__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "statistics_of_fields", "tables", "precision", "problem_class", "TF32_ENV"]
+__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "statistics_of_fields", "tables", "precision",
+           "problem_class", "TF32_ENV"]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -196,7 +197,8 @@ def forward_fields_kernel(
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    NORM: tl.constexpr, NORM_RELU: tl.constexpr, STATS: tl.constexpr, ALIGN: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
+    NORM: tl.constexpr, NORM_RELU: tl.constexpr, STATS: tl.constexpr, ALIGN: tl.constexpr, PRECISION: tl.constexpr,
+    TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """``forward_kernel``'s result (config variant "fields") with the weight tile read as vectors.
@@ -924,8 +926,8 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             batch, channels, height, width, c_out * order, h_out, w_out, per_split * config.block_k, per_split,
             tiles_h, tiles_w, *grad.stride(), *x.stride(),
             stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size, NORM=norm is not None,
-            NORM_RELU=norm_relu, ALIGN_DY=_alignment(grad), ALIGN_X=_alignment(x), PRECISION=precision(x.dtype), TMA=tma, TILE_W=_TILE_W,
-            **config.meta())
+            NORM_RELU=norm_relu, ALIGN_DY=_alignment(grad), ALIGN_X=_alignment(x), PRECISION=precision(x.dtype),
+            TMA=tma, TILE_W=_TILE_W, **config.meta())
         return partials
 
     key = problem_class("weight_grad", x.dtype, x.shape, shape, stride, padding, dilation, order)

@@ -35,9 +35,9 @@ import torch
 from ger_kernels._io import read_table_entries, write_text_atomically
 from ger_kernels.triton import interpreting
 
-__all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "FUSED_TAG", "UNVERIFIED", "UNVERIFIED_ENV", "Tuner", "arch_name",
-           "cache_path", "defaults_path", "dtype_class", "entry", "forced_config", "read_defaults", "size_bucket",
-           "tunable"]
+__all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "FUSED_TAG", "UNVERIFIED", "UNVERIFIED_ENV", "Tuner",
+           "arch_name", "cache_path", "defaults_path", "dtype_class", "entry", "forced_config", "read_defaults",
+           "size_bucket", "tunable"]
 
 FORCE_ENV = "GER_KERNELS_TRITON_CONFIG"
 FUSED_TAG = "bn"  # the last element of the problem class of a kernel with a fused batch norm
