@@ -2,7 +2,8 @@
 mode), fused (``ger_kernels.nn.FusedSequential`` on the Triton backend: each conv's epilogue writes
 the next batch norm's statistics, the second conv applies the first BN-ReLU on load) against cuDNN
 on the expanded filters with ``BatchNorm3d`` and ReLU (issue 12's target: at least 1.3x), and the
-same group modules unfused on the Triton backend (what the fusion alone gains).
+same group modules unfused on the Triton backend (what the fusion alone gains); and the peak memory
+of one step of each (the fused block keeps no normalized map for its backward).
 
 p4m, batch 4, channels_last, 3x3 padding 1, GER-UNet's widths (23 fields at 448x448, 45 at 224,
 91 at 112, 181 at 56); medians of interleaved repeats. The first fused output is checked against
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from measure import interleaved_medians  # noqa: E402
+from measure import interleaved_medians, peak_memory_bytes  # noqa: E402
 
 from ger_kernels import reference  # noqa: E402
 from ger_kernels._io import write_text_atomically  # noqa: E402
@@ -88,7 +89,9 @@ def bench_shape(batch: int, fields: int, size: int, dtype, device, repeats: int)
         return run
 
     times = interleaved_medians({name: step(model) for name, model in models.items()}, device, repeats)
+    peaks = {name: peak_memory_bytes(step(model), device) / 2 ** 20 for name, model in models.items()}
     return {"map": f"{batch}x({fields}*8)x{size}x{size}", **{f"{n}_ms": times[n] for n in CONTENDERS},
+            **{f"{n}_peak_mib": peaks[n] for n in CONTENDERS},
             "fused_vs_cudnn": times["cudnn"] / times["fused"], "fused_vs_unfused": times["unfused"] / times["fused"],
             "rel_diff": {n: diffs[n] for n in ("fused", "unfused")},
             "correct": all(d <= TOLERANCE for d in diffs.values())}
@@ -96,9 +99,10 @@ def bench_shape(batch: int, fields: int, size: int, dtype, device, repeats: int)
 
 def markdown(rows: list[dict], header: str) -> str:
     lines = [header, "", "| map | fused ms | unfused (Triton) ms | cuDNN + BatchNorm3d ms | fused x cuDNN | "
-             "fused x unfused | correct |", "|---|---|---|---|---|---|---|"]
+             "fused x unfused | peak MiB fused / unfused / cuDNN | correct |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['map']} | {r['fused_ms']:.3f} | {r['unfused_ms']:.3f} | {r['cudnn_ms']:.3f} | "
-              f"{r['fused_vs_cudnn']:.2f} | {r['fused_vs_unfused']:.2f} | {'yes' if r['correct'] else 'NO'} |"
+              f"{r['fused_vs_cudnn']:.2f} | {r['fused_vs_unfused']:.2f} | {r['fused_peak_mib']:.0f} / "
+              f"{r['unfused_peak_mib']:.0f} / {r['cudnn_peak_mib']:.0f} | {'yes' if r['correct'] else 'NO'} |"
               for r in rows]
     return "\n".join(lines) + "\n"
 

@@ -17,5 +17,5 @@ def test_quick_run_in_the_interpreter_times_and_checks_every_contender(tmp_path,
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["map"] for r in rows] == [f"{b}x({c}*8)x{s}x{s}" for b, c, s in bench_conv_norm.QUICK_SHAPES]
     assert all(r["correct"] and max(r["rel_diff"].values()) <= 1e-5 for r in rows)
-    assert all(r[f"{name}_ms"] > 0 for r in rows for name in bench_conv_norm.CONTENDERS)
+    assert all(r[f"{name}_ms"] > 0 and r[f"{name}_peak_mib"] > 0 for r in rows for name in bench_conv_norm.CONTENDERS)
     assert "| fused x cuDNN |" in (tmp_path / "results.md").read_text()
