@@ -47,3 +47,18 @@ def test_float32_tensor_cores_only_with_tf32_opt_in(monkeypatch):
     monkeypatch.setenv("GER_KERNELS_TRITON_TF32", "1")
     tf32 = aot.compile_config("forward", config, torch.float32)
     assert tf32.tensor_cores in ("wgmma", "mma") and tf32.spill_bytes == 0
+
+
+def test_every_variant_compiles_for_sm80():
+    """The kernels must still run on Ampere: the first 16-bit config of each variant of each pass,
+    plain and with the batch norm fused, compiles for sm_80 (tensor descriptors lowered to loads)
+    with mma.sync; the plain kernels without spills (fused, the Hopper-sized channels tile spills
+    40 bytes there: triton-aot-sm90.md)."""
+    jobs = {(family, config.variant): config for family in ("forward", "input_grad", "weight_grad")
+            for config in reversed(CONFIGS["half"][family])}
+    for (family, _), config in sorted(jobs.items()):
+        for fused in (False, True):
+            r = aot.compile_config(family, config, torch.bfloat16, arch=80, fused=fused)
+            print(r)
+            assert r.tensor_cores == "mma" and r.shared_bytes <= 163 * 1024, r
+            assert r.spill_bytes == 0 or fused, r
