@@ -110,10 +110,11 @@ for stage in $STAGES; do
       ;;
     parity)
       # the CUDA kernels of ger_kernels._C, the Triton kernels (on the GPU, not the interpreter),
-      # and everything that compares backends; the CuTe cases (opt-in kernels, first run here) go
+      # and everything that compares backends (not the CPU profiler test, a suspect of the 2026-11-29
+      # crash: the errors stage runs it); the CuTe cases (opt-in kernels, first run here) go
       # last in a process of their own, so a fault there cannot take the others' CUDA context down
       GER_KERNELS_REQUIRE_EXTENSION=1 timeout "$(cap 150)" $PY -m pytest -q -p no:cacheprovider \
-        -k "not cute and not test_errors_name" \
+        -k "not cute and not test_errors_name and not never_allocates" \
         tests/csrc/test_group_conv_cuda.py tests/csrc/test_group_conv.py tests/test_ops.py tests/triton \
         --ignore=tests/triton/test_triton_aot.py tests/test_group_batch_norm.py tests/nn/test_norm.py \
         tests/test_functional.py tests/test_backends.py tests/convert/test_backend.py > "$OUT/parity.log" 2>&1 \
