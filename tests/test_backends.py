@@ -210,7 +210,7 @@ def test_auto_paths_compile_with_dynamic_shapes(tmp_path, monkeypatch, cpp_avail
     _, problem = p4m_layer(torch.float32)
     cpu_table(tmp_path, monkeypatch, problem, ["cpp", "reference", "cpp"])
     layer = P4MConvP4M(2, 3, 3, padding=1)
-    torch._dynamo.reset()  # p4 and p4m layers compiled earlier in this process make the group order dynamic
+    torch._dynamo.reset()  # compile tests earlier in this process can leave the group order dynamic
     compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="aot_eager")
     mixed = {("forward", "cpp"), ("input_grad", "reference"), ("weight_grad", "cpp")}
     for batch, paths in ((2, mixed), (1, set()), (7, set())):  # the table's class, then two without an entry
