@@ -84,15 +84,6 @@ def layer_problem(input: torch.Tensor, weight: torch.Tensor, stride: int, paddin
                        input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous())
 
 
-def _bucket(n) -> int:
-    """``tuning.size_bucket(n)`` by comparisons: under ``torch.compile`` with dynamic shapes it
-    guards on the bucket instead of failing on a symbolic size."""
-    bucket = 1
-    while bucket < n:
-        bucket *= 2
-    return bucket
-
-
 def precision(dtype: torch.dtype) -> str:
     """The Triton kernels' ``tl.dot`` input_precision: IEEE float32 unless ``GER_KERNELS_TRITON_TF32=1``
     opts in (part of a problem class)."""
@@ -110,7 +101,8 @@ def problem_class(pass_name: str, problem: ConvProblem) -> tuple:
     n, pixels = c_out * problem.order, batch * h_out * w_out
     gemm = {"forward": (pixels, n, channels * k * k), "input_grad": (batch * height * width, channels, n * k * k),
             "weight_grad": (c_out, channels, pixels)}[pass_name]
-    return (problem.dtype, problem.order, s_in, k, problem.stride, precision(problem.dtype), *map(_bucket, gemm))
+    return (problem.dtype, problem.order, s_in, k, problem.stride, precision(problem.dtype),
+            *map(tuning.size_bucket, gemm))
 
 
 def pass_classes(problem: ConvProblem) -> tuple[tuple, tuple, tuple]:

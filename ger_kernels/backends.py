@@ -39,6 +39,7 @@ BACKENDS = ("reference", "cpp", "triton")
 # where the table has no entry.
 CPU_CPP_MIN_EXPANDED_BYTES = 4 << 20
 
+
 class BackendStatus(NamedTuple):
     available: bool
     reason: str

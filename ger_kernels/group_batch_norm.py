@@ -43,11 +43,11 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels import triton as triton_backend  # imports no triton until its kernels are used
 
-__all__ = ["TRITON_BN_ENV", "group_batch_norm", "batch_moments", "check_batch", "statistics", "merge_statistics",
+__all__ = ["TRITON_BN_ENV", "group_batch_norm", "batch_moments", "check_batch", "takes_statistics", "statistics",
+           "merge_statistics",
            "normalize", "grad_sums", "input_grad", "input_grad_coefficients", "running_statistics", "min_bytes",
            "KERNELS"]
 
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The Triton kernels have been checked in the interpreter and compiled for sm_90, but have not yet
 # run on a GPU (their GPU parity tests did not run in the H200 session of 2026-11-29): on CUDA they
 # are opt-in until they have, and plain torch (ATen's batch norm kernels) runs by default.
@@ -78,13 +78,19 @@ def _triton_available(device_type: str, interpreting: bool) -> bool:
 def _on_triton(x: torch.Tensor) -> bool:
     """Whether the Triton kernels run ``x``: CUDA with ``GER_KERNELS_TRITON_BN=1``, or CPU in the
     interpreter; non-empty, not float64."""
-    if x.dtype not in _TRITON_DTYPES or x.numel() == 0:
+    if x.dtype not in triton_backend.DTYPES or x.numel() == 0:
         return False
     if x.device.type == "cpu" and not triton_backend.interpreting():
         return False
     if x.device.type == "cuda" and os.environ.get(TRITON_BN_ENV) != "1":
         return False
     return _triton_available(x.device.type, triton_backend.interpreting())
+
+
+def takes_statistics(x: torch.Tensor) -> bool:
+    """Whether ``group_batch_norm`` of a map like ``x`` uses given batch statistics (its staged
+    kernels run; ATen's batch norm computes its own)."""
+    return _on_triton(x)
 
 
 def _kernels():
@@ -275,9 +281,13 @@ def batch_moments(input, order: int, running_mean, running_var, num_batches_trac
     """(mean, invstd, new running mean, new running var) of a batch norm of ``input`` (as in
     ``group_batch_norm``): the batch's, from ``statistics`` (count, mean, M2) when given (computed
     by whoever wrote ``input``) else computed, when ``training`` or without running statistics;
-    else the running ones. The new running statistics are empty unless ``training`` updates them."""
+    else the running ones (an empty batch: zeros). The new running statistics are empty unless
+    ``training`` updates them."""
     dtype = _accumulation_dtype(input)
     new_mean, new_var = input.new_empty(0), input.new_empty(0)
+    if input.numel() == 0 and (training or running_mean is None):  # as the op: zeros, running statistics untouched
+        zeros = input.new_zeros(input.shape[1] // order, dtype=dtype)
+        return zeros, zeros.clone(), new_mean, new_var
     if training or running_mean is None:
         count = input.numel() // (input.shape[1] // order)
         _, mean, m2 = (statistics if statistics is not None else _statistics(input, order)).to(dtype).unbind(0)

@@ -63,7 +63,6 @@ def test_problem_class_keys_the_measured_tables(monkeypatch):
     assert auto_paths.problem_class("forward", fp32)[5] == "ieee"
     monkeypatch.setenv(auto_paths.TF32_ENV, "1")
     assert auto_paths.problem_class("forward", fp32)[5] == "tf32"
-    assert [auto_paths._bucket(n) for n in range(0, 70)] == [tuning.size_bucket(n) for n in range(0, 70)]
 
 
 def test_entries_name_pass_kind_and_class():

@@ -19,6 +19,7 @@ artifact with no dependency at all, export that model further with ``torch.expor
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -81,8 +82,8 @@ def plain_module(module: nn.Module) -> nn.Module | None:
     if isinstance(module, GroupyLayout):  # 4-D or 5-D input, 5-D output
         plain = nn.Sequential(nn.Flatten(1, -3), _conv(module),
                               nn.Unflatten(1, (module.out_channels, module.group.order)))
-    elif isinstance(module, FusedSequential):  # the same chain, unfused, of plain layers
-        plain = nn.Sequential(*module)
+    elif isinstance(module, FusedSequential):  # the same chain (and child names), unfused, of plain layers
+        plain = nn.Sequential(OrderedDict(module.named_children()))
         _replace_children(plain)
     elif isinstance(module, GroupConv2d):
         plain = _conv(module)

@@ -22,19 +22,38 @@ from torch import nn
 from ger_kernels._autocast import casts
 from ger_kernels._validation import check_conv_args, check_exact_grid
 from ger_kernels.backends import resolved_backend
+from ger_kernels.group_batch_norm import takes_statistics
 from ger_kernels.nn.conv import GroupConv2d
 from ger_kernels.nn.norm import GroupBatchNorm2d
+from ger_kernels.triton import DTYPES
 
 __all__ = ["fused_conv", "FusedSequential", "fuses"]
 
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+def _plain_call(module: nn.Module, base: type) -> bool:
+    """Whether calling ``module`` runs ``base.forward`` and nothing else: no forward of a subclass
+    (``GroupyLayout``'s 5-D output), no hooks (an old-style ``weight_norm``'s pre-hook, forward and
+    backward hooks of the module or global ones), which a fused call would skip."""
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks,
+             *(getattr(nn.modules.module, name, {}) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                                               "_global_backward_hooks",
+                                                               "_global_backward_pre_hooks")))
+    return type(module).forward is base.forward and not any(hooks)
 
 
 def fuses(conv: GroupConv2d, input: torch.Tensor) -> bool:
     """Whether ``fused_conv`` runs ``conv`` on ``input`` with the fused Triton kernels."""
     dtype = torch.get_autocast_dtype(input.device.type) if casts(input) else input.dtype
     expanded_bytes = conv.weight.numel() * conv.group.order * conv.weight.element_size()
-    return dtype in _TRITON_DTYPES and resolved_backend(conv.backend, input.device.type, expanded_bytes) == "triton"
+    return (dtype in DTYPES and _plain_call(conv, GroupConv2d)
+            and resolved_backend(conv.backend, input.device.type, expanded_bytes) == "triton")
+
+
+def _applies_on_load(norm: GroupBatchNorm2d, conv: GroupConv2d, input: torch.Tensor) -> bool:
+    """Whether ``conv`` applies ``norm`` while loading ``input``: it runs fused, ``norm`` normalizes
+    fields of the conv's input orientations (not a lifting conv's planar channels), may run there
+    (``normalizes_on_load``) and would run nothing else."""
+    return (norm.group.order == conv.in_orientations and norm.normalizes_on_load()
+            and _plain_call(norm, GroupBatchNorm2d) and fuses(conv, input))
 
 
 def fused_conv(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | None = None,
@@ -44,12 +63,11 @@ def fused_conv(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | 
     ``input``, whose per-field (count, mean, M2) ``norm_statistics`` may come from the conv that
     wrote it; ``stats`` the same (3, C_out) statistics of the output when ``statistics`` and the
     convolution ran fused (pass them to the next ``GroupBatchNorm2d`` as ``statistics=``), else
-    None. ``norm`` updates its running statistics as its forward would; one that cannot be
-    applied on load (``normalizes_on_load``) runs first."""
-    fused = fuses(conv, input)
-    if norm is not None and not (fused and norm.normalizes_on_load()):
+    None. ``norm`` updates its running statistics as its forward would; one the conv cannot apply
+    on load (``_applies_on_load``) runs first, as a module."""
+    if norm is not None and not _applies_on_load(norm, conv, input):
         input, norm = norm(input, statistics=norm_statistics), None
-    if fused:
+    if fuses(conv, input):
         return _fused(conv, input, norm, norm_statistics, statistics)
     return conv(input), None
 
@@ -76,9 +94,17 @@ def _fused(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | None
     return output, stats if statistics else None
 
 
-def _wants_statistics(module: nn.Module) -> bool:
-    """Whether ``module`` is a group batch norm that would compute its input's batch statistics."""
-    return isinstance(module, GroupBatchNorm2d) and (module.training or module.running_mean is None)
+def _uses_statistics(module: nn.Module | None, after: nn.Module | None, input: torch.Tensor) -> bool:
+    """Whether the batch statistics of ``module``'s input, written by the conv that reads ``input``,
+    serve ``module``: a group batch norm that computes batch statistics, applied on load by the conv
+    ``after`` it, or run as a module on its staged kernels (``group_batch_norm.takes_statistics``;
+    ATen's batch norm, or one reducing over processes, computes its own)."""
+    if not (isinstance(module, GroupBatchNorm2d) and type(module).forward is GroupBatchNorm2d.forward
+            and (module.training or module.running_mean is None)):
+        return False
+    if isinstance(after, GroupConv2d) and _applies_on_load(module, after, input):
+        return True
+    return module.normalizes_on_load() and takes_statistics(input)
 
 
 class FusedSequential(nn.Sequential):
@@ -96,14 +122,14 @@ class FusedSequential(nn.Sequential):
         modules = [m for m in self if not isinstance(m, nn.Identity)]
         x, stats, pending = input, None, None  # pending: a batch norm of x the next conv applies
         for i, module in enumerate(modules):
-            following = modules[i + 1] if i + 1 < len(modules) else None
+            following = modules[i + 1] if i + 1 < len(modules) else consumer
+            after = modules[i + 2] if i + 2 < len(modules) else None  # a conv that may apply `following`
             if isinstance(module, GroupConv2d):
-                wanted = _wants_statistics(following if following is not None else consumer)
-                x, stats = fused_conv(module, x, pending, stats, wanted)
+                x, stats = fused_conv(module, x, pending, stats, _uses_statistics(following, after, x))
                 pending = None
-            elif isinstance(module, GroupBatchNorm2d) and isinstance(following, GroupConv2d):
+            elif isinstance(module, GroupBatchNorm2d) and i + 1 < len(modules) and isinstance(following, GroupConv2d):
                 pending = module
-            elif isinstance(module, GroupBatchNorm2d):
+            elif isinstance(module, GroupBatchNorm2d) and stats is not None:
                 x, stats = module(x, statistics=stats), None
             else:
                 x, stats = module(x), None

@@ -13,7 +13,9 @@ import torch
 
 from ger_kernels.groups import Group
 
-__all__ = ["status", "group_conv2d", "interpreting"]
+__all__ = ["DTYPES", "status", "group_conv2d", "interpreting"]
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
 
 
 def interpreting() -> bool:

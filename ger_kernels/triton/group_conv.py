@@ -42,18 +42,15 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels import auto_paths
 from ger_kernels._autocast import register_autocast
-from ger_kernels.auto_paths import TF32_ENV, precision
 from ger_kernels._validation import conv_output_size
+from ger_kernels.auto_paths import TF32_ENV, precision
 from ger_kernels.groups import Group, get_group
-from ger_kernels.triton import interpreting
+from ger_kernels.triton import DTYPES, interpreting
 from ger_kernels.triton.jit import DeviceFunction, Kernel
 from ger_kernels.triton.tuning import FUSED_TAG, Config, Tuner, arch_name, dtype_class
 
 __all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "statistics_of_fields", "tables", "precision",
            "problem_class", "TF32_ENV"]
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
 
 @DeviceFunction
 def _pixel_rectangle(tile, tiles_h, tiles_w, ROWS: tl.constexpr, TILE_W: tl.constexpr):

@@ -144,9 +144,14 @@ def dtype_class(dtype: torch.dtype) -> str:
     return "float32" if dtype == torch.float32 else "half"
 
 
-def size_bucket(n: int) -> int:
-    """The power of two at or above ``n``: nearby sizes share a tuning entry."""
-    return 1 << max(n - 1, 0).bit_length()
+def size_bucket(n) -> int:
+    """The power of two at or above ``n``: nearby sizes share a tuning entry. By comparisons, so that
+    under ``torch.compile`` with dynamic shapes it guards on the bucket instead of failing on a
+    symbolic size."""
+    bucket = 1
+    while bucket < n:
+        bucket *= 2
+    return bucket
 
 
 def forced_config(family: str, kind: str) -> Config | None:

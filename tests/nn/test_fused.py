@@ -193,3 +193,78 @@ def test_statistics_of_the_wrong_shape_are_an_error():
     with pytest.raises(ValueError, match=r"shape \(3, 2\), got \(2, 2\)"):
         norm.input_normalization(x, torch.zeros(2, 2))
     assert norm.num_batches_tracked.item() == 0  # checked before the batch is counted
+
+
+def train_step_matches_unfused(model, x):
+    """One training step of ``model`` (Triton backend) and of its unfused copy: outputs, gradients
+    and buffers agree; returns the output."""
+    expected_model = unfused(model)
+    out, expected = model(x), expected_model(x)
+    assert out.shape == expected.shape and max_rel_err(out, expected) <= 1e-5
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for (name, p), q in zip(model.named_parameters(), expected_model.parameters()):
+        assert torch.equal(p.grad.isnan(), q.grad.isnan()) and max_rel_err(p.grad.nan_to_num(), q.grad.nan_to_num()) \
+            <= 1e-4, name
+    for (name, b), c in zip(model.named_buffers(), expected_model.buffers()):
+        assert max_rel_err(b.float(), c.float()) <= 1e-5, name
+    return out
+
+
+def test_a_batch_norm_of_other_orientations_runs_before_the_conv(triton_on_cpu):
+    """A p4m batch norm before a lifting conv (its 8 channels are planar to the conv) is not applied
+    on load: it runs as a module, once."""
+    model = randomized(FusedSequential(GroupBatchNorm2d(1, relu=True),
+                                       P4MConvZ2(8, 2, 3, padding=1, bias=False, backend="triton"),
+                                       GroupBatchNorm2d(2)))
+    train_step_matches_unfused(model, torch.randn(2, 8, 4, 4))
+    assert model[0].num_batches_tracked.item() == 1
+
+
+def test_an_empty_batch_gives_the_unfused_zero_gradients(triton_on_cpu):
+    model = block(P4MConvP4M)
+    train_step_matches_unfused(model, torch.randn(0, 16, 5, 5))
+    assert not model[1].weight.grad.isnan().any() and not model[1].weight.grad.any()
+
+
+def test_subclass_forwards_and_hooks_are_never_skipped(triton_on_cpu, monkeypatch):
+    """A conv with a forward of its own (GrouPy's 5-D layout) or with hooks, and a batch norm with
+    hooks, run as modules: their forward and hooks run as in nn.Sequential."""
+    from ger_kernels.convert import GroupyLayout
+    from ger_kernels.convert.groupy import GroupyP4MConvP4M
+
+    calls = spy_fused_calls(monkeypatch)
+    groupy = FusedSequential(GroupBatchNorm2d(2, relu=True),
+                             GroupyP4MConvP4M(2, 3, 3, padding=1, bias=False, backend="triton"))
+    assert isinstance(groupy[1], GroupyLayout)
+    assert train_step_matches_unfused(groupy, torch.randn(2, 16, 5, 4)).shape == (2, 3, 8, 5, 4)
+    assert calls == []
+    model = block(P4MConvP4M)
+    seen = []
+    model[3].register_forward_hook(lambda *args: seen.append("conv"))
+    model[1].register_forward_pre_hook(lambda *args: seen.append("bn"))
+    train_step_matches_unfused(model, torch.randn(2, 16, 5, 4))
+    assert seen == ["bn", "conv"] * 2 and calls == [model[0]]  # the model, then its unfused copy
+
+
+def test_statistics_are_computed_only_where_they_are_used(triton_on_cpu, monkeypatch):
+    """A batch norm run as a module takes given statistics only on its staged kernels; one applied
+    on load always uses them: the convs compute them accordingly."""
+    wanted = []
+    original = fused._fused
+    monkeypatch.setattr(fused, "_fused", lambda *args: wanted.append(args[-1]) or original(*args))
+    monkeypatch.setattr(fused, "takes_statistics", lambda x: False)  # as ATen's batch norm on CUDA
+    model = block(P4MConvP4M)
+    y, stats = model[:4].forward_with_statistics(torch.randn(2, 16, 5, 4), consumer=model[4])
+    assert wanted == [True, False] and stats is None
+
+
+def test_export_keeps_the_childrens_names():
+    from collections import OrderedDict
+
+    from ger_kernels.convert import export
+
+    model = FusedSequential(OrderedDict(conv=P4MConvP4M(2, 3, 3, padding=1), norm=GroupBatchNorm2d(3)))
+    assert list(export(model).state_dict()) == ["conv.weight", "conv.bias", "norm.weight", "norm.bias",
+                                                "norm.running_mean", "norm.running_var", "norm.num_batches_tracked"]
