@@ -175,15 +175,19 @@ def _pass_steps(problem: ConvProblem, device: torch.device) -> dict[str, Callabl
 
 def measure(problem: ConvProblem, device: str | torch.device, paths, time_ms, passes=PASSES) -> dict[str, dict]:
     """Per pass of ``passes``, ``{path: ms}`` for each of ``paths``: None where the path fails or its
-    result differs from the reference's by more than ``tolerance``; ``time_ms(pass, path, step)``
-    times the others. Runs on ``device`` as the current device, with autocast off, without autograd."""
+    result differs from the reference's by more than ``tolerance`` (every path, where the reference
+    itself fails); ``time_ms(pass, path, step)`` times the others. Runs on ``device`` as the current device, with autocast off, without autograd."""
     device = torch.device(device)
     results = {}
     current = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with current, torch.no_grad(), torch.autocast(device.type, enabled=False):
         steps = _pass_steps(problem, device)
         for name in passes:
-            expected = steps[name]("reference").float()
+            try:
+                expected = steps[name]("reference").float()
+            except Exception:  # e.g. out of memory: nothing can be checked, so nothing is chosen
+                results[name] = dict.fromkeys(paths)
+                continue
             results[name] = {}
             for path in paths:
                 step = functools.partial(steps[name], path)
@@ -298,8 +302,10 @@ class PathChooser:
                     self.memory[cache_keys[name]] = known
         choices = {name: self.memory.get(cache_keys[name]) for name in PASSES}
         choices = {name: c if c is not None and c.path in candidates else None for name, c in choices.items()}
-        untimed = [name for name, choice in choices.items() if choice is None]
-        if untimed and timing_here and problem is not None and len(candidates) > 1:
+        untimed = [name for name, _ in missing if choices[name] is None]  # first looked up now, with no choice
+        if untimed and timing_here and problem is not None and len(candidates) <= 1:
+            self.memory.update({cache_keys[name]: None for name in untimed})  # nothing to choose among
+        elif untimed and timing_here and problem is not None:
             measured = measure(problem, device, candidates, self.time_ms, untimed)
             when = ", ".join(device_key + (datetime.date.today().isoformat(),))
             new = {}
@@ -308,7 +314,8 @@ class PathChooser:
                 if correct:
                     choices[name] = new[cache_keys[name]] = Choice(min(correct, key=correct.get), f"timed: {when}",
                                                                    measured[name])
-            self.memory.update(new)
+            self.memory.update({cache_keys[name]: None for name in untimed if cache_keys[name] not in new})
+            self.memory.update(new)  # passes with no correct path are not timed again in this process
             self._write_cache(new)
         return choices
 

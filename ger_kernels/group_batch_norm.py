@@ -415,14 +415,16 @@ _group_batch_norm.register_autograd(_backward, setup_context=_setup_context)
 def check_batch(input: torch.Tensor, order: int, batch_statistics: bool,
                 statistics: Optional[torch.Tensor] = None) -> None:
     """Batch statistics need more than one value per field (as BatchNorm's); given ones (count,
-    mean, M2 per field) are a (3, C) tensor."""
+    mean, M2 per field) are a floating point (3, C) tensor on the input's device."""
     fields = input.shape[1] // order
     if batch_statistics and input.numel() and input.numel() // fields <= 1:
         raise ValueError(f"Expected more than 1 value per field when training, got input of size "
                          f"{tuple(input.shape)}")
-    if statistics is not None and tuple(statistics.shape) != (3, fields):
-        raise ValueError(f"statistics must be the input's (count, mean, M2) per field, shape (3, {fields}), "
-                         f"got {tuple(statistics.shape)}")
+    if statistics is not None and (tuple(statistics.shape) != (3, fields) or statistics.device != input.device
+                                   or not statistics.is_floating_point()):
+        raise ValueError(f"statistics must be the input's (count, mean, M2) per field, a floating point tensor of "
+                         f"shape (3, {fields}) on {input.device}, got {statistics.dtype} {tuple(statistics.shape)} "
+                         f"on {statistics.device}")
 
 
 def group_batch_norm(input: torch.Tensor, order: int, running_mean: Optional[torch.Tensor] = None,

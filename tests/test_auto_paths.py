@@ -135,6 +135,27 @@ def test_a_wrong_or_failing_path_is_never_chosen(tmp_path, cache_dir, monkeypatc
     assert ("weight_grad", "cpp") not in fast_cpp.timed
 
 
+def test_a_failing_reference_chooses_nothing_and_is_not_timed_again(tmp_path, cache_dir, monkeypatch):
+    """Where the reference pass itself fails (out of memory, say) nothing can be checked: the pass
+    has no choice (the caller's rule runs), the error does not reach the caller, and the pass is not
+    measured again in this process."""
+    forward, attempts = conv_passes.forward, []
+
+    def failing_reference_forward(path, *args):
+        attempts.append(path)
+        if path == "reference":
+            raise RuntimeError("out of memory")
+        return forward(path, *args)
+
+    monkeypatch.setattr(conv_passes, "forward", failing_reference_forward)
+    timer = FakeTimer({(name, path): 1.0 for name in conv_passes.PASSES for path in CPU_PATHS})
+    chooser = PathChooser(table_dir=tmp_path, time_ms=timer, timed_device_types=("cpu",))
+    for _ in range(2):
+        choices = chooser.choose("cpu", entries(), CPU_PATHS, PROBLEM)
+        assert choices["forward"] is None and choices["input_grad"].path in CPU_PATHS
+    assert attempts == ["reference"]
+
+
 def test_nothing_is_timed_without_a_problem_or_off_the_timed_devices(tmp_path, cache_dir):
     timer = FakeTimer({})
     # under torch.compile the problem is None: no timing, no choice, and a later eager call still times

@@ -1,6 +1,7 @@
 """Group convolutions fused with the group batch norms around them (conv -> BN -> ReLU -> conv).
 
-On the Triton backend (a conv whose ``backend`` resolves to "triton" for its input), a
+On the Triton backend (a conv whose ``backend`` is "triton"; ``auto`` runs the reference on CUDA,
+and never fuses), a
 convolution writes the per-field batch statistics of its output from its epilogue, so the batch
 norm after it skips its statistics pass, and it reads its input through the batch norm (+ ReLU)
 before it, applied while loading, so the normalized map is never written (nor kept for the

@@ -719,10 +719,10 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     h_out, w_out = _out_size(x.shape, k, stride, padding, dilation)
     out = torch.empty((batch, c_out * order, h_out, w_out), dtype=x.dtype, device=x.device,
                       memory_format=suggest_memory_format(x))
+    norm = _check_norm(norm, channels // s_in, x.device)
     if out.numel() == 0:
         return out, (out.new_zeros((0, 3, c_out * order), dtype=torch.float32) if statistics else None)
     _check_offsets(x, out)
-    norm = _check_norm(norm, channels // s_in, x.device)
     key = problem_class("forward", x.dtype, x.shape, weight.shape, stride, padding, dilation, order)
     key += _FUSED_KEY if norm is not None or statistics else ()
     layouts = _WeightLayouts(weight, fields_dim=0)

@@ -187,10 +187,13 @@ def test_torch_compile_fullgraph(triton_on_cpu):
 def test_statistics_of_the_wrong_shape_are_an_error():
     norm = GroupBatchNorm2d(2, relu=True)
     x = torch.randn(2, 16, 5, 5)
-    with pytest.raises(ValueError, match=r"statistics must be the input's \(count, mean, M2\) per field, shape "
-                                         r"\(3, 2\), got \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"statistics must be the input's \(count, mean, M2\) per field, a "
+                                         r"floating point tensor of shape \(3, 2\) on cpu, got torch.float32 "
+                                         r"\(3, 3\) on cpu"):
         norm(x, statistics=torch.zeros(3, 3))
-    with pytest.raises(ValueError, match=r"shape \(3, 2\), got \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"of shape \(3, 2\) on cpu, got torch.int64"):
+        norm(x, statistics=torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"shape \(3, 2\) on cpu, got torch.float32 \(2, 2\)"):
         norm.input_normalization(x, torch.zeros(2, 2))
     assert norm.num_batches_tracked.item() == 0  # checked before the batch is counted
 
