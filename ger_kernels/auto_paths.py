@@ -176,7 +176,8 @@ def _pass_steps(problem: ConvProblem, device: torch.device) -> dict[str, Callabl
 def measure(problem: ConvProblem, device: str | torch.device, paths, time_ms, passes=PASSES) -> dict[str, dict]:
     """Per pass of ``passes``, ``{path: ms}`` for each of ``paths``: None where the path fails or its
     result differs from the reference's by more than ``tolerance`` (every path, where the reference
-    itself fails); ``time_ms(pass, path, step)`` times the others. Runs on ``device`` as the current device, with autocast off, without autograd."""
+    itself fails); ``time_ms(pass, path, step)`` times the others. Runs on ``device`` as the current
+    device, with autocast off, without autograd."""
     device = torch.device(device)
     results = {}
     current = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
