@@ -35,4 +35,5 @@ def test_import_without_triton():
     code = ("import sys; sys.modules['triton'] = None; import ger_kernels.triton as t; "
             "print(t.status()); print(sorted(t.__all__))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["(False, 'triton is not installed (pip install triton)')", "['group_conv2d', 'interpreting', 'status']"]
+    assert out.splitlines() == ["(False, 'triton is not installed (pip install triton)')",
+                                "['DTYPES', 'group_conv2d', 'interpreting', 'status']"]
