@@ -24,7 +24,8 @@ from ger_kernels import triton as triton_backend  # imports no triton until its 
 from ger_kernels.groups import Group
 
 __all__ = ["BACKENDS", "CPU_CPP_MIN_EXPANDED_BYTES", "BackendStatus", "auto_backend", "backends", "check_backend_name",
-           "describe_model", "format_paths", "layer_paths", "resolve_backend", "resolved_backend", "resolved_paths"]
+           "describe_model", "format_paths", "layer_paths", "pass_paths", "resolve_backend", "resolved_backend",
+           "resolved_paths"]
 
 BACKENDS = ("reference", "cpp", "triton")
 
@@ -190,11 +191,18 @@ def _layer_query(backend: str, input: torch.Tensor, weight: torch.Tensor, group:
     return backend, str(input.device), expanded_bytes, classes, problem
 
 
+def pass_paths(backend: str, input: torch.Tensor, weight: torch.Tensor, group: Group, stride: int = 1,
+               padding: int = 0, dilation: int = 1) -> conv_passes.PassPaths:
+    """The backend of each pass of a layer of ``backend`` (a name or ``auto``) with ``input`` and
+    ``weight`` (``resolved_paths``)."""
+    return resolved_paths(*_layer_query(backend, input, weight, group, stride, padding, dilation))
+
+
 def resolve_backend(backend: str, input: torch.Tensor, weight: torch.Tensor, group: Group, stride: int = 1,
                     padding: int = 0, dilation: int = 1) -> Callable:
     """The convolution implementation of ``backend`` for ``input`` and ``weight`` (with the passes
-    of ``resolved_paths``)."""
-    return _implementation(resolved_paths(*_layer_query(backend, input, weight, group, stride, padding, dilation)))
+    of ``pass_paths``)."""
+    return _implementation(pass_paths(backend, input, weight, group, stride, padding, dilation))
 
 
 def layer_paths(backend: str, input: torch.Tensor, weight: torch.Tensor, group: Group, stride: int = 1,

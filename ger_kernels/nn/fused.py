@@ -1,7 +1,7 @@
 """Group convolutions fused with the group batch norms around them (conv -> BN -> ReLU -> conv).
 
-On the Triton backend (a conv whose ``backend`` is "triton"; ``auto`` runs the reference on CUDA,
-and never fuses), a
+On the Triton backend (a conv whose ``backend`` is "triton", or ``auto`` where the measured path
+table of ``ger_kernels.auto_paths`` puts all three passes of the layer on Triton), a
 convolution writes the per-field batch statistics of its output from its epilogue, so the batch
 norm after it skips its statistics pass, and it reads its input through the batch norm (+ ReLU)
 before it, applied while loading, so the normalized map is never written (nor kept for the
@@ -22,7 +22,7 @@ from torch import nn
 
 from ger_kernels._autocast import casts
 from ger_kernels._validation import check_conv_args, check_exact_grid
-from ger_kernels.backends import resolved_backend
+from ger_kernels.backends import pass_paths
 from ger_kernels.group_batch_norm import takes_statistics
 from ger_kernels.nn.conv import GroupConv2d
 from ger_kernels.nn.norm import GroupBatchNorm2d
@@ -42,11 +42,14 @@ def _plain_call(module: nn.Module, base: type) -> bool:
 
 
 def fuses(conv: GroupConv2d, input: torch.Tensor) -> bool:
-    """Whether ``fused_conv`` runs ``conv`` on ``input`` with the fused Triton kernels."""
+    """Whether ``fused_conv`` runs ``conv`` on ``input`` with the fused Triton kernels: every pass of
+    the layer runs on Triton (``backend="triton"``, or ``auto`` where the measured path table says
+    so for all three passes)."""
     dtype = torch.get_autocast_dtype(input.device.type) if casts(input) else input.dtype
-    expanded_bytes = conv.weight.numel() * conv.group.order * conv.weight.element_size()
-    return (dtype in DTYPES and _plain_call(conv, GroupConv2d)
-            and resolved_backend(conv.backend, input.device.type, expanded_bytes) == "triton")
+    if dtype not in DTYPES or not _plain_call(conv, GroupConv2d):
+        return False
+    paths = pass_paths(conv.backend, input, conv.weight, conv.group, conv.stride, conv.padding, conv.dilation)
+    return paths.forward == paths.input_grad == paths.weight_grad == "triton"
 
 
 def _applies_on_load(norm: GroupBatchNorm2d, conv: GroupConv2d, input: torch.Tensor) -> bool:

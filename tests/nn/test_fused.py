@@ -271,3 +271,32 @@ def test_export_keeps_the_childrens_names():
     model = FusedSequential(OrderedDict(conv=P4MConvP4M(2, 3, 3, padding=1), norm=GroupBatchNorm2d(3)))
     assert list(export(model).state_dict()) == ["conv.weight", "conv.bias", "norm.weight", "norm.bias",
                                                 "norm.running_mean", "norm.running_var", "norm.num_batches_tracked"]
+
+
+def test_auto_fuses_where_the_path_table_runs_every_pass_on_triton(triton_on_cpu, monkeypatch, tmp_path):
+    """Under ``auto`` a layer fuses only where the measured path table puts its forward, input
+    gradient and weight gradient all on Triton (a CPU table here, as ``auto_paths`` reads for CPU)."""
+    import json
+
+    from ger_kernels import auto_paths
+
+    calls = spy_fused_calls(monkeypatch)
+    model = block(P4MConvP4M)
+    x = torch.randn(2, 16, 5, 4)
+    problems = [auto_paths.layer_problem(x, model[0].weight, 1, 1, 1, 8),
+                auto_paths.layer_problem(torch.randn(2, 24, 5, 4), model[3].weight, 1, 1, 1, 8)]
+
+    def table(paths):
+        entries = {e: {"path": p, "measured": "a test"} for problem in problems
+                   for e, p in zip(auto_paths.pass_entries(auto_paths.pass_classes(problem)), paths)}
+        auto_paths.table_path("cpu", tmp_path).write_text(json.dumps({"entries": entries}))
+        monkeypatch.setattr(auto_paths, "CHOOSER", auto_paths.PathChooser(tmp_path / "cache.json", tmp_path))
+
+    for conv in (model[0], model[3]):
+        conv.backend = "auto"
+    table(["triton", "triton", "reference"])
+    assert not fused.fuses(model[0], x)
+    table(["triton"] * 3)
+    assert fused.fuses(model[0], x)
+    train_step_matches_unfused(model, x)
+    assert calls == [model[0], model[3]]
