@@ -237,9 +237,7 @@ class _SyncGroupBatchNorm(torch.autograd.Function):
             new_mean, new_var = gbn.running_statistics(running_mean, running_var, mean, var, count, factor)
             running_mean.copy_(new_mean)
             running_var.copy_(new_var)
-        dtype = invstd.dtype
-        scale = invstd * weight.to(dtype) if weight is not None else invstd
-        shift = bias.to(dtype) if bias is not None else torch.zeros_like(scale)
+        scale, shift = gbn.scale_shift(invstd, weight, bias)
         output = gbn.normalize(input, mean, scale, shift, residual, order, relu)
         ctx.save_for_backward(input, output if relu else None, weight, mean, invstd)
         ctx.order, ctx.count, ctx.group = order, count, group

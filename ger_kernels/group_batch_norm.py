@@ -43,8 +43,8 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels import triton as triton_backend  # imports no triton until its kernels are used
 
-__all__ = ["TRITON_BN_ENV", "group_batch_norm", "batch_moments", "check_batch", "takes_statistics", "statistics",
-           "merge_statistics",
+__all__ = ["TRITON_BN_ENV", "group_batch_norm", "batch_moments", "check_batch", "takes_statistics", "scale_shift",
+           "staged_backward", "statistics", "merge_statistics",
            "normalize", "grad_sums", "input_grad", "input_grad_coefficients", "running_statistics", "min_bytes",
            "KERNELS"]
 
@@ -235,7 +235,7 @@ def input_grad_coefficients(invstd: torch.Tensor, weight: Optional[torch.Tensor]
     ``grad_sums`` over them), ``dx = a * (g - mean(g) - xhat * mean(g * xhat))``,
     ``xhat = (x - mean) * invstd``; with fixed statistics (``sums`` None), ``dx = a * g``.
     ``a = weight * invstd``."""
-    a = invstd * weight if weight is not None else invstd
+    a = scale_shift(invstd, weight, None)[0]
     if sums is None:
         zero = torch.zeros_like(a)
         return a, zero, zero
@@ -300,14 +300,20 @@ def batch_moments(input, order: int, running_mean, running_var, num_batches_trac
     return mean, torch.rsqrt(var + eps), new_mean, new_var
 
 
+def scale_shift(invstd: torch.Tensor, weight: Optional[torch.Tensor],
+                bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of ``normalize`` for a batch norm with ``invstd``, ``weight`` and ``bias`` (either
+    None: 1, 0), in ``invstd``'s dtype: ``y = (x - mean) * scale + shift``."""
+    scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
+    return scale, bias.to(invstd.dtype) if bias is not None else torch.zeros_like(scale)
+
+
 def _triton_forward(input, weight, bias, residual, running_mean, running_var, num_batches_tracked, training,
                     momentum, eps, order, relu, statistics):
     """The staged kernels: (output, mean, invstd, new running mean, new running var)."""
-    dtype = _accumulation_dtype(input)
     mean, invstd, new_mean, new_var = batch_moments(input, order, running_mean, running_var, num_batches_tracked,
                                                     training, momentum, eps, statistics)
-    scale = invstd * weight.to(dtype) if weight is not None else invstd
-    shift = bias.to(dtype) if bias is not None else torch.zeros_like(scale)
+    scale, shift = scale_shift(invstd, weight, bias)
     return _normalize(input, mean, scale, shift, residual, order, relu), mean, invstd, new_mean, new_var
 
 
@@ -379,9 +385,28 @@ def _native_backward(ctx, grad, input, y, weight, mean, invstd, needs):
         if ctx.batch_statistics:
             dx = _like(dx5.flatten(1, 2), grad)
         else:  # fixed statistics: dx = g * weight * invstd
-            scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
-            dx = (g5 * _field_view(scale)).to(grad.dtype).flatten(1, 2)
+            dx = (g5 * _field_view(scale_shift(invstd, weight, None)[0])).to(grad.dtype).flatten(1, 2)
     return dx, dweight, dbias, grad if needs_residual else None
+
+
+def staged_backward(grad, input, output, mean, invstd, weight, order: int, batch_statistics: bool,
+                    needs_input: bool, needs_weight: bool, needs_bias: bool, needs_residual: bool = False):
+    """(dx, dweight, dbias, dresidual) of a batch norm of ``input`` (statistics ``mean``, ``invstd``;
+    batch statistics when ``batch_statistics``, whose dependence on ``input`` dx then includes) for
+    the output gradient ``grad``, through the staged ops ``grad_sums`` and ``input_grad``; ``output``
+    masks ``grad`` where a fused ReLU clipped. None where not needed; dweight and dbias in
+    ``invstd``'s dtype."""
+    sums = None
+    if (batch_statistics and (needs_input or needs_residual)) or needs_weight or needs_bias:
+        sums = grad_sums(grad, input, output, mean, order)
+    dx = dresidual = None
+    if needs_input or needs_residual:
+        count = input.numel() // (input.shape[1] // order)
+        a, b, c = input_grad_coefficients(invstd, weight.to(invstd.dtype) if weight is not None else None,
+                                          sums if batch_statistics else None, count)
+        dx, *rest = input_grad(grad, input, output, mean, a, b, c, order, needs_residual)
+        dresidual = rest[0] if needs_residual else None
+    return dx, sums[1] * invstd if needs_weight else None, sums[0] if needs_bias else None, dresidual
 
 
 def _backward(ctx, grad, *_non_differentiable):
@@ -391,19 +416,8 @@ def _backward(ctx, grad, *_non_differentiable):
     if ctx.native:
         dx, dweight, dbias, dresidual = _native_backward(ctx, grad, input, y, weight, mean, invstd, needs)
     else:
-        order = ctx.order
-        sums = None
-        if (ctx.batch_statistics and (needs_input or needs_residual)) or needs_weight or needs_bias:
-            sums = grad_sums(grad, input, y, mean, order)
-        dx = dresidual = None
-        if needs_input or needs_residual:
-            count = input.numel() // (input.shape[1] // order)
-            a, b, c = input_grad_coefficients(invstd, weight.to(invstd.dtype) if weight is not None else None,
-                                              sums if ctx.batch_statistics else None, count)
-            dx, *rest = input_grad(grad, input, y, mean, a, b, c, order, needs_residual)
-            dresidual = rest[0] if needs_residual else None
-        dweight = sums[1] * invstd if needs_weight else None
-        dbias = sums[0] if needs_bias else None
+        dx, dweight, dbias, dresidual = staged_backward(grad, input, y, mean, invstd, weight, ctx.order,
+                                                        ctx.batch_statistics, *needs)
     dweight = dweight.to(weight.dtype) if needs_weight else None
     dbias = dbias.to(ctx.bias_dtype) if needs_bias else None
     return dx, dweight, dbias, dresidual, None, None, None, None, None, None, None, None, None

@@ -40,9 +40,7 @@ def _norm_rows(mean, invstd, weight, bias) -> Optional[torch.Tensor]:
     """(3, C) float32 rows (mean, scale, shift) the kernels read, or None without a batch norm."""
     if mean is None:
         return None
-    scale = invstd * weight.float() if weight is not None else invstd
-    shift = bias.float() if bias is not None else torch.zeros_like(scale)
-    return torch.stack([mean.float(), scale.float(), shift])
+    return torch.stack([mean, *gbn.scale_shift(invstd, weight, bias)]).float()
 
 
 @torch.library.custom_op("ger_kernels_triton::bn_group_conv2d", mutates_args=(), device_types=("cuda", "cpu"))
@@ -117,15 +115,12 @@ def _backward(ctx, grad, _stats_grad):
     if needs_dz:
         if norm is None:
             dx = dz
-        else:  # through the batch norm: group batch norm's stages
-            s_in = weight.shape[2]
-            sums = gbn.grad_sums(dz, input, None, mean, s_in)
-            count = input.numel() // (input.shape[1] // s_in)
-            a, b, c = gbn.input_grad_coefficients(invstd, norm_weight.float() if norm_weight is not None else None,
-                                                  sums if ctx.batch_statistics else None, count)
-            dx = gbn.input_grad(dz, input, None, mean, a, b, c, s_in, False)[0] if needs_input else None
-            dgamma = (sums[1] * invstd).to(norm_weight.dtype) if needs_norm_weight else None
-            dbeta = sums[0].to(norm_bias.dtype) if needs_norm_bias else None
+        else:  # through the batch norm (dz already masked by its ReLU)
+            dx, dgamma, dbeta, _ = gbn.staged_backward(dz, input, None, mean, invstd, norm_weight, weight.shape[2],
+                                                       ctx.batch_statistics, needs_input, needs_norm_weight,
+                                                       needs_norm_bias)
+            dgamma = dgamma.to(norm_weight.dtype) if needs_norm_weight else None
+            dbeta = dbeta.to(norm_bias.dtype) if needs_norm_bias else None
     return dx, dw, db, None, None, dgamma, dbeta, None, None, None, None, None, None, None
 
 
