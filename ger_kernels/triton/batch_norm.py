@@ -35,7 +35,7 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels.triton.jit import DeviceFunction, Kernel
 
-__all__ = ["Tiles", "statistics_partials", "normalize", "grad_sums_partials",
+__all__ = ["tile_moments", "Tiles", "statistics_partials", "normalize", "grad_sums_partials",
            "input_grad", "statistics_kernel", "normalize_kernel", "grad_sums_kernel", "input_grad_kernel"]
 
 TILE = 2048  # elements per tile: 16 per thread of 4 warps
@@ -45,6 +45,16 @@ MIN_PROGRAMS = 1024  # reducing programs wanted (several waves on a GPU), before
 NUM_WARPS = 4
 NUM_STAGES = 3  # the reducing loops prefetch tiles (Triton's default)
 _SUM = tl.standard._sum_combine  # tl.sum is a @jit function; the interpreter recognizes this combiner
+
+
+@DeviceFunction
+def tile_moments(x, mask, AXIS: tl.constexpr):
+    """(count, mean, M2 about that mean) along AXIS of the float32 tile ``x`` where ``mask``: a
+    batch norm's partial statistics of one tile (merged with Chan et al.'s formula)."""
+    count = tl.reduce(mask.to(tl.float32), AXIS, _SUM)
+    mean = tl.reduce(tl.where(mask, x, 0.0), AXIS, _SUM) / tl.maximum(count, 1.0)
+    centered = tl.where(mask, x - tl.expand_dims(mean, AXIS), 0.0)
+    return count, mean, tl.reduce(centered * centered, AXIS, _SUM)
 
 
 @DeviceFunction
@@ -127,11 +137,7 @@ def statistics_kernel(x_ptr, shift_ptr, partials_ptr, R, L, C, plane,
     for i in range(ITERS):
         mask, offsets = _reduction_tile(kept, i, R, L, FIELDS_ON_ROWS, ALIGN, BLOCK_R, BLOCK_L, ITERS)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        x = tl.where(mask, x - shift, 0.0)
-        tile_count = tl.reduce(mask.to(tl.float32), AXIS, _SUM)
-        tile_mean = tl.reduce(x, AXIS, _SUM) / tl.maximum(tile_count, 1.0)
-        centered = tl.where(mask, x - tl.expand_dims(tile_mean, AXIS), 0.0)
-        tile_m2 = tl.reduce(centered * centered, AXIS, _SUM)
+        tile_count, tile_mean, tile_m2 = tile_moments(x - shift, mask, AXIS)
         total = count + tile_count
         weight = tile_count / tl.maximum(total, 1.0)
         delta = tile_mean - mean

@@ -46,6 +46,7 @@ from ger_kernels._validation import conv_output_size
 from ger_kernels.auto_paths import TF32_ENV, precision
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton import DTYPES, interpreting
+from ger_kernels.triton.batch_norm import tile_moments
 from ger_kernels.triton.jit import DeviceFunction, Kernel
 from ger_kernels.triton.tuning import FUSED_TAG, Config, Tuner, arch_name, dtype_class
 
@@ -80,20 +81,24 @@ def _channel_order(acc, G: tl.constexpr, FIELDS: tl.constexpr):
     return tl.reshape(tl.permute(tl.reshape(acc, (rows, G, FIELDS)), (0, 2, 1)), (rows, G * FIELDS))
 
 
-_SUM = tl.standard._sum_combine  # tl.sum is a @jit function; the interpreter recognizes this combiner
-
-
 @DeviceFunction
-def _normalized(a, norm_ptr, IN_FIELDS, channels, channels_ok, pixels_ok, S_IN: tl.constexpr, RELU: tl.constexpr):
-    """The activation tile ``a`` (pixels, channels) with the batch norm of its input applied on load:
-    ``(a - mean[f]) * scale[f] + shift[f]`` (ReLU if RELU) for f = channel // S_IN, from
-    ``norm_ptr`` (3, IN_FIELDS) float32, rows mean, scale, shift; zero where the pixel or channel
-    is padding (the convolution pads the normalized map); rounded to ``a``'s dtype."""
+def _batch_normed(a, norm_ptr, IN_FIELDS, channels, channels_ok, S_IN: tl.constexpr):
+    """The tile ``a`` (pixels, channels) through its batch norm, float32: ``(a - mean[f]) *
+    scale[f] + shift[f]`` for f = channel // S_IN, from ``norm_ptr`` (3, IN_FIELDS) float32, rows
+    mean, scale, shift."""
     field = channels // S_IN
     mean = tl.load(norm_ptr + field, mask=channels_ok, other=0.0)
     scale = tl.load(norm_ptr + IN_FIELDS + field, mask=channels_ok, other=0.0)
     shift = tl.load(norm_ptr + 2 * IN_FIELDS + field, mask=channels_ok, other=0.0)
-    v = (a.to(tl.float32) - mean[None, :]) * scale[None, :] + shift[None, :]
+    return (a.to(tl.float32) - mean[None, :]) * scale[None, :] + shift[None, :]
+
+
+@DeviceFunction
+def _normalized(a, norm_ptr, IN_FIELDS, channels, channels_ok, pixels_ok, S_IN: tl.constexpr, RELU: tl.constexpr):
+    """The activation tile ``a`` (pixels, channels) with the batch norm of its input applied on load
+    (``_batch_normed``, ReLU if RELU); zero where the pixel or channel is padding (the convolution
+    pads the normalized map); rounded to ``a``'s dtype."""
+    v = _batch_normed(a, norm_ptr, IN_FIELDS, channels, channels_ok, S_IN)
     if RELU:
         v = tl.maximum(v, 0.0)
     return tl.where(pixels_ok[:, None] & channels_ok[None, :], v, 0.0).to(a.dtype)
@@ -105,11 +110,7 @@ def _where_normalized_positive(acc, x_ptr, offsets, ok, norm_ptr, IN_FIELDS, cha
     """The input gradient ``acc`` (pixels, channels) of a convolution that read its input through a
     batch norm and a ReLU (``_normalized``), zeroed where the ReLU clipped: where
     ``(x - mean[f]) * scale[f] + shift[f] <= 0`` (float32), x loaded at ``offsets`` where ``ok``."""
-    field = channels // S_IN
-    mean = tl.load(norm_ptr + field, mask=channels_ok, other=0.0)
-    scale = tl.load(norm_ptr + IN_FIELDS + field, mask=channels_ok, other=0.0)
-    shift = tl.load(norm_ptr + 2 * IN_FIELDS + field, mask=channels_ok, other=0.0)
-    v = (tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32) - mean[None, :]) * scale[None, :] + shift[None, :]
+    v = _batch_normed(tl.load(x_ptr + offsets, mask=ok, other=0.0), norm_ptr, IN_FIELDS, channels, channels_ok, S_IN)
     return tl.where(v > 0.0, acc, 0.0)
 
 
@@ -118,14 +119,11 @@ def _store_statistics(stats_ptr, values, rows_ok, cols, cols_ok, N):
     """Per column of the float32 tile ``values`` (rows, cols), over the rows where ``rows_ok``:
     count, mean, and M2 about that mean, stored at ``stats_ptr[program_id(0), 0..2, cols]`` of a
     (programs, 3, N) float32 buffer (a batch norm's partial statistics, merged on the host)."""
-    ok = rows_ok[:, None] & cols_ok[None, :]
-    count = tl.reduce(ok.to(tl.float32), 0, _SUM)
-    mean = tl.reduce(tl.where(ok, values, 0.0), 0, _SUM) / tl.maximum(count, 1.0)
-    centered = tl.where(ok, values - mean[None, :], 0.0)
+    count, mean, m2 = tile_moments(values, rows_ok[:, None] & cols_ok[None, :], 0)
     base = stats_ptr + tl.program_id(0).to(tl.int64) * (3 * N) + cols
     tl.store(base, count, mask=cols_ok)
     tl.store(base + N, mean, mask=cols_ok)
-    tl.store(base + 2 * N, tl.reduce(centered * centered, 0, _SUM), mask=cols_ok)
+    tl.store(base + 2 * N, m2, mask=cols_ok)
 
 
 @Kernel.specializing(("sxc", "soc"))  # channel strides of 1 (channels_last): vector loads and stores
