@@ -80,10 +80,15 @@ class GroupConv2d(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def check_grid(self, input: torch.Tensor) -> None:
+        """With ``strict_equivariance``, an error when ``input``'s size makes this strided
+        convolution inexact (SPEC section 5)."""
         if self.strict_equivariance and isinstance(input, torch.Tensor) and input.dim() == 4:
             check_exact_grid(type(self).__name__, input.shape[-2], input.shape[-1], self.kernel_size,
                              self.stride, self.padding, self.dilation)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self.check_grid(input)
         return group_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                             self.group, self.backend)
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ger_kernels._autocast import casts
-from ger_kernels._validation import check_conv_args, check_exact_grid
+from ger_kernels._validation import check_conv_args
 from ger_kernels.backends import pass_paths
 from ger_kernels.group_batch_norm import takes_statistics
 from ger_kernels.nn.conv import GroupConv2d
@@ -29,6 +29,7 @@ from ger_kernels.nn.norm import GroupBatchNorm2d
 from ger_kernels.triton import DTYPES
 
 __all__ = ["fused_conv", "FusedSequential", "fuses"]
+
 
 def _plain_call(module: nn.Module, base: type) -> bool:
     """Whether calling ``module`` runs ``base.forward`` and nothing else: no forward of a subclass
@@ -52,12 +53,12 @@ def fuses(conv: GroupConv2d, input: torch.Tensor) -> bool:
     return paths.forward == paths.input_grad == paths.weight_grad == "triton"
 
 
-def _applies_on_load(norm: GroupBatchNorm2d, conv: GroupConv2d, input: torch.Tensor) -> bool:
-    """Whether ``conv`` applies ``norm`` while loading ``input``: it runs fused, ``norm`` normalizes
-    fields of the conv's input orientations (not a lifting conv's planar channels), may run there
-    (``normalizes_on_load``) and would run nothing else."""
-    return (norm.group.order == conv.in_orientations and norm.normalizes_on_load()
-            and _plain_call(norm, GroupBatchNorm2d) and fuses(conv, input))
+def _applies_on_load(norm: GroupBatchNorm2d, conv: GroupConv2d, conv_fuses: bool) -> bool:
+    """Whether ``conv`` applies ``norm`` while loading its input: it runs fused (``conv_fuses``),
+    ``norm`` normalizes fields of the conv's input orientations (not a lifting conv's planar
+    channels), may run there (``normalizes_on_load``) and would run nothing else."""
+    return (conv_fuses and norm.group.order == conv.in_orientations and norm.normalizes_on_load()
+            and _plain_call(norm, GroupBatchNorm2d))
 
 
 def fused_conv(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | None = None,
@@ -69,9 +70,10 @@ def fused_conv(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | 
     convolution ran fused (pass them to the next ``GroupBatchNorm2d`` as ``statistics=``), else
     None. ``norm`` updates its running statistics as its forward would; one the conv cannot apply
     on load (``_applies_on_load``) runs first, as a module."""
-    if norm is not None and not _applies_on_load(norm, conv, input):
+    fused = fuses(conv, input)  # the batch norm keeps the input's dtype and device: the same after it
+    if norm is not None and not _applies_on_load(norm, conv, fused):
         input, norm = norm(input, statistics=norm_statistics), None
-    if fuses(conv, input):
+    if fused:
         return _fused(conv, input, norm, norm_statistics, statistics)
     return conv(input), None
 
@@ -82,9 +84,7 @@ def _fused(conv: GroupConv2d, input: torch.Tensor, norm: GroupBatchNorm2d | None
 
     weight, bias = conv.weight, conv.bias
     check_conv_args(input, weight, bias, conv.group)
-    if conv.strict_equivariance:
-        check_exact_grid(type(conv).__name__, input.shape[-2], input.shape[-1], conv.kernel_size, conv.stride,
-                         conv.padding, conv.dilation)
+    conv.check_grid(input)
     terms = norm.input_normalization(input, norm_statistics) if norm is not None else None
     if casts(input):  # F.conv2d's autocast rule for the conv's tensors; the batch norm's stay float32
         dtype = torch.get_autocast_dtype(input.device.type)
@@ -106,7 +106,7 @@ def _uses_statistics(module: nn.Module | None, after: nn.Module | None, input: t
     if not (isinstance(module, GroupBatchNorm2d) and type(module).forward is GroupBatchNorm2d.forward
             and (module.training or module.running_mean is None)):
         return False
-    if isinstance(after, GroupConv2d) and _applies_on_load(module, after, input):
+    if isinstance(after, GroupConv2d) and _applies_on_load(module, after, fuses(after, input)):
         return True
     return module.normalizes_on_load() and takes_statistics(input)
 
