@@ -82,23 +82,25 @@ def _channel_order(acc, G: tl.constexpr, FIELDS: tl.constexpr):
 
 
 @DeviceFunction
-def _batch_normed(a, norm_ptr, IN_FIELDS, channels, channels_ok, S_IN: tl.constexpr):
-    """The tile ``a`` (pixels, channels) through its batch norm, float32: ``(a - mean[f]) *
-    scale[f] + shift[f]`` for f = channel // S_IN, from ``norm_ptr`` (3, IN_FIELDS) float32, rows
-    mean, scale, shift."""
+def _batch_norm_rows(norm_ptr, IN_FIELDS, channels, channels_ok, S_IN: tl.constexpr):
+    """(mean, scale, shift), each (1, channels) float32, of the batch norm of ``channels``, from
+    ``norm_ptr`` (3, IN_FIELDS) float32 rows mean, scale, shift per field f = channel // S_IN: a tile
+    ``a`` through it is ``(a - mean) * scale + shift``. (Loaded before the tile they apply to, which
+    keeps the input gradient's TMA kernels at fewer registers.)"""
     field = channels // S_IN
     mean = tl.load(norm_ptr + field, mask=channels_ok, other=0.0)
     scale = tl.load(norm_ptr + IN_FIELDS + field, mask=channels_ok, other=0.0)
     shift = tl.load(norm_ptr + 2 * IN_FIELDS + field, mask=channels_ok, other=0.0)
-    return (a.to(tl.float32) - mean[None, :]) * scale[None, :] + shift[None, :]
+    return mean[None, :], scale[None, :], shift[None, :]
 
 
 @DeviceFunction
 def _normalized(a, norm_ptr, IN_FIELDS, channels, channels_ok, pixels_ok, S_IN: tl.constexpr, RELU: tl.constexpr):
     """The activation tile ``a`` (pixels, channels) with the batch norm of its input applied on load
-    (``_batch_normed``, ReLU if RELU); zero where the pixel or channel is padding (the convolution
+    (``_batch_norm_rows``, ReLU if RELU); zero where the pixel or channel is padding (the convolution
     pads the normalized map); rounded to ``a``'s dtype."""
-    v = _batch_normed(a, norm_ptr, IN_FIELDS, channels, channels_ok, S_IN)
+    mean, scale, shift = _batch_norm_rows(norm_ptr, IN_FIELDS, channels, channels_ok, S_IN)
+    v = (a.to(tl.float32) - mean) * scale + shift
     if RELU:
         v = tl.maximum(v, 0.0)
     return tl.where(pixels_ok[:, None] & channels_ok[None, :], v, 0.0).to(a.dtype)
@@ -110,7 +112,8 @@ def _where_normalized_positive(acc, x_ptr, offsets, ok, norm_ptr, IN_FIELDS, cha
     """The input gradient ``acc`` (pixels, channels) of a convolution that read its input through a
     batch norm and a ReLU (``_normalized``), zeroed where the ReLU clipped: where
     ``(x - mean[f]) * scale[f] + shift[f] <= 0`` (float32), x loaded at ``offsets`` where ``ok``."""
-    v = _batch_normed(tl.load(x_ptr + offsets, mask=ok, other=0.0), norm_ptr, IN_FIELDS, channels, channels_ok, S_IN)
+    mean, scale, shift = _batch_norm_rows(norm_ptr, IN_FIELDS, channels, channels_ok, S_IN)
+    v = (tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32) - mean) * scale + shift
     return tl.where(v > 0.0, acc, 0.0)
 
 
