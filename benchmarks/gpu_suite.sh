@@ -20,11 +20,13 @@
 #   sweep   500  every Triton config per pass and layer against cuDNN, bf16 then fp32, within --budget-s 450
 #                (benchmarks/gpu_sweep.py); copy OUT/sweep/configs_sm90.json to ger_kernels/triton/ to make
 #                its best configs the defaults, and OUT/sweep/auto_paths_sm90.json to ger_kernels/ to make its
-#                fastest path per pass what backend="auto" runs
+#                fastest path per pass what backend="auto" runs. With SWEEP_INSTALL=1 the suite copies them
+#                there itself, so the later stages of the same call (convnorm, step) run the configs and paths
+#                the sweep found fastest and checked correct (on a lent machine, whose tree is a copy)
 # Plan for a session's device time (15 min in all, at most 10 min per call, a fresh machine starts in
 # ~40-60 s and goes back after ~30 s idle; a session may be refused a second machine, so the first call
 # must hold what matters most): one call of the default stages,
-#   SUITE_BUDGET_S=520 STEP_TIMEOUT_S=150 SWEEP_DTYPES=bfloat16 RESULTS_TAR=$OUT/results.tar.gz \
+#   SUITE_BUDGET_S=520 STEP_TIMEOUT_S=150 SWEEP_DTYPES=bfloat16 SWEEP_INSTALL=1 RESULTS_TAR=$OUT/results.tar.gz \
 #       bash benchmarks/gpu_suite.sh /tmp/gpu
 # = build errors parity sweep convnorm cpp step groupbn (measured 2026-11-29: build 27 s, CuTe parity 15 s,
 # cpp 18 s, a bf16 sweep of 105 configs 70 s); what is left after it can go to a call of
@@ -148,6 +150,11 @@ for stage in $STAGES; do
         --dtypes ${SWEEP_DTYPES:-bfloat16 float32} ${SWEEP_VARIANTS:+--variants $SWEEP_VARIANTS} \
         > "$OUT/sweep.log" 2>&1 || echo "config sweep FAILED: see $OUT/sweep.log"
       sed -n '1,/^Every config/p' "$OUT/sweep/sweep.md" 2>/dev/null || true
+      if [ "${SWEEP_INSTALL:-0}" = 1 ]; then
+        for table in "$OUT"/sweep/configs_sm*.json; do [ -f "$table" ] && cp "$table" ger_kernels/triton/; done
+        for table in "$OUT"/sweep/auto_paths_sm*.json; do [ -f "$table" ] && cp "$table" ger_kernels/; done
+        echo "the sweep's tables are the defaults of the later stages" | tee -a "$OUT/sweep-installed.txt"
+      fi
       ;;
     groupbn)
       GER_KERNELS_TRITON_BN=1 timeout "$(cap 120)" $PY benchmarks/bench_group_bn.py --out "$OUT/group_bn" > "$OUT/group_bn.log" 2>&1 \

@@ -4,7 +4,10 @@ without a GPU: PTX and cubin from ``triton.compile``, resource use of the cubin 
 
 ``python -m ger_kernels.triton.aot [--arch 90]`` prints, per kernel, config and dtype:
 registers per thread, shared memory, local memory per thread (register spills; what triton
-reports as ``n_spills``), and whether the PTX uses tensor-core instructions (wgmma or mma).
+reports as ``n_spills``), whether the PTX uses tensor-core instructions (wgmma or mma), and how the
+main loop feeds them (from the TTGIR): how many tiles it writes to shared memory from registers
+(a synchronous round trip: loads that cp.async or TMA could stage, or a tile transformed in
+registers), and whether a wgmma stays in flight across iterations (sm_90: a wait for all but one).
 The convolution kernels are compiled for a p4m group layer with k = 3 on channels_last
 tensors; the group batch norm kernels (``bn_*``, config = layout) for GER-UNet's first p4m
 map, 4 x (23*8) x 448 x 448, NCHW and channels_last, with every fusion on (residual, ReLU).
@@ -77,6 +80,8 @@ class Resources(NamedTuple):
     shared_bytes: int
     spill_bytes: int  # local memory per thread (stack frame + local): register spills
     tensor_cores: str  # "wgmma", "mma" or "none"
+    register_staged: int  # tiles a loop body stores to shared memory from registers
+    wgmma_in_flight: bool  # a loop body waits for all wgmmas but one (they overlap the next iteration)
 
 
 def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
@@ -117,7 +122,26 @@ def _compile(family: str, config: str, dtype: torch.dtype, fn, signature: dict, 
     registers = int(re.search(r"REG:(\d+)", usage).group(1))
     spills = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)", usage).group(1))
     cores = "wgmma" if "wgmma" in ptx else "mma" if re.search(r"\bmma\.sync", ptx) else "none"
-    return Resources(family, config, DTYPES[dtype], registers, compiled.metadata.shared, spills, cores)
+    staged, in_flight = _loop_feed(compiled.asm["ttgir"])
+    return Resources(family, config, DTYPES[dtype], registers, compiled.metadata.shared, spills, cores, staged,
+                     in_flight)
+
+
+def _loop_feed(ttgir: str) -> tuple[int, bool]:
+    """(tiles stored to shared memory from registers, wgmma kept in flight) inside the ``scf.for``
+    bodies of a TTGIR module: ``ttg.local_alloc %value`` (an allocation initialized from a register
+    tensor) and ``ttng.warp_group_dot_wait`` with ``pendings`` of 1 or more."""
+    staged, in_flight, depth, loops = 0, False, 0, []
+    for line in ttgir.splitlines():
+        if loops:
+            staged += bool(re.search(r"ttg\.local_alloc %", line))
+            in_flight |= bool(re.search(r"warp_group_dot_wait .*pendings = [1-9]", line))
+        if re.search(r"\bscf\.for\b", line):
+            loops.append(depth)
+        depth += line.count("{") - line.count("}")
+        while loops and depth <= loops[-1]:
+            loops.pop()
+    return staged, in_flight
 
 
 def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 90, fused: bool = False) -> Resources:
@@ -180,10 +204,11 @@ def _run_job(job: tuple) -> Resources:
 
 def format_table(rows: list[Resources]) -> str:
     """A markdown table of ``rows``."""
-    lines = ["| kernel | config | dtype | registers | shared KiB | spill bytes | tensor cores |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | config | dtype | registers | shared KiB | spill bytes | tensor cores | tiles staged "
+             "through registers | wgmma in flight |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.family} | {r.config} | {r.dtype} | {r.registers} | {r.shared_bytes / 1024:.1f} | "
-              f"{r.spill_bytes} | {r.tensor_cores} |" for r in rows]
+              f"{r.spill_bytes} | {r.tensor_cores} | {r.register_staged} | "
+              f"{'yes' if r.wgmma_in_flight else 'no'} |" for r in rows]
     return "\n".join(lines)
 
 

@@ -65,13 +65,31 @@ def _pixel_rectangle(tile, tiles_h, tiles_w, ROWS: tl.constexpr, TILE_W: tl.cons
 
 
 @DeviceFunction
-def _field_rows_tile(w_ptr, w_rows, LD, fields, rows_ok, fields_ok, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+def _transformed_tap(code, kh, kw, KSIZE: tl.constexpr):
+    """``taps[t, kh*KSIZE + kw]`` (``tables``) computed from element t's ``code`` = swap*4 + flip_rows*2 +
+    flip_columns (``tables``'s "tap_code"): the tap (kh, kw), transposed if swap, then mirrored. No table
+    load in a kernel's main loop: its loads depend on nothing loaded there, so all of them pipeline."""
+    swap = (code >> 2) & 1
+    row = kh + swap * (kw - kh)
+    column = kw + swap * (kh - kw)
+    row += ((code >> 1) & 1) * (KSIZE - 1 - 2 * row)
+    column += (code & 1) * (KSIZE - 1 - 2 * column)
+    return row * KSIZE + column
+
+
+@DeviceFunction
+def _field_rows_tile(w_ptr, w_rows, LD, f0, rows_ok, G: tl.constexpr, BLOCK_K: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
     """The (BLOCK_K, BLOCK_N) weight tile of a "fields" kernel: for each reduction row k and group
-    element g, the ``fields`` entries of row ``w_rows[k, g]`` of the field-minor copy (LD entries a
-    row, a multiple of 8), columns ordered (g, field); zeros where ``rows_ok`` or ``fields_ok`` is false."""
-    tile = tl.load(w_ptr + tl.multiple_of(w_rows * LD, [8, 8])[:, :, None] + fields[None, None, :],
-                   mask=rows_ok[:, None, None] & fields_ok[None, None, :], other=0.0)
-    return tl.reshape(tile, (BLOCK_K, BLOCK_N))
+    element g < G, the FIELDS = BLOCK_N // G entries f0 .. f0 + FIELDS of row ``w_rows[k, g]`` of the
+    field-minor copy, columns ordered (g, field); zeros where ``rows_ok`` is false. LD (entries a row)
+    and f0 are multiples of FIELDS, and every program's fields are inside a row (the copy is padded:
+    ``_field_minor``), so a tile is BLOCK_K x G runs of FIELDS aligned entries, loaded as vectors
+    straight into the layout of the dot's shared-memory operand (cp.async on sm_80 and sm_90)."""
+    FIELDS: tl.constexpr = BLOCK_N // G
+    runs = (w_rows * LD)[:, :, None] + (f0 + tl.arange(0, FIELDS))[None, None, :]
+    offsets = tl.max_contiguous(tl.multiple_of(tl.reshape(runs, (BLOCK_K, BLOCK_N)), [1, FIELDS]), [1, FIELDS])
+    return tl.load(w_ptr + offsets, mask=rows_ok[:, None], other=0.0)
 
 
 @DeviceFunction
@@ -131,7 +149,7 @@ def _store_statistics(stats_ptr, values, rows_ok, cols, cols_ok, N):
 
 @Kernel.specializing(("sxc", "soc"))  # channel strides of 1 (channels_last): vector loads and stores
 def forward_kernel(
-    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr, norm_ptr, stats_ptr,
+    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, tap_code_ptr, norm_ptr, stats_ptr,
     B, C, H, W, N, H_out, W_out, channel_blocks, steps,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     stride, padding, dilation,
@@ -161,6 +179,7 @@ def forward_kernel(
     w_off = (rn // S)[:, None] * (TAPS * C) + (rk // S_IN * S_IN)[None, :]
     if S_IN > 1:
         w_off += tl.load(orient_ptr + t[:, None] * S + (rk % S)[None, :])
+    code = tl.load(tap_code_ptr + t)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
         tap = step // channel_blocks
@@ -174,7 +193,7 @@ def forward_kernel(
                     mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
         if NORM:
             a = _normalized(a, norm_ptr, C // S_IN, c0 + rk, c_ok, pix_ok, S_IN, NORM_RELU)
-        src = tl.load(taps_ptr + t * TAPS + tap)
+        src = _transformed_tap(code, tap // KSIZE, tap % KSIZE, KSIZE)
         b = tl.load(w_ptr + w_off + (src * C)[:, None] + c0, mask=n_ok[:, None] & c_ok[None, :], other=0.0)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
     if HAS_BIAS:
@@ -190,7 +209,7 @@ def forward_kernel(
 
 @Kernel.specializing(("sxc", "soc"))
 def forward_fields_kernel(
-    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, taps_ptr, norm_ptr, stats_ptr,
+    x_ptr, w_ptr, bias_ptr, out_ptr, orient_ptr, tap_code_ptr, norm_ptr, stats_ptr,
     B, C, H, W, C_OUT, LD, H_out, W_out, channel_blocks, steps, tiles_h, tiles_w,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
     stride, padding, dilation,
@@ -203,8 +222,9 @@ def forward_fields_kernel(
     A program's columns are BLOCK_N // S whole output fields o0 .. o0 + FIELDS, ordered (t, o)
     inside the tile. ``w_ptr`` is the field-minor copy of the base weight (``_field_minor``): row
     ``tap*C + c`` holds ``w[:, c // S_IN, c % S_IN, tap]`` over the output fields, zero-padded to
-    LD (a multiple of 8) entries, so for a reduction row c0 + k and an element t the tile's FIELDS
-    entries are contiguous at row ``taps[t, tap]*C + c0 + k - s + T[t, s]`` (s = k % S_IN). The
+    LD (a multiple of 8 and of FIELDS, at least the programs' fields) entries, so for a reduction row
+    c0 + k and an element t the tile's FIELDS entries are contiguous at row
+    ``taps[t, tap]*C + c0 + k - s + T[t, s]`` (s = k % S_IN; ``_field_rows_tile``). The
     accumulator's columns are put back in channel order (o, t) before the store.
     TMA (config variant "tma", stride 1): ``x_ptr`` is a tensor descriptor of the channels_last
     input as (B, H, W, C) in boxes of (1, BLOCK_M // TILE_W, TILE_W, BLOCK_K); a program's pixels
@@ -224,10 +244,9 @@ def forward_fields_kernel(
         oh = (rm // W_out) % H_out
         batch = (rm // (W_out * H_out)).to(tl.int64)
     o0 = tl.program_id(1) * FIELDS
-    ro = o0 + tl.arange(0, FIELDS)
     rt = tl.arange(0, S)
     rk = tl.arange(0, BLOCK_K)
-    o_ok = ro // 8 < LD // 8  # = ro < LD, constant over 8 fields (vector loads); fields >= C_OUT read zeros
+    code = tl.load(tap_code_ptr + rt)
     # (k, t) -> the row offset of reduction row c0 + k within its tap's rows, for element t
     if S_IN > 1:
         within = (rk // S_IN * S_IN)[:, None] + tl.load(orient_ptr + rt[None, :] * S + (rk % S_IN)[:, None])
@@ -250,8 +269,8 @@ def forward_fields_kernel(
                         mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
         if NORM:
             a = _normalized(a, norm_ptr, C // S_IN, c0 + rk, c_ok, pix_ok, S_IN, NORM_RELU)
-        w_rows = (tl.load(taps_ptr + rt * TAPS + tap) * C + c0)[None, :] + within  # (BLOCK_K, S)
-        b = _field_rows_tile(w_ptr, w_rows, LD, ro, c_ok, o_ok, BLOCK_K, BLOCK_N)
+        w_rows = (_transformed_tap(code, tap // KSIZE, tap % KSIZE, KSIZE) * C + c0)[None, :] + within  # (BLOCK_K, S)
+        b = _field_rows_tile(w_ptr, w_rows, LD, o0, c_ok, S, BLOCK_K, BLOCK_N)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         fields = o0 + tl.arange(0, BLOCK_N) % FIELDS
@@ -268,7 +287,7 @@ def forward_fields_kernel(
 
 @Kernel.specializing(("sdc", "sxc"))
 def input_grad_kernel(
-    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr, x_ptr, norm_ptr,
+    dy_ptr, w_ptr, dx_ptr, orient_ptr, tap_code_ptr, phase_taps_ptr, phase_tap_counts_ptr, x_ptr, norm_ptr,
     B, C, H, W, N, H_out, W_out, H_phase, W_phase, channel_blocks,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
@@ -298,6 +317,7 @@ def input_grad_kernel(
     w_off = (rk // S)[:, None] * (TAPS * C) + (rn // S_IN * S_IN)[None, :]
     if S_IN > 1:
         w_off += tl.load(orient_ptr + t[:, None] * S + (rn % S)[None, :])
+    code = tl.load(tap_code_ptr + t)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     phase = tl.program_id(2)
     steps = tl.load(phase_tap_counts_ptr + phase) * channel_blocks
@@ -311,7 +331,7 @@ def input_grad_kernel(
         rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
         a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
                     other=0.0)
-        src = tl.load(taps_ptr + t * TAPS + tap)
+        src = _transformed_tap(code, tap // KSIZE, tap % KSIZE, KSIZE)
         b = tl.load(w_ptr + w_off + (src * C)[:, None] + n0 // S * (TAPS * C), mask=n_ok[:, None] & c_ok[None, :],
                     other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
@@ -324,7 +344,7 @@ def input_grad_kernel(
 
 @Kernel.specializing(("sdc", "sxc"))
 def input_grad_fields_kernel(
-    dy_ptr, w_ptr, dx_ptr, orient_ptr, taps_ptr, phase_taps_ptr, phase_tap_counts_ptr, x_ptr, norm_ptr,
+    dy_ptr, w_ptr, dx_ptr, orient_ptr, tap_code_ptr, phase_taps_ptr, phase_tap_counts_ptr, x_ptr, norm_ptr,
     B, C_IN, H, W, N, LD, H_out, W_out, H_phase, W_phase, channel_blocks, tiles_h, tiles_w,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
@@ -336,7 +356,7 @@ def input_grad_fields_kernel(
     vectors. A program's columns are BLOCK_N // S_IN whole input fields i0 .. i0 + FIELDS, ordered
     (s, i) inside the tile. ``w_ptr`` is the input-field-minor copy of the base weight
     (``_field_minor``): row ``(tap*C_out + o)*S_IN + s`` holds ``w[o, :, s, tap]`` over the input
-    fields, zero-padded to LD (a multiple of 8) entries, so for reduction row n = o*S + t and
+    fields, zero-padded to LD entries (as in ``forward_fields_kernel``), so for reduction row n = o*S + t and
     column orientation s the tile's FIELDS entries are contiguous at row
     ``(taps[t, tap]*C_out + o)*S_IN + T[t, s]``. Columns go back to channel order (i, s) before
     the store. TMA (config variant "tma", stride 1: one phase): ``dy_ptr`` is a tensor descriptor
@@ -357,11 +377,10 @@ def input_grad_fields_kernel(
         batch = (rm // (W_phase * H_phase)).to(tl.int64)
         m_ok = (rm < B * H_phase * W_phase) & (h < H) & (w < W)
     i0 = tl.program_id(1) * FIELDS
-    ri = i0 + tl.arange(0, FIELDS)
     rs = tl.arange(0, S_IN)
     rk = tl.arange(0, BLOCK_K)
-    i_ok = ri // 8 < LD // 8  # = ri < LD, constant over 8 fields (vector loads); fields >= C_IN read zeros
     t = rk % S  # reduction rows n0 + k, n0 a multiple of S
+    code = tl.load(tap_code_ptr + t)
     if S_IN > 1:
         orient = tl.load(orient_ptr + t[:, None] * S + rs[None, :])  # (BLOCK_K, S_IN): T[t, s]
     else:
@@ -370,7 +389,10 @@ def input_grad_fields_kernel(
     phase = tl.program_id(2)
     steps = tl.load(phase_tap_counts_ptr + phase) * channel_blocks
     for step in range(steps):  # one loop over (tap of the phase, channel block): one software pipeline
-        tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
+        if TMA:  # stride 1: one phase, every tap
+            tap = step // channel_blocks
+        else:
+            tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
         n0 = step % channel_blocks * BLOCK_K
         n_ok = (n0 + rk) // ALIGN < N // ALIGN  # = n < N, constant over ALIGN channels
         if TMA:
@@ -384,8 +406,9 @@ def input_grad_fields_kernel(
             a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
                         other=0.0)
         o = (n0 + rk) // S
-        w_rows = ((tl.load(taps_ptr + t * TAPS + tap) * (N // S) + o) * S_IN)[:, None] + orient  # (BLOCK_K, S_IN)
-        b = _field_rows_tile(w_ptr, w_rows, LD, ri, n_ok, i_ok, BLOCK_K, BLOCK_N)
+        src = _transformed_tap(code, tap // KSIZE, tap % KSIZE, KSIZE)
+        w_rows = ((src * (N // S) + o) * S_IN)[:, None] + orient  # (BLOCK_K, S_IN)
+        b = _field_rows_tile(w_ptr, w_rows, LD, i0, n_ok, S_IN, BLOCK_K, BLOCK_N)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     acc = _channel_order(acc, S_IN, FIELDS)
     rc = i0 * S_IN + tl.arange(0, BLOCK_N)  # channel order (i, s)
@@ -550,14 +573,32 @@ _TUNER = Tuner()
 def tables(group: Group, kernel_size: int, device: torch.device) -> dict[str, torch.Tensor]:
     """int32 tables, flattened row-major: ``orient`` (S, S) = T; ``taps`` (S, k*k) =
     ``tap_permutation(k)``; ``source`` (S, S): ``source[t, u]`` = the s with ``T[t, s] = u``;
-    ``inverse_taps`` (S, k*k): ``inverse_taps[t, taps[t, j]] = j``."""
+    ``inverse_taps`` (S, k*k): ``inverse_taps[t, taps[t, j]] = j``; ``tap_code`` (S,): ``taps[t]``
+    as the kernels compute it (``_tap_code``)."""
     key = (group.order, kernel_size, device)
     if key not in _TABLES:
         taps = group.tap_permutation(kernel_size)
         _TABLES[key] = {name: table.to(device=device, dtype=torch.int32).flatten() for name, table in
                         {"orient": group.T, "taps": taps, "source": group.T.argsort(1),
-                         "inverse_taps": taps.argsort(1)}.items()}
+                         "inverse_taps": taps.argsort(1), "tap_code": _tap_code(taps, kernel_size)}.items()}
     return _TABLES[key]
+
+
+def _tap_code(taps: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """(S,): per element t, the code swap*4 + flip_rows*2 + flip_columns of the symmetry of the square
+    that ``taps[t]`` (S, k*k) is: tap (kh, kw) -> (kh', kw') = (kw, kh) if swap else (kh, kw), then
+    kh' -> k-1-kh' if flip_rows, kw' -> k-1-kw' if flip_columns (``_transformed_tap``)."""
+    k = kernel_size
+    kh, kw = torch.arange(k * k) // k, torch.arange(k * k) % k
+    codes = {}
+    for code in range(8):
+        row, column = (kw, kh) if code & 4 else (kh, kw)
+        row, column = k - 1 - row if code & 2 else row, k - 1 - column if code & 1 else column
+        codes.setdefault(tuple((row * k + column).tolist()), code)
+    try:
+        return torch.tensor([codes[tuple(row)] for row in taps.tolist()])
+    except KeyError:  # pragma: no cover (every element of p4m and p4 is a symmetry of the square)
+        raise ValueError("a tap permutation is not a symmetry of the square") from None
 
 
 _PHASE_TAPS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -581,15 +622,16 @@ def phase_taps(kernel_size: int, stride: int, padding: int, dilation: int, devic
     return _PHASE_TAPS[key]
 
 
-def _field_minor(weight: torch.Tensor, fields_dim: int) -> torch.Tensor:
+def _field_minor(weight: torch.Tensor, fields_dim: int, multiple: int) -> torch.Tensor:
     """The base weight ``(C_out, C_in, S_in, k, k)`` as rows over the fields of dimension
-    ``fields_dim`` (0: output, 1: input fields), zero-padded to a multiple of 8 entries: rows
-    ``(kh, kw, i, s)`` for the output fields (forward), ``(kh, kw, o, s)`` for the input fields
-    (input gradient). The "fields" kernels read 8 neighbouring fields as one 16-byte vector."""
+    ``fields_dim`` (0: output, 1: input fields), zero-padded to a multiple of ``multiple`` entries
+    (a power of two): rows ``(kh, kw, i, s)`` for the output fields (forward), ``(kh, kw, o, s)`` for
+    the input fields (input gradient). The "fields" kernels read a tile's fields as aligned vectors,
+    unmasked: ``multiple`` is the larger of 8 and the fields of a tile."""
     order = (3, 4, 1, 2, 0) if fields_dim == 0 else (3, 4, 0, 2, 1)
     fields = weight.shape[fields_dim]
     rows = weight.permute(order).reshape(-1, fields)
-    padded = weight.new_zeros((rows.shape[0], triton.cdiv(fields, 8) * 8))
+    padded = weight.new_zeros((rows.shape[0], triton.cdiv(fields, multiple) * multiple))
     if padded.numel() >= 2 ** 31:
         raise ValueError(f"the Triton kernels index the weight with 32-bit offsets; a weight of shape "
                          f"{tuple(weight.shape)} is too large")
@@ -605,19 +647,22 @@ def _tap_major(weight: torch.Tensor) -> torch.Tensor:
 
 class _WeightLayouts:
     """The copies of one call's base weight that the kernels read, made on first use (a call
-    being tuned launches several configs): ``tap_major`` and ``field_minor`` over the
-    fields of ``fields_dim``."""
+    being tuned launches several configs): ``tap_major`` and ``field_minor(fields)`` over the
+    fields of ``fields_dim``, for tiles of ``fields`` fields."""
 
     def __init__(self, weight: torch.Tensor, fields_dim: int):
         self.weight, self.fields_dim = weight, fields_dim
+        self._field_minor: dict[int, torch.Tensor] = {}
 
     @functools.cached_property
     def tap_major(self) -> torch.Tensor:
         return _tap_major(self.weight)
 
-    @functools.cached_property
-    def field_minor(self) -> torch.Tensor:
-        return _field_minor(self.weight, self.fields_dim)
+    def field_minor(self, fields: int) -> torch.Tensor:
+        multiple = max(8, fields)
+        if multiple not in self._field_minor:
+            self._field_minor[multiple] = _field_minor(self.weight, self.fields_dim, multiple)
+        return self._field_minor[multiple]
 
 
 # Columns of the pixel rectangle a "tma" program covers (its rows: BLOCK_M // _TILE_W).
@@ -732,12 +777,12 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
 
     def launch(config: Config) -> Optional[torch.Tensor]:
         if config.variant in ("fields", "tma"):
-            rows = layouts.field_minor
+            rows = layouts.field_minor(config.block_n // order)
             tma = config.variant == "tma" and _tma_eligible(x, stride)
             source, tiles_h, tiles_w, programs = _pixel_tiles(x, tma, h_out, w_out, config)
             stats = _statistics_buffer(statistics, programs, n, x.device)
             forward_fields_kernel[(programs, triton.cdiv(c_out, config.block_n // order))](
-                source, rows, bias if bias is not None else rows, out, table["orient"], table["taps"],
+                source, rows, bias if bias is not None else rows, out, table["orient"], table["tap_code"],
                 norm if norm is not None else rows, stats if stats is not None else rows,
                 batch, channels, height, width, c_out, rows.shape[1], h_out, w_out,
                 triton.cdiv(channels, config.block_k), k * k * triton.cdiv(channels, config.block_k), tiles_h, tiles_w,
@@ -748,7 +793,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
             grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(n, config.block_n))
             stats = _statistics_buffer(statistics, grid[0], n, x.device)
             forward_kernel[grid](
-                x, layouts.tap_major, bias if bias is not None else weight, out, table["orient"], table["taps"],
+                x, layouts.tap_major, bias if bias is not None else weight, out, table["orient"], table["tap_code"],
                 norm if norm is not None else weight, stats if stats is not None else weight,
                 batch, channels, height, width, n, h_out, w_out, triton.cdiv(channels, config.block_k),
                 k * k * triton.cdiv(channels, config.block_k), *x.stride(), *out.stride(),
@@ -820,13 +865,13 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
 
     def launch(config: Config) -> None:
         if config.variant in ("fields", "tma"):
-            rows = layouts.field_minor
+            rows = layouts.field_minor(config.block_n // s_in)
             tma = config.variant == "tma" and _tma_eligible(grad, stride)
             source, tiles_h, tiles_w, programs = _pixel_tiles(grad, tma, height, width, config)
             grid = (programs if tma else triton.cdiv(batch * h_phase * w_phase, config.block_m),
                     triton.cdiv(channels // s_in, config.block_n // s_in), 1 if tma else stride * stride)
             input_grad_fields_kernel[grid](
-                source, rows, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
+                source, rows, dx, table["orient"], table["tap_code"], taps_of_phase, tap_counts,
                 x if x is not None else dx, norm if norm is not None else rows,
                 batch, channels // s_in, height, width, n, rows.shape[1], h_out, w_out, h_phase, w_phase,
                 triton.cdiv(n, config.block_k), tiles_h, tiles_w, *grad.stride(), *dx.stride(),
@@ -837,7 +882,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
         grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m), triton.cdiv(channels, config.block_n),
                 stride * stride)
         input_grad_kernel[grid](
-            grad, layouts.tap_major, dx, table["orient"], table["taps"], taps_of_phase, tap_counts,
+            grad, layouts.tap_major, dx, table["orient"], table["tap_code"], taps_of_phase, tap_counts,
             x if x is not None else dx, norm if norm is not None else weight,
             batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, triton.cdiv(n, config.block_k),
             *grad.stride(), *dx.stride(),
@@ -859,11 +904,20 @@ def _processors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _splits(device: torch.device, programs: int, pixels: int, block_k: int) -> int:
-    """How many pixel ranges the weight gradient's reduction is split into: enough programs for
-    four waves of the GPU's multiprocessors, and at least four BLOCK_K steps per range."""
+def _splits(device: torch.device, tiles: int, blocks: int) -> int:
+    """How many ranges the weight gradient's reduction over ``blocks`` blocks of pixels is split
+    into, for ``tiles`` output tiles: at most eight waves of the GPU's multiprocessors (one program
+    each) and at least four blocks a range; among those, the count with the least time by waves x
+    blocks per range (the last wave's idle multiprocessors count), the fewest splits among equals
+    (each adds a fold epilogue and a partial gradient)."""
     processors = _processors(device)
-    return max(1, min(triton.cdiv(4 * processors, programs), pixels // (4 * block_k)))
+    most = max(1, min(triton.cdiv(8 * processors, tiles), blocks // 4))
+
+    def waves_by_blocks(splits: int) -> int:
+        per_range = triton.cdiv(blocks, splits)
+        return triton.cdiv(tiles * triton.cdiv(blocks, per_range), processors) * per_range
+
+    return min(range(1, most + 1), key=lambda splits: (waves_by_blocks(splits), splits))
 
 
 def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, padding: int, dilation: int,
@@ -890,8 +944,8 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
         if config.variant in ("channels", "channels-tma"):
             return launch_channels(config)
         tiles = triton.cdiv(c_out, config.block_m) * triton.cdiv(channels, config.block_n)
-        splits = _splits(x.device, tiles * taps, pixels, config.block_k)
-        per_split = triton.cdiv(triton.cdiv(pixels, splits), config.block_k) * config.block_k
+        blocks = triton.cdiv(pixels, config.block_k)
+        per_split = triton.cdiv(blocks, _splits(x.device, tiles * taps, blocks)) * config.block_k
         partials = torch.empty((triton.cdiv(pixels, per_split), c_out, channels, taps), dtype=torch.float32,
                                device=x.device)
         weight_grad_kernel[(tiles, taps, partials.shape[0])](
@@ -915,8 +969,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             tiles_h = tiles_w = 0
             blocks = triton.cdiv(pixels, config.block_k)
             dy_source, x_source = grad, x
-        splits = _splits(x.device, tiles, blocks * config.block_k, config.block_k)
-        per_split = triton.cdiv(blocks, splits)  # reduction blocks per split
+        per_split = triton.cdiv(blocks, _splits(x.device, tiles, blocks))  # reduction blocks per split
         partials = torch.zeros((triton.cdiv(blocks, per_split), c_out, channels, taps), dtype=torch.float32,
                                device=x.device)
         weight_grad_channels_kernel[(tiles, partials.shape[0])](

@@ -85,19 +85,21 @@ _HALF_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config
 _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
                 Config(64, 32, 32, 4, 3)]
 # The "fields" variant of forward and input_grad: a tile's columns are BLOCK_N // S whole fields,
-# its weight tile read as 16-byte vectors (cp.async) from a field-minor copy of w (see group_conv).
-# 128x128 tiles spill with it too (triton 3.9, sm_90, bf16: 360-720 bytes at 8 warps, up to 136 at 16).
+# its weight tile read as 16-byte vectors (cp.async, one buffer per stage, straight into the wgmma
+# operand's layout) from a field-minor copy of w (see group_conv).
+# 128x128 tiles spill with it too (triton 3.9, sm_90, bf16: 720 bytes at 8 warps, 2.6 KiB at 4).
 _HALF_FIELDS = [Config(128, 64, 64, 8, 3, "fields"), Config(128, 64, 64, 8, 4, "fields"),
                 Config(128, 64, 32, 8, 4, "fields"), Config(64, 128, 64, 8, 3, "fields"),
                 Config(64, 64, 64, 4, 4, "fields")]
 # The "tma" variant of forward and input_grad: "fields" with the activation (dy) tile read through a
 # tensor descriptor (stride 1, channels_last; elsewhere the "fields" kernel runs with the same tiles).
-# The descriptor takes the activation's pointers and masks out of the registers: 93-207 registers,
-# no spills up to 128x256 and 256x128 (triton 3.9, sm_90, bf16).
-# (4 stages allocate what 3 do there: the pipeline keeps two buffers, so the lists hold 3.)
+# The descriptor takes the activation's pointers and masks out of the registers: 124 registers at
+# 128x128 (two programs per SM at 3 stages, 84 KiB of shared memory each), no spills up to 128x256
+# and 256x128 (triton 3.9, sm_90, bf16). The activation tile keeps stages - 1 buffers, the weight
+# tile stages.
 _HALF_TMA = [Config(128, 128, 64, 8, 3, "tma"), Config(128, 64, 64, 8, 3, "tma"), Config(128, 256, 64, 8, 3, "tma"),
              Config(256, 128, 64, 8, 3, "tma"), Config(128, 128, 32, 8, 4, "tma"), Config(64, 128, 64, 4, 4, "tma"),
-             Config(128, 128, 128, 8, 3, "tma"), Config(256, 64, 64, 8, 3, "tma")]
+             Config(128, 128, 128, 8, 3, "tma"), Config(256, 64, 64, 8, 3, "tma"), Config(128, 128, 64, 8, 4, "tma")]
 # The 16-bit weight gradient has only the "channels" kernel: the one with rows of output fields was
 # 10-30x slower at every GER-UNet layer on an H200 (benchmarks/results/h200-2026-11-29b/sweep-bf16.md).
 _HALF_CHANNELS = [Config(128, 128, 64, 8, 3, "channels"), Config(128, 128, 32, 8, 3, "channels"),

@@ -180,24 +180,47 @@ def test_tma_eligibility():
 
 def test_field_minor_layout():
     """Row (kh, kw, i, s) of the forward copy holds w[:, i, s, kh, kw]; row (kh, kw, o, s) of the
-    input-gradient copy holds w[o, :, s, kh, kw]; both zero-padded to a multiple of 8 fields."""
+    input-gradient copy holds w[o, :, s, kh, kw]; both zero-padded to the multiple asked for, so that
+    every program's fields are inside a row (the kernels read them unmasked)."""
     w = torch.randn(5, 3, 8, 3, 3)
-    rows = group_conv._field_minor(w, 0)
+    rows = group_conv._field_minor(w, 0, 8)
     assert rows.shape == (3 * 3 * 3 * 8, 8)
     assert torch.equal(rows[((2 * 3 + 1) * 3 + 2) * 8 + 5, :5], w[:, 2, 5, 2, 1])
     assert not rows[:, 5:].any()
-    rows = group_conv._field_minor(w, 1)
-    assert rows.shape == (3 * 3 * 5 * 8, 8)
+    rows = group_conv._field_minor(w, 1, 16)
+    assert rows.shape == (3 * 3 * 5 * 8, 16)
     assert torch.equal(rows[((1 * 3 + 2) * 5 + 4) * 8 + 7, :3], w[4, :, 7, 1, 2])
     assert not rows[:, 3:].any()
+    layouts = group_conv._WeightLayouts(torch.randn(17, 3, 8, 3, 3), fields_dim=0)
+    assert [layouts.field_minor(fields).shape[1] for fields in (2, 8, 16, 32)] == [24, 24, 32, 32]
     huge = torch.empty(2 ** 16, 2 ** 12, 1, 3, 3, device="meta")  # 2^31 entries and more: 32-bit offsets overflow
     with pytest.raises(ValueError, match="32-bit offsets"):
-        group_conv._field_minor(huge, 0)
+        group_conv._field_minor(huge, 0, 8)
 
 
 def test_weight_gradient_reduction_is_split():
-    assert group_conv._splits(torch.device("cpu"), 9, 2 * 12 * 11, 32) == 2
-    assert group_conv._splits(torch.device("cpu"), 9, 2 * 9 * 7, 32) == 1
+    assert group_conv._splits(torch.device("cpu"), 9, 9) == 2
+    assert group_conv._splits(torch.device("cpu"), 9, 7) == 1  # at least four blocks a range
+
+
+def test_weight_gradient_splits_fill_the_last_wave(monkeypatch):
+    """On an H200 (132 SMs) the 45-field layer's weight gradient (9 tiles of 128 x 128, 3136 blocks
+    of 64 pixels) takes 73 splits of 43 blocks, 657 programs in 5 waves (the last runs 129); "four
+    waves' worth" (59 splits of 54 blocks) made 531 programs, 5 waves of which the last ran 3: 26%
+    more time (waves x blocks a range: 270 against 215; the bound is 9 x 3136 / 132 = 213.8)."""
+    monkeypatch.setattr(group_conv, "_processors", lambda device: 132)
+    cuda = torch.device("cuda")
+
+    def cost(tiles, blocks, splits):
+        per_range = -(-blocks // splits)
+        return -(-tiles * -(-blocks // per_range) // 132) * per_range
+
+    assert group_conv._splits(cuda, 9, 3136) == 73
+    assert (cost(9, 3136, 59), cost(9, 3136, 73)) == (270, 215)
+    for tiles, blocks in [(4, 12544), (36, 784), (144, 196), (1, 3), (500, 100000)]:
+        chosen = group_conv._splits(cuda, tiles, blocks)
+        allowed = range(1, max(1, min(-(-8 * 132 // tiles), blocks // 4)) + 1)
+        assert chosen in allowed and cost(tiles, blocks, chosen) == min(cost(tiles, blocks, s) for s in allowed)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
@@ -276,11 +299,27 @@ def test_index_tables_are_small_and_consistent():
     for group in (P4M, P4):
         s, k = group.order, 3
         t = group_conv.tables(group, k, torch.device("cpu"))
-        assert sum(table.numel() for table in t.values()) == 2 * s * s + 2 * s * k * k
+        assert sum(table.numel() for table in t.values()) == 2 * s * s + 2 * s * k * k + s
         orient, source = t["orient"].view(s, s).long(), t["source"].view(s, s).long()
         taps, inverse = t["taps"].view(s, k * k).long(), t["inverse_taps"].view(s, k * k).long()
         assert torch.equal(orient.gather(1, source), torch.arange(s).expand(s, s))
         assert torch.equal(taps.gather(1, inverse), torch.arange(k * k).expand(s, k * k))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("group", [P4M, P4], ids=["p4m", "p4"])
+def test_tap_codes_compute_the_tap_table(group, k):
+    """The kernels compute taps[t, tap] from tap_code[t] (``_transformed_tap``, written out here as
+    the kernels do it in int32 arithmetic); it must reproduce the table for every t and tap."""
+    t = group_conv.tables(group, k, torch.device("cpu"))
+    code = t["tap_code"].long()[:, None]
+    kh, kw = torch.arange(k * k) // k, torch.arange(k * k) % k
+    swap = (code >> 2) & 1
+    row, column = kh + swap * (kw - kh), kw + swap * (kh - kw)
+    row = row + ((code >> 1) & 1) * (k - 1 - 2 * row)
+    column = column + (code & 1) * (k - 1 - 2 * column)
+    assert torch.equal(row * k + column, t["taps"].view(group.order, k * k).long())
+    assert len(set(t["tap_code"].tolist())) == (group.order if k > 1 else 1)
 
 
 def test_unsupported_inputs(monkeypatch, interpreter):
