@@ -13,6 +13,7 @@
 // -1 marks a zero (padding, or an input pixel that no output position reaches under the stride).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "conv_shape.h"
@@ -346,6 +347,25 @@ GER_HOST_DEVICE ReductionRange split_reduction(int64_t k_size, int chunk, int sp
   const int64_t length = (k_size / chunk + splits - 1) / splits * chunk;
   const int64_t begin = z * length, end = begin + length;
   return {begin < k_size ? begin : k_size, end < k_size ? end : k_size};
+}
+
+// How many parts (split_reduction) a reduction of `length` steps is split into when `tiles` output tiles each
+// run one block per part on `slots` concurrent blocks (blocks per SM x SMs): at most `max_splits` parts, each
+// at least `min_length` steps long, at most eight waves of blocks; among those, the count with the least time
+// counted as waves x steps per part (a last wave that leaves slots idle costs a whole wave), and the fewest
+// parts among equals (each part adds a partial gradient to the workspace and to its final sum).
+inline int reduction_split_count(int64_t tiles, int64_t length, int64_t slots, int64_t min_length,
+                                 int64_t max_splits) {
+  if (tiles <= 0 || length <= 0 || slots <= 0) return 1;
+  const int64_t most = std::max<int64_t>(1, std::min({max_splits, length / min_length, (8 * slots + tiles - 1) / tiles}));
+  int best = 1;
+  int64_t best_cost = INT64_MAX;
+  for (int64_t splits = 1; splits <= most; ++splits) {
+    const int64_t per_part = (length + splits - 1) / splits, parts = (length + per_part - 1) / per_part;
+    const int64_t cost = (tiles * parts + slots - 1) / slots * per_part;
+    if (cost < best_cost) best = static_cast<int>(splits), best_cost = cost;
+  }
+  return best;
 }
 
 // Weight gradient, X~[kk][n]: the input element that meets grad_output[b][o*S + t][oh][ow] through the base

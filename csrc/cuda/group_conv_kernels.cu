@@ -487,8 +487,9 @@ cudaError_t launch_group_conv2d_input_grad(const void* grad_output, const Stride
   });
 }
 
-// At most two blocks per SM (of the block tile of the kernel that runs: one wave, no partial second one), each
-// part of the reduction at least kMinSteps long, at most kMaxWorkspace accumulators in the workspace.
+// Two blocks per SM (of the block tile of the kernel that runs) in waves that leave few of them idle
+// (reduction_split_count), each part of the reduction at least kMinSteps long, at most kMaxWorkspace
+// accumulators in the workspace.
 int weight_grad_splits(const ConvShape& shape, [[maybe_unused]] FloatKind kind, const CudaDevice& device) {
   constexpr int64_t kMinSteps = 4096, kMaxWorkspace = int64_t(1) << 24, kMaxSplits = 64;
   int64_t tiles = (shape.out_fields + kBlockM - 1) / kBlockM *
@@ -499,10 +500,8 @@ int weight_grad_splits(const ConvShape& shape, [[maybe_unused]] FloatKind kind, 
 #endif
   const int64_t steps = shape.batch * shape.out_h * shape.out_w * shape.group_order;
   const int64_t numel = shape.filter().weight_numel();
-  if (tiles == 0 || steps == 0) return 1;
-  const int64_t splits = std::min({2 * int64_t(device.sm_count) / tiles, (steps + kMinSteps - 1) / kMinSteps,
-                                   kMaxWorkspace / numel, kMaxSplits});
-  return static_cast<int>(std::max<int64_t>(splits, 1));
+  return reduction_split_count(tiles, steps, 2 * int64_t(device.sm_count), kMinSteps,
+                               std::min(kMaxWorkspace / numel, kMaxSplits));
 }
 
 cudaError_t launch_group_conv2d_weight_grad(const void* grad_output, const Strides4& grad_output_strides,

@@ -474,6 +474,36 @@ void check_reduction_covers_pixels_once() {
   }
 }
 
+// reduction_split_count: within its bounds, the split count of least waves x steps per part (brute force here),
+// the fewest parts among equals; the 181-field GER-UNet layer on an H200 (144 CuTe tiles, 264 block slots) gets
+// 7 parts in 4 waves where one wave of 144 blocks left 120 slots idle.
+void check_reduction_split_count() {
+  const auto cost = [](int64_t tiles, int64_t length, int64_t slots, int64_t splits) {
+    const int64_t per_part = (length + splits - 1) / splits, parts = (length + per_part - 1) / per_part;
+    return (tiles * parts + slots - 1) / slots * per_part;
+  };
+  const struct { int64_t tiles, length, slots, min_length, max_splits; } cases[] = {
+      {144, 100352, 264, 4096, 7}, {9, 1605632, 264, 4096, 64}, {1, 2163200, 264, 4096, 64}, {4, 100, 8, 4096, 64},
+      {3, 1000, 4, 10, 64},        {500, 1 << 20, 132, 1, 64},   {0, 5, 8, 1, 4},            {7, 0, 8, 1, 4}};
+  for (const auto& c : cases) {
+    const int chosen = reduction_split_count(c.tiles, c.length, c.slots, c.min_length, c.max_splits);
+    const int64_t most = std::max<int64_t>(
+        1, std::min({c.max_splits, c.length / c.min_length, c.tiles > 0 ? (8 * c.slots + c.tiles - 1) / c.tiles : 1}));
+    bool ok = chosen >= 1 && chosen <= most;
+    for (int64_t s = 1; ok && c.tiles > 0 && c.length > 0 && s <= most; ++s) {
+      const int64_t a = cost(c.tiles, c.length, c.slots, s), b = cost(c.tiles, c.length, c.slots, chosen);
+      ok &= a > b || (a == b && s >= chosen);
+    }
+    ok ? ++passed : ++failed;
+    if (!ok) std::printf("FAILED: reduction_split_count(%lld tiles, %lld steps) = %d\n", (long long)c.tiles,
+                         (long long)c.length, chosen);
+  }
+  const bool layer_ok = reduction_split_count(144, 100352, 264, 4096, 7) == 7 &&
+                        reduction_split_count(1, 2163200, 264, 4096, 64) == 64;
+  layer_ok ? ++passed : ++failed;
+  if (!layer_ok) std::printf("FAILED: reduction_split_count of the 181-field layer or of 520 x 520 pixels\n");
+}
+
 // next_pixel steps through a grid exactly as pixel_of(m + 1) does, across rows and images.
 void check_next_pixel() {
   for (const auto& [h, w] : {std::pair<int64_t, int64_t>{1, 1}, {1, 5}, {4, 1}, {3, 7}}) {
@@ -536,6 +566,7 @@ int main() {
   torch::manual_seed(0);
   check_fast_div();
   check_reduction_covers_pixels_once();
+  check_reduction_split_count();
   check_next_pixel();
   check_tap_major_cursor();
   check_weight_copy_is_a_permutation();
