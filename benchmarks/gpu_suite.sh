@@ -28,9 +28,11 @@
 # must hold what matters most): one call of the default stages,
 #   SUITE_BUDGET_S=520 STEP_TIMEOUT_S=150 SWEEP_DTYPES=bfloat16 SWEEP_INSTALL=1 RESULTS_TAR=$OUT/results.tar.gz \
 #       bash benchmarks/gpu_suite.sh /tmp/gpu
-# = build errors parity sweep convnorm cpp step groupbn (measured 2026-11-29: build 27 s, CuTe parity 15 s,
-# cpp 18 s, a bf16 sweep of 105 configs 70 s); what is left after it can go to a call of
-# `build triton layers` or an fp32 sweep. Everything is written to OUT; the short tables are printed.
+# = build parity cpp sweep convnorm step groupbn errors (measured 2026-11-29: build 27 s, CuTe parity 15 s,
+# cpp 18 s, a bf16 sweep of 105 configs 70 s; the bf16 sweep has 350 rows since 2026-11-30, about 4 min:
+# cpp goes before it, so that the CuTe kernels are measured whatever the sweep leaves); what is left after
+# it can go to a call of `build triton layers` or an fp32 sweep. Everything is written to OUT; the short
+# tables are printed.
 # The device tool returns at most 8 files from $OUT: set RESULTS_TAR=$OUT/results.tar.gz and write
 # the suite's files elsewhere (OUT_DIR=/tmp/gpu); the folder is packed into it after every stage,
 # so a call stopped at its limit still returns what the finished stages wrote.
@@ -41,7 +43,7 @@
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [build] [errors] [parity] [step] [groupbn] [convnorm] [triton] [cpp] [layers] [sweep]}
 shift
-STAGES=${*:-build errors parity sweep convnorm cpp step groupbn}
+STAGES=${*:-build parity cpp sweep convnorm step groupbn errors}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)  # OUT is relative to where the suite was started, not to the repository
 cd "$(dirname "$0")/.."

@@ -357,7 +357,8 @@ GER_HOST_DEVICE ReductionRange split_reduction(int64_t k_size, int chunk, int sp
 inline int reduction_split_count(int64_t tiles, int64_t length, int64_t slots, int64_t min_length,
                                  int64_t max_splits) {
   if (tiles <= 0 || length <= 0 || slots <= 0) return 1;
-  const int64_t most = std::max<int64_t>(1, std::min({max_splits, length / min_length, (8 * slots + tiles - 1) / tiles}));
+  const int64_t most =
+      std::max<int64_t>(1, std::min({max_splits, length / min_length, (8 * slots + tiles - 1) / tiles}));
   int best = 1;
   int64_t best_cost = INT64_MAX;
   for (int64_t splits = 1; splits <= most; ++splits) {

@@ -38,24 +38,32 @@ __all__ = ["Resources", "compile_config", "compile_batch_norm", "report", "forma
            "BN_LAYOUTS", "FUSED_FAMILIES", "FUSED_DTYPE"]
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-_KERNELS = {"forward": group_conv.forward_kernel, "input_grad": group_conv.input_grad_kernel,
+_KERNELS = {"forward": group_conv.forward_kernel, "forward-taps": group_conv.forward_kernel,
+            "input_grad": group_conv.input_grad_kernel,
             "forward-fields": group_conv.forward_fields_kernel, "forward-tma": group_conv.forward_fields_kernel,
+            "forward-tma-row": group_conv.forward_fields_kernel,
             "input_grad-fields": group_conv.input_grad_fields_kernel,
             "input_grad-tma": group_conv.input_grad_fields_kernel,
+            "input_grad-tma-row": group_conv.input_grad_fields_kernel,
             "weight_grad": group_conv.weight_grad_kernel,
             "weight_grad-channels": group_conv.weight_grad_channels_kernel,
-            "weight_grad-channels-tma": group_conv.weight_grad_channels_kernel}  # family-variant of a Config
+            "weight_grad-channels-tma": group_conv.weight_grad_channels_kernel,
+            "weight_grad-channels-tma-row": group_conv.weight_grad_channels_kernel}  # family-variant of a Config
 # Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table, "fp32"
 # float32 partials or the (3, C) rows of a batch norm applied on load.
 _POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
+             "forward-taps": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
              "forward-fields": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
              "forward-tma": ["desc", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
+             "forward-tma-row": ["desc", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
              "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
              "input_grad-fields": ["x", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
              "input_grad-tma": ["desc", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
+             "input_grad-tma-row": ["desc", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
              "weight_grad": ["x", "x", "fp32", "i32", "i32", "fp32"],
              "weight_grad-channels": ["x", "x", "fp32", "i32", "i32", "fp32"],
-             "weight_grad-channels-tma": ["desc", "desc", "fp32", "i32", "i32", "fp32"]}
+             "weight_grad-channels-tma": ["desc", "desc", "fp32", "i32", "i32", "fp32"],
+             "weight_grad-channels-tma-row": ["desc", "desc", "fp32", "i32", "i32", "fp32"]}
 # The fused batch norm (``conv_norm``): compiled for every 16-bit config of these families, as
 # "<family>+bn" rows.
 FUSED_FAMILIES = ("forward", "input_grad", "weight_grad")
@@ -86,8 +94,9 @@ class Resources(NamedTuple):
 
 def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
     """Triton signature (argument name -> type), constexpr values and attributes of a p4m group
-    layer, k = 3, on channels_last tensors, specialized as the JIT does at run time: channel
-    strides of 1 become constants, pointers are 16-byte aligned."""
+    layer, k = 3, on channels_last tensors (the "taps" forward: a lifting layer with 3 input
+    channels), specialized as the JIT does at run time: channel strides of 1 become constants,
+    pointers are 16-byte aligned."""
     fn = _KERNELS[family].jit
     pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _POINTERS[family]]  # "*desc": set by the caller
     constexprs = {"S": 8, "S_IN": 8, "KSIZE": 3, "PRECISION": group_conv.precision(dtype)}
@@ -97,6 +106,10 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
             constexprs[name] = 8
     if family.startswith("forward"):
         constexprs.update(HAS_BIAS=True, RELU=False, STATS=False)
+    if "FLAT_TAPS" in fn.arg_names:
+        constexprs.update(FLAT_TAPS=family == "forward-taps")
+    if family == "forward-taps":  # 6-byte pixel rows: no vectors along channels
+        constexprs.update(S_IN=1, ALIGN=1)
     if not family.startswith("input_grad"):
         constexprs.update(NORM=False)
     constexprs.update(NORM_RELU=False)
@@ -151,16 +164,20 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
     kernel = f"{family}-{config.variant}" if config.variant else family
     signature, constexprs, attrs = _signature(kernel, dtype)
     constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
-    if fused:  # forward and weight gradient: BN-ReLU on load (forward: statistics); input gradient: the ReLU's mask
-        constexprs.update(NORM_RELU=True, **({"NORM": True} if family != "input_grad" else {}),
+    if fused:  # forward and weight gradient: BN-ReLU on load (forward: statistics; "taps", lifting: statistics
+        # only); input gradient: the ReLU's mask
+        lifting = config.variant == "taps"
+        constexprs.update(NORM_RELU=not lifting, **({"NORM": True} if family != "input_grad" and not lifting else {}),
                           **({"HAS_BIAS": False, "STATS": True} if family == "forward" else {}))
-    if config.variant:  # every variant kernel has the TMA path
-        constexprs.update(TMA=config.variant.endswith("tma"), TILE_W=group_conv._TILE_W)
-    rows = f"1,{config.block_m // group_conv._TILE_W},{group_conv._TILE_W}"
-    if config.variant == "tma":  # the input's (dy's) descriptor: boxes of (1, BLOCK_M // 16, 16, BLOCK_K)
-        signature["x_ptr" if family == "forward" else "dy_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_k}]>"
-    if config.variant == "channels-tma":  # boxes of (1, BLOCK_K // 16, 16, BLOCK_M or BLOCK_N)
-        rows = f"1,{config.block_k // group_conv._TILE_W},{group_conv._TILE_W}"
+    pixels = config.block_k if family == "weight_grad" else config.block_m  # of a box
+    width = group_conv._box_width(config, pixels)
+    if "TMA" in _KERNELS[kernel].jit.arg_names:
+        constexprs.update(TMA="tma" in config.variant, TILE_W=width)
+    rows = f"1,{pixels // width},{width}"
+    if config.variant.startswith("tma"):  # the input's (dy's) descriptor: boxes of (1, rows, width, BLOCK_K)
+        source = "x_ptr" if family == "forward" else "dy_ptr"
+        signature[source] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_k}]>"
+    if config.variant.startswith("channels-tma"):  # boxes of (1, rows, width, BLOCK_M or BLOCK_N)
         signature["dy_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_m}]>"
         signature["x_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_n}]>"
     return _compile(family + "+bn" if fused else family, config.name, dtype, _KERNELS[kernel].jit, signature,

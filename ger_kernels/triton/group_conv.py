@@ -13,9 +13,11 @@ Kernels per pass, chosen by the launch config's variant (``tuning.CONFIGS``): th
 the weight tile element by element through the tables; "fields" (forward, input gradient) reads it
 as 16-byte vectors from a field-minor copy of ``w`` (``_field_minor``, the size of ``w``), the
 tile's columns being whole fields; "tma" is "fields" with the activation tile read through a tensor
-descriptor (stride 1, channels_last maps with 16-byte pixel rows; elsewhere "fields" runs); the
-weight gradient's "channels" kernel has rows C_out*S and folds over the group in its epilogue, and
-"channels-tma" reads both of its operands through descriptors.
+descriptor (stride 1, channels_last maps with 16-byte pixel rows; elsewhere "fields" runs) as a
+rectangle of 16 columns; the weight gradient's "channels" kernel has rows C_out*S and folds over the
+group in its epilogue, and "channels-tma" reads both of its operands through descriptors. The "-row"
+variants of both ("tma-row", "channels-tma-row") take their pixels from one row of the map, so that
+the box in shared memory is the dot's operand as it is (no copy through registers).
 
 Ops (namespace ``ger_kernels_triton``, CPU and CUDA; CPU tensors need ``TRITON_INTERPRET=1``):
 ``group_conv2d(input, weight, bias, stride, padding, dilation, order, relu)`` (differentiable;
@@ -155,12 +157,14 @@ def forward_kernel(
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
     NORM: tl.constexpr, NORM_RELU: tl.constexpr, STATS: tl.constexpr, ALIGN: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FLAT_TAPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[b, n, oh, ow] = sum_{c, tap} x[b, c, oh*stride - padding + kh*dilation, ...] W~[n, c, tap]
     (+ bias[n // S], ReLU). GEMM rows: output pixels (b, oh, ow); columns: output channels n
     (C = C_in*S_in, N = C_out*S); reduction: taps, then the channel_blocks = cdiv(C, BLOCK_K)
-    blocks of input channels.
+    blocks of input channels; with FLAT_TAPS (config variant "taps", lifting layers: S_IN = 1, no
+    NORM) the k*k*C (tap, channel) pairs, BLOCK_K at a time (``steps`` of them), so that a few input
+    channels do not leave most of each step's reduction empty.
     ALIGN divides C, sxb, sxh and sxw (vector loads along channels of channels_last inputs).
     NORM: x is read through its batch norm (``_normalized``, ReLU if NORM_RELU); STATS: the
     program's partial statistics of each output column go to ``stats_ptr`` (``_store_statistics``)."""
@@ -181,21 +185,37 @@ def forward_kernel(
         w_off += tl.load(orient_ptr + t[:, None] * S + (rk % S)[None, :])
     code = tl.load(tap_code_ptr + t)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
-        tap = step // channel_blocks
-        c0 = step % channel_blocks * BLOCK_K
-        ih = oh * stride - padding + (tap // KSIZE) * dilation
-        iw = ow * stride - padding + (tap % KSIZE) * dilation
-        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        c_ok = (c0 + rk) // ALIGN < C // ALIGN  # = c < C, constant over ALIGN channels (vector loads)
-        rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
-        a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
-                    mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
-        if NORM:
-            a = _normalized(a, norm_ptr, C // S_IN, c0 + rk, c_ok, pix_ok, S_IN, NORM_RELU)
-        src = _transformed_tap(code, tap // KSIZE, tap % KSIZE, KSIZE)
-        b = tl.load(w_ptr + w_off + (src * C)[:, None] + c0, mask=n_ok[:, None] & c_ok[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+    if FLAT_TAPS:
+        tl.static_assert(S_IN == 1 and not NORM, "FLAT_TAPS: lifting layers without a batch norm on load")
+        for step in range(steps):  # cdiv(k*k*C, BLOCK_K) steps over reduction rows r = tap*C + c
+            r = step * BLOCK_K + rk
+            tap = r // C
+            r_ok = r < TAPS * C
+            ih = (oh * stride - padding)[:, None] + (tap // KSIZE * dilation)[None, :]
+            iw = (ow * stride - padding)[:, None] + (tap % KSIZE * dilation)[None, :]
+            ok = m_ok[:, None] & r_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + (batch * sxb)[:, None] + ih * sxh + iw * sxw + (r % C * sxc)[None, :], mask=ok,
+                        other=0.0)
+            src = _transformed_tap(code[:, None], (tap // KSIZE)[None, :], (tap % KSIZE)[None, :], KSIZE)
+            b = tl.load(w_ptr + (rn // S * (TAPS * C))[:, None] + src * C + (r % C)[None, :],
+                        mask=n_ok[:, None] & r_ok[None, :], other=0.0)
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+    else:
+        for step in range(steps):  # one loop over (tap, channel block): k*k*channel_blocks steps
+            tap = step // channel_blocks
+            c0 = step % channel_blocks * BLOCK_K
+            ih = oh * stride - padding + (tap // KSIZE) * dilation
+            iw = ow * stride - padding + (tap % KSIZE) * dilation
+            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            c_ok = (c0 + rk) // ALIGN < C // ALIGN  # = c < C, constant over ALIGN channels (vector loads)
+            rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN)
+            a = tl.load(x_ptr + rows[:, None] + (c0 + rk)[None, :] * sxc,
+                        mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+            if NORM:
+                a = _normalized(a, norm_ptr, C // S_IN, c0 + rk, c_ok, pix_ok, S_IN, NORM_RELU)
+            src = _transformed_tap(code, tap // KSIZE, tap % KSIZE, KSIZE)
+            b = tl.load(w_ptr + w_off + (src * C)[:, None] + c0, mask=n_ok[:, None] & c_ok[None, :], other=0.0)
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn // S, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
@@ -226,7 +246,7 @@ def forward_fields_kernel(
     c0 + k and an element t the tile's FIELDS entries are contiguous at row
     ``taps[t, tap]*C + c0 + k - s + T[t, s]`` (s = k % S_IN; ``_field_rows_tile``). The
     accumulator's columns are put back in channel order (o, t) before the store.
-    TMA (config variant "tma", stride 1): ``x_ptr`` is a tensor descriptor of the channels_last
+    TMA (config variants "tma" and "tma-row", stride 1): ``x_ptr`` is a tensor descriptor of the channels_last
     input as (B, H, W, C) in boxes of (1, BLOCK_M // TILE_W, TILE_W, BLOCK_K); a program's pixels
     are one such rectangle of output rows and columns (tiles_h x tiles_w per image), per tap the
     box is shifted by the tap, and what falls outside the image or past C reads as zeros.
@@ -359,7 +379,7 @@ def input_grad_fields_kernel(
     fields, zero-padded to LD entries (as in ``forward_fields_kernel``), so for reduction row n = o*S + t and
     column orientation s the tile's FIELDS entries are contiguous at row
     ``(taps[t, tap]*C_out + o)*S_IN + T[t, s]``. Columns go back to channel order (i, s) before
-    the store. TMA (config variant "tma", stride 1: one phase): ``dy_ptr`` is a tensor descriptor
+    the store. TMA (config variants "tma", "tma-row", stride 1: one phase): ``dy_ptr`` is a tensor descriptor
     of the channels_last dy as (B, H_out, W_out, N) in boxes of (1, BLOCK_M // TILE_W, TILE_W,
     BLOCK_K); a program's pixels are one such rectangle of input rows and columns, per tap the box
     is shifted back by the tap, and what falls outside dy or past N reads as zeros. NORM_RELU as in
@@ -496,14 +516,17 @@ def weight_grad_channels_kernel(
     W~-sized buffer: the partials hold one base-weight gradient per split. ALIGN_DY divides N and
     the strides of dy but the channels', ALIGN_X C and those of x (vector loads along channels of
     channels_last maps: dy's stay vectors when x has 3 channels).
-    TMA (config variant "channels-tma", stride 1): ``dy_ptr`` and ``x_ptr`` are tensor descriptors
+    TMA (config variants "channels-tma" and "channels-tma-row", stride 1): ``dy_ptr`` and ``x_ptr`` are descriptors
     of the channels_last maps as (B, H', W', channels) in boxes of (1, BLOCK_K // TILE_W, TILE_W,
     BLOCK_M) and (..., BLOCK_N); a reduction block is one rectangle of output pixels (tiles_h x
     tiles_w per image, blocks_per_split of them per split), the x box is shifted by the tap, and
     what falls outside a map (or past the images) reads as zeros. NORM: x is read through its
-    batch norm, as in ``forward_kernel``."""
+    batch norm, as in ``forward_kernel``, and, with BLOCK_N >= 64 (a wgmma's rows), the GEMM runs
+    transposed, (c, n), so that the normalized tile is the dot's operand in registers (not stored to
+    shared memory again)."""
     TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_M // S
+    TRANSPOSED: tl.constexpr = NORM and BLOCK_N >= 64
     tiles_c = (C + BLOCK_N - 1) // BLOCK_N
     rn = tl.program_id(0) // tiles_c * BLOCK_M + tl.arange(0, BLOCK_M)
     rc = tl.program_id(0) % tiles_c * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -516,7 +539,7 @@ def weight_grad_channels_kernel(
     pixels = B * H_out * W_out
     dw_fields = dw_ptr + split * (N // S * C * TAPS) + ro[:, None] * (C * TAPS)
     for tap in range(TAPS):
-        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+        acc = tl.full((BLOCK_N, BLOCK_M) if TRANSPOSED else (BLOCK_M, BLOCK_N), 0.0, tl.float32)
         for block in range(blocks_per_split):
             if TMA:  # a tile past the last image reads boxes of zeros
                 image, h0, w0, oh, ow = _pixel_rectangle(split * blocks_per_split + block, tiles_h, tiles_w,
@@ -546,8 +569,14 @@ def weight_grad_channels_kernel(
                             other=0.0)
             if NORM:
                 b = _normalized(b, norm_ptr, C // S_IN, rc, c_ok, pix_ok, S_IN, NORM_RELU)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        by_t = tl.permute(tl.reshape(acc, (FIELDS, S, BLOCK_N)), (0, 2, 1))  # (field, c, t)
+            if TRANSPOSED:
+                acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=PRECISION)
+            else:
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if TRANSPOSED:
+            by_t = tl.permute(tl.reshape(acc, (BLOCK_N, FIELDS, S)), (1, 0, 2))  # (field, c, t)
+        else:
+            by_t = tl.permute(tl.reshape(acc, (FIELDS, S, BLOCK_N)), (0, 2, 1))
         for fold in tl.static_range(S):  # the fold, one t at a time
             rows = by_t
             for level in tl.static_range(3):  # rows[:, :, fold]: select bit `level` of t (S <= 8)
@@ -665,21 +694,31 @@ class _WeightLayouts:
         return self._field_minor[multiple]
 
 
-# Columns of the pixel rectangle a "tma" program covers (its rows: BLOCK_M // _TILE_W).
+# Columns of the pixel rectangle a "tma" or "channels-tma" program's box covers.
 _TILE_W = 16
+# The config variants of the forward and input gradient that run their "fields" kernels.
+_FIELDS_VARIANTS = ("fields", "tma", "tma-row")
+
+
+def _box_width(config: Config, pixels: int) -> int:
+    """Columns of the pixel rectangle of ``pixels`` pixels (BLOCK_M of a forward or input gradient
+    tile, BLOCK_K of a weight gradient step) that a TMA config reads as one box: all of them, one row,
+    for the "-row" variants, else ``_TILE_W`` (rows: ``pixels // width``)."""
+    return pixels if config.variant.endswith("-row") else _TILE_W
 
 
 def _pixel_tiles(source: torch.Tensor, tma: bool, height: int, width: int, config: Config):
     """What a "fields" kernel reads its activation operand from, and its pixel tiles: with
-    ``tma``, a descriptor of the channels_last ``source`` in (1, BLOCK_M // 16, 16, BLOCK_K) boxes
-    and the rectangles of 16 columns tiling a ``height x width`` map, else ``source`` itself and
-    ``cdiv(pixels, BLOCK_M)`` runs of pixels. Returns (source, tiles_h, tiles_w, programs)."""
+    ``tma``, a descriptor of the channels_last ``source`` in (1, BLOCK_M // TILE_W, TILE_W, BLOCK_K)
+    boxes (``_box_width``) and the rectangles tiling a ``height x width`` map, else ``source`` itself
+    and ``cdiv(pixels, BLOCK_M)`` runs of pixels. Returns (source, tiles_h, tiles_w, programs, TILE_W)."""
+    box_width = _box_width(config, config.block_m)
     if not tma:
-        return source, 0, 0, triton.cdiv(source.shape[0] * height * width, config.block_m)
-    rows = config.block_m // _TILE_W
-    tiles_h, tiles_w = triton.cdiv(height, rows), triton.cdiv(width, _TILE_W)
-    descriptor = TensorDescriptor.from_tensor(source.permute(0, 2, 3, 1), [1, rows, _TILE_W, config.block_k])
-    return descriptor, tiles_h, tiles_w, source.shape[0] * tiles_h * tiles_w
+        return source, 0, 0, triton.cdiv(source.shape[0] * height * width, config.block_m), box_width
+    rows = config.block_m // box_width
+    tiles_h, tiles_w = triton.cdiv(height, rows), triton.cdiv(width, box_width)
+    descriptor = TensorDescriptor.from_tensor(source.permute(0, 2, 3, 1), [1, rows, box_width, config.block_k])
+    return descriptor, tiles_h, tiles_w, source.shape[0] * tiles_h * tiles_w, box_width
 
 
 def _tma_eligible(x: torch.Tensor, stride: int) -> bool:
@@ -776,10 +815,10 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     pixels, n = batch * h_out * w_out, c_out * order
 
     def launch(config: Config) -> Optional[torch.Tensor]:
-        if config.variant in ("fields", "tma"):
+        if config.variant in _FIELDS_VARIANTS:
             rows = layouts.field_minor(config.block_n // order)
-            tma = config.variant == "tma" and _tma_eligible(x, stride)
-            source, tiles_h, tiles_w, programs = _pixel_tiles(x, tma, h_out, w_out, config)
+            tma = config.variant.startswith("tma") and _tma_eligible(x, stride)
+            source, tiles_h, tiles_w, programs, box_width = _pixel_tiles(x, tma, h_out, w_out, config)
             stats = _statistics_buffer(statistics, programs, n, x.device)
             forward_fields_kernel[(programs, triton.cdiv(c_out, config.block_n // order))](
                 source, rows, bias if bias is not None else rows, out, table["orient"], table["tap_code"],
@@ -788,18 +827,21 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
                 triton.cdiv(channels, config.block_k), k * k * triton.cdiv(channels, config.block_k), tiles_h, tiles_w,
                 *x.stride(), *out.stride(), stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k,
                 HAS_BIAS=bias is not None, RELU=relu, NORM=norm is not None, NORM_RELU=norm_relu, STATS=statistics,
-                ALIGN=_alignment(x), PRECISION=precision(x.dtype), TMA=tma, TILE_W=_TILE_W, **config.meta())
-        else:
+                ALIGN=_alignment(x), PRECISION=precision(x.dtype), TMA=tma, TILE_W=box_width, **config.meta())
+        else:  # the plain kernel; "taps" configs flatten the reduction of lifting layers (else run plain)
+            flat = config.variant == "taps" and s_in == 1 and norm is None
             grid = (triton.cdiv(pixels, config.block_m), triton.cdiv(n, config.block_n))
             stats = _statistics_buffer(statistics, grid[0], n, x.device)
+            steps = triton.cdiv(k * k * channels, config.block_k) if flat else \
+                k * k * triton.cdiv(channels, config.block_k)
             forward_kernel[grid](
                 x, layouts.tap_major, bias if bias is not None else weight, out, table["orient"], table["tap_code"],
                 norm if norm is not None else weight, stats if stats is not None else weight,
                 batch, channels, height, width, n, h_out, w_out, triton.cdiv(channels, config.block_k),
-                k * k * triton.cdiv(channels, config.block_k), *x.stride(), *out.stride(),
+                steps, *x.stride(), *out.stride(),
                 stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, HAS_BIAS=bias is not None, RELU=relu,
                 NORM=norm is not None, NORM_RELU=norm_relu, STATS=statistics, ALIGN=_alignment(x),
-                PRECISION=precision(x.dtype), **config.meta())
+                PRECISION=precision(x.dtype), FLAT_TAPS=flat, **config.meta())
         return stats
 
     return out, _run("forward", x.dtype, key, launch, x.device)
@@ -864,10 +906,10 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
             relu_of[1], channels // s_in, grad.device)
 
     def launch(config: Config) -> None:
-        if config.variant in ("fields", "tma"):
+        if config.variant in _FIELDS_VARIANTS:
             rows = layouts.field_minor(config.block_n // s_in)
-            tma = config.variant == "tma" and _tma_eligible(grad, stride)
-            source, tiles_h, tiles_w, programs = _pixel_tiles(grad, tma, height, width, config)
+            tma = config.variant.startswith("tma") and _tma_eligible(grad, stride)
+            source, tiles_h, tiles_w, programs, box_width = _pixel_tiles(grad, tma, height, width, config)
             grid = (programs if tma else triton.cdiv(batch * h_phase * w_phase, config.block_m),
                     triton.cdiv(channels // s_in, config.block_n // s_in), 1 if tma else stride * stride)
             input_grad_fields_kernel[grid](
@@ -877,7 +919,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
                 triton.cdiv(n, config.block_k), tiles_h, tiles_w, *grad.stride(), *dx.stride(),
                 stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, NORM_RELU=x is not None,
                 ALIGN=_alignment(grad),
-                PRECISION=precision(grad.dtype), TMA=tma, TILE_W=_TILE_W, **config.meta())
+                PRECISION=precision(grad.dtype), TMA=tma, TILE_W=box_width, **config.meta())
             return
         grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m), triton.cdiv(channels, config.block_n),
                 stride * stride)
@@ -941,7 +983,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
     norm = _check_norm(norm, channels // in_orientations, x.device)
 
     def launch(config: Config) -> torch.Tensor:
-        if config.variant in ("channels", "channels-tma"):
+        if config.variant.startswith("channels"):
             return launch_channels(config)
         tiles = triton.cdiv(c_out, config.block_m) * triton.cdiv(channels, config.block_n)
         blocks = triton.cdiv(pixels, config.block_k)
@@ -958,13 +1000,14 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
 
     def launch_channels(config: Config) -> torch.Tensor:
         tiles = triton.cdiv(c_out * order, config.block_m) * triton.cdiv(channels, config.block_n)
-        tma = config.variant == "channels-tma" and _tma_eligible(grad, stride) and _tma_eligible(x, stride)
-        if tma:  # reduction blocks: rectangles of (BLOCK_K // 16) x 16 output pixels
-            rows = config.block_k // _TILE_W
-            tiles_h, tiles_w = triton.cdiv(h_out, rows), triton.cdiv(w_out, _TILE_W)
+        tma = config.variant.startswith("channels-tma") and _tma_eligible(grad, stride) and _tma_eligible(x, stride)
+        box_width = _box_width(config, config.block_k)
+        if tma:  # reduction blocks: rectangles of (BLOCK_K // box_width) x box_width output pixels
+            rows = config.block_k // box_width
+            tiles_h, tiles_w = triton.cdiv(h_out, rows), triton.cdiv(w_out, box_width)
             blocks = batch * tiles_h * tiles_w
-            dy_source = TensorDescriptor.from_tensor(grad.permute(0, 2, 3, 1), [1, rows, _TILE_W, config.block_m])
-            x_source = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), [1, rows, _TILE_W, config.block_n])
+            dy_source = TensorDescriptor.from_tensor(grad.permute(0, 2, 3, 1), [1, rows, box_width, config.block_m])
+            x_source = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), [1, rows, box_width, config.block_n])
         else:
             tiles_h = tiles_w = 0
             blocks = triton.cdiv(pixels, config.block_k)
@@ -978,7 +1021,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             tiles_h, tiles_w, *grad.stride(), *x.stride(),
             stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size, NORM=norm is not None,
             NORM_RELU=norm_relu, ALIGN_DY=_alignment(grad), ALIGN_X=_alignment(x), PRECISION=precision(x.dtype),
-            TMA=tma, TILE_W=_TILE_W, **config.meta())
+            TMA=tma, TILE_W=box_width, **config.meta())
         return partials
 
     key = problem_class("weight_grad", x.dtype, x.shape, shape, stride, padding, dilation, order)

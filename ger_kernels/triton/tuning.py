@@ -84,6 +84,15 @@ _HALF_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config
                     Config(64, 64, 16, 4, 4), Config(128, 64, 64, 8, 3), Config(64, 64, 64, 4, 4)]
 _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
                 Config(64, 32, 32, 4, 3)]
+# The "taps" variant of the forward: for lifting layers (one orientation in, a few channels) the plain
+# kernel's reduction runs over the k*k*C (tap, channel) pairs, BLOCK_K at a time: 27 of 32 rows of one
+# step are used at 3 channels, against 3 of 16 in each of the nine steps of the plain kernel. Elsewhere
+# these configs run the plain kernel. Both operands are gathered element by element (no pipeline to
+# keep: one step at 3 channels, so one stage); 238-255 registers, and wider tiles than these spill
+# (m128n128, m256n64, or 128x64 on 4 warps: 328-696 bytes; triton 3.9, sm_90, bf16).
+_HALF_LIFTING_TAPS = [Config(128, 64, 32, 8, 1, "taps"), Config(64, 128, 32, 8, 1, "taps"),
+                      Config(64, 64, 32, 4, 1, "taps")]
+_FLOAT32_LIFTING_TAPS = [Config(64, 64, 32, 8, 1, "taps")]
 # The "fields" variant of forward and input_grad: a tile's columns are BLOCK_N // S whole fields,
 # its weight tile read as 16-byte vectors (cp.async, one buffer per stage, straight into the wgmma
 # operand's layout) from a field-minor copy of w (see group_conv).
@@ -100,6 +109,14 @@ _HALF_FIELDS = [Config(128, 64, 64, 8, 3, "fields"), Config(128, 64, 64, 8, 4, "
 _HALF_TMA = [Config(128, 128, 64, 8, 3, "tma"), Config(128, 64, 64, 8, 3, "tma"), Config(128, 256, 64, 8, 3, "tma"),
              Config(256, 128, 64, 8, 3, "tma"), Config(128, 128, 32, 8, 4, "tma"), Config(64, 128, 64, 4, 4, "tma"),
              Config(128, 128, 128, 8, 3, "tma"), Config(256, 64, 64, 8, 3, "tma"), Config(128, 128, 64, 8, 4, "tma")]
+# "tma-row": the pixels of a program are BLOCK_M columns of one row, so the box in shared memory is the
+# wgmma's operand as it is (the 16-column rectangles of "tma" go through registers): 64-169 registers
+# (m128n64: 67, three programs per SM), no spills (triton 3.9, sm_90, bf16; fused with a batch norm, the
+# tiles from 64x128 up spill 24-700 bytes). Rows wider than the map leave columns idle: 64-wide tiles suit
+# narrow maps.
+_HALF_TMA_ROW = [Config(128, 128, 64, 8, 3, "tma-row"), Config(128, 128, 64, 8, 4, "tma-row"),
+                 Config(64, 128, 64, 4, 4, "tma-row"), Config(128, 256, 64, 8, 3, "tma-row"),
+                 Config(64, 256, 64, 8, 3, "tma-row"), Config(128, 64, 64, 8, 3, "tma-row")]
 # The 16-bit weight gradient has only the "channels" kernel: the one with rows of output fields was
 # 10-30x slower at every GER-UNet layer on an H200 (benchmarks/results/h200-2026-11-29b/sweep-bf16.md).
 _HALF_CHANNELS = [Config(128, 128, 64, 8, 3, "channels"), Config(128, 128, 32, 8, 3, "channels"),
@@ -109,14 +126,19 @@ _HALF_LIFTING_CHANNELS = [Config(128, 16, 64, 4, 3, "channels"), Config(256, 16,
 _HALF_CHANNELS_TMA = [Config(128, 128, 64, 8, 3, "channels-tma"), Config(128, 64, 64, 8, 3, "channels-tma"),
                       Config(128, 128, 32, 8, 4, "channels-tma"), Config(128, 256, 64, 8, 3, "channels-tma"),
                       Config(128, 128, 128, 8, 3, "channels-tma"), Config(64, 128, 64, 4, 3, "channels-tma")]
+# "channels-tma-row": a reduction block is BLOCK_K pixels of one row, so dy's box is the wgmma's A
+# operand as it is: 80-223 registers, no spills.
+_HALF_CHANNELS_TMA_ROW = [Config(128, 128, 64, 8, 3, "channels-tma-row"), Config(128, 64, 64, 8, 3, "channels-tma-row"),
+                          Config(128, 256, 64, 8, 3, "channels-tma-row"),
+                          Config(128, 128, 32, 8, 4, "channels-tma-row")]
 _FLOAT32_FIELDS = [Config(128, 64, 16, 8, 3, "fields"), Config(64, 64, 32, 8, 3, "fields")]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
-    "half": {"forward": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA,
-             "input_grad": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA,
-             "weight_grad": _HALF_CHANNELS + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA},
+    "half": {"forward": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA + _HALF_TMA_ROW + _HALF_LIFTING_TAPS,
+             "input_grad": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA + _HALF_TMA_ROW,
+             "weight_grad": _HALF_CHANNELS + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA + _HALF_CHANNELS_TMA_ROW},
     "float32": {
         "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)]
-        + _FLOAT32_FIELDS,
+        + _FLOAT32_FIELDS + _FLOAT32_LIFTING_TAPS,
         "input_grad": [Config(128, 32, 32, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)]
         + _FLOAT32_FIELDS,
         "weight_grad": _WEIGHT_GRAD + [Config(128, 64, 16, 8, 3, "channels")],
@@ -129,8 +151,9 @@ CONFIGS: dict[str, dict[str, list[Config]]] = {
 # their results against cuDNN, a default-config table may name them once it has, and tests and
 # GER_KERNELS_TRITON_CONFIG can force them; the tuner times them only with GER_KERNELS_TRITON_UNVERIFIED=1.
 # A list leaves this set once a GPU sweep has checked it.
-UNVERIFIED = frozenset(c.name for c in _HALF_FIELDS + _HALF_TMA + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA
-                       + _FLOAT32_FIELDS)
+UNVERIFIED = frozenset(c.name for c in _HALF_FIELDS + _HALF_TMA + _HALF_TMA_ROW + _HALF_LIFTING_TAPS
+                       + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA + _HALF_CHANNELS_TMA_ROW + _FLOAT32_FIELDS
+                       + _FLOAT32_LIFTING_TAPS)
 UNVERIFIED_ENV = "GER_KERNELS_TRITON_UNVERIFIED"
 
 

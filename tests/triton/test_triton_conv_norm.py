@@ -116,8 +116,11 @@ def test_fixed_statistics_and_no_relu(device):
     assert max(errors.values()) <= 2e-5, errors
 
 
-@pytest.mark.parametrize("lifting", [True, False])
-def test_statistics_without_batch_norm_of_the_input(device, lifting):
+@pytest.mark.parametrize("lifting,variant", [(True, ""), (False, ""), (True, "taps")])
+def test_statistics_without_batch_norm_of_the_input(device, monkeypatch, lifting, variant):
+    """The statistics epilogue alone (no batch norm on load), also after the "taps" lifting forward."""
+    if variant:
+        monkeypatch.setenv(FORCE_ENV, next(c.name for c in CONFIGS["float32"]["forward"] if c.variant == variant))
     x, w, b, _, _ = (t.to(device) if t is not None else None for t in case(P4M, lifting, 3, 7, 6, 2, norm=False))
     errors = compare(x, w, b, None, None, order=8)
     assert max(errors.values()) <= 2e-5, errors
@@ -126,7 +129,10 @@ def test_statistics_without_batch_norm_of_the_input(device, lifting):
 @pytest.mark.parametrize("variants,dtype", [({"forward": "fields", "input_grad": "fields"}, "float32"),
                                             ({"weight_grad": "channels"}, "float32"),
                                             ({"forward": "tma", "input_grad": "tma", "weight_grad": "channels-tma"},
-                                             "half")], ids=["fields", "channels", "tma"])
+                                             "half"),
+                                            ({"forward": "tma-row", "input_grad": "tma-row",
+                                              "weight_grad": "channels-tma-row"}, "half")],
+                         ids=["fields", "channels", "tma", "tma-row"])
 def test_every_kernel_variant(device, monkeypatch, variants, dtype):
     """The prologue and epilogues in each kernel that has them: "fields" and "tma" forwards and input
     gradients, the "channels" and "channels-tma" weight gradients (the TMA paths in float16, channels_last)."""
@@ -138,6 +144,20 @@ def test_every_kernel_variant(device, monkeypatch, variants, dtype):
         errors = compare(x, w, b, gamma, beta, order=8, view=VIEWS["channels_last"])
         assert max(errors.values()) <= 2e-5, errors
         return
+    assert_float16_parity(x, w, b, gamma, beta)
+
+
+def test_weight_gradient_of_narrow_tiles(device, monkeypatch):
+    """A fused weight gradient whose tiles have fewer input channels than a wgmma's 64 rows (the
+    16-column configs) keeps the normalized x tile as the B operand (the others run transposed)."""
+    narrow = next(c for c in CONFIGS["half"]["weight_grad"] if c.block_n < 64)
+    monkeypatch.setenv(FORCE_ENV, narrow.name)
+    assert_float16_parity(*(t.to(device) for t in case(P4M, False, 3, 9, 19, 2, c_in=2, c_out=10)))
+
+
+def assert_float16_parity(x, w, b, gamma, beta):
+    """The fused op in float16 on channels_last maps against the float64 reference: output,
+    statistics and every gradient."""
     view = VIEWS["channels_last"]
     leaves = [t.clone().requires_grad_(True) for t in (x, w, b, gamma, beta)]
     ref, ref_stats = reference_bn_conv(*leaves, None, 8, True, 1, 1, 1, P4M)

@@ -127,6 +127,35 @@ def test_weight_gradient_with_output_channel_rows_channels_last(device, monkeypa
     assert errs["dw"] <= 1e-5, errs
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[1]], ids=["p4m", "p4", "p4-k2-s2", "p4m-k5-s2", "p4-k1-s2",
+                                                                   "p4m-splits"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_taps_variant(device, monkeypatch, case, layout):
+    """The "taps" forward of lifting layers (the reduction over k*k*C (tap, channel) pairs, 32 at a
+    time): 3 and 5 input channels (27 and 45 rows at k = 3: one and two steps, the last partial),
+    k = 1, 2, 5, stride 2, NCHW, channels_last and strided input, ReLU in the epilogue."""
+    group, lifting, k, stride, padding, dilation, height, width, batch = case
+    taps = next(c.name for c in CONFIGS["float32"]["forward"] if c.variant == "taps")
+    monkeypatch.setenv(FORCE_ENV, taps)
+    view = {"nchw": None, "channels_last": lambda t: t.to(memory_format=torch.channels_last),
+            "strided": lambda t: t.repeat_interleave(2, -1)[..., ::2]}[layout]
+    for c_in in (3, 5):
+        x, w, b = conv_args(group, lifting, k, height, width, batch, c_in=c_in, c_out=5, device=device)
+        grad = torch.randn_like(reference.conv_expanded(x, w, b, stride, padding, dilation, group))
+        errs = parity(x, w, b, stride, padding, dilation, group, x_view=view, relu=c_in == 5,
+                      grad=view(grad) if view else grad)
+        assert errs["out"] <= 1e-5, (c_in, errs)
+
+
+def test_taps_variant_half(device, monkeypatch):
+    """... with each 16-bit "taps" config, in float16 on a channels_last lifting layer."""
+    view = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    for config in (c for c in CONFIGS["half"]["forward"] if c.variant == "taps"):
+        monkeypatch.setenv(FORCE_ENV, config.name)
+        x, w, b = conv_args(P4M, True, 3, 9, 7, c_in=3, c_out=10, device=device)
+        assert_half_parity(x, w, b, 1, 1, 1, P4M, torch.float16, x_view=view)
+
+
 FIELDS_CASES = [CASES[0], CASES[1], CASES[3], CASES[5], CASES[7], CASES[9], CASES[10]]
 
 
@@ -151,13 +180,15 @@ def test_fields_variant(device, monkeypatch, case, layout):
 
 
 @pytest.mark.parametrize("group,padding,dilation,height,width", [(P4M, 1, 1, 9, 19), (P4M, 2, 2, 7, 5),
-                                                                   (P4, 0, 1, 10, 17)])
-def test_tma_variant(device, monkeypatch, group, padding, dilation, height, width):
-    """The "tma" forward and input gradient and the "channels-tma" weight gradient (input and dy
-    boxes through tensor descriptors, zeros outside the map) on channels_last maps at stride 1, in
-    float16 (their configs are the 16-bit ones): tiles cut by the map's edges, two images, 10 and
-    22 output fields, boxes wider than the channels."""
-    names = [next(c.name for c in CONFIGS["half"][family] if c.variant.endswith("tma"))
+                                                                   (P4, 0, 1, 10, 17), (P4, 1, 1, 2, 133)])
+@pytest.mark.parametrize("boxes", ["tma", "tma-row"])
+def test_tma_variant(device, monkeypatch, group, padding, dilation, height, width, boxes):
+    """The "tma" ("tma-row") forward and input gradient and the "channels-tma" ("channels-tma-row")
+    weight gradient (input and dy boxes through tensor descriptors, zeros outside the map) on
+    channels_last maps at stride 1, in float16 (their configs are the 16-bit ones): tiles cut by the
+    map's edges, two images, 10 and 22 output fields, boxes wider than the channels (and, for the
+    rows, than the map, or two of them to a row: 133 columns)."""
+    names = [next(c.name for c in CONFIGS["half"][family] if c.variant in (boxes, "channels-" + boxes))
              for family in ("forward", "input_grad", "weight_grad")]
     monkeypatch.setenv(FORCE_ENV, ",".join(names))
     view = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
