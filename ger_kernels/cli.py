@@ -325,6 +325,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bfloat16 autocast on CUDA")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="model and batches in the channels_last memory format (default: on CUDA only)")
     p.add_argument("--nondeterministic", dest="deterministic", action="store_false",
                    help="allow nondeterministic (maybe faster) kernels")
     p.add_argument("--max-batches", type=int, default=None, help="per epoch (smoke runs)")

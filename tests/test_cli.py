@@ -334,3 +334,12 @@ def test_equivariance_element_must_be_a_p4m_element(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["equivariance", "a.pt", "--element", "8"])
     assert exit.value.code == 2 and "argument --element: invalid choice: 8" in capsys.readouterr().err
+
+
+def test_train_memory_format_flag():
+    """--channels-last / --no-channels-last set TrainConfig.channels_last; without either it stays None
+    (channels_last on CUDA only)."""
+    from ger_kernels.cli import _parser, _train_config
+
+    parse = lambda *flags: _train_config(_parser().parse_args(["train", "--device", "cpu", *flags]))  # noqa: E731
+    assert [parse(*f).channels_last for f in ([], ["--channels-last"], ["--no-channels-last"])] == [None, True, False]

@@ -54,7 +54,8 @@ def test_resume_continues_where_it_stopped(tmp_path):
     # identical to an uninterrupted run, since the data order and RNG states are restored
     assert [r["train_loss"] for r in resumed["history"]] == pytest.approx([r["train_loss"] for r in full["history"]])
     with pytest.raises(ValueError, match=r"another configuration \(lr 0.0002 there, 0.001 now; only backend, "
-                                         r"deterministic, device, epochs, out, patience, threads may change\)"):
+                                         r"channels_last, deterministic, device, epochs, out, patience, threads "
+                                         r"may change\)"):
         train(config(tmp_path / "b", epochs=4, lr=1e-3), TinySlices(), progress=False)
     assert json.load(open(tmp_path / "b" / "run" / "config.json"))["lr"] == config(tmp_path).lr
 
@@ -305,3 +306,24 @@ def test_build_model_paper_widths():
     assert build_model(TrainConfig()).widths == (23, 45, 91, 181)
     assert build_model(TrainConfig(model="r-unet")).widths == (64, 128, 256, 512)
     assert dataclasses.asdict(TrainConfig(widths=[1, 2, 3, 4]))["widths"] == (1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("model,widths", [("r-unet", (4, 5, 6, 7)), ("ger-unet", (2, 3, 4, 5))])
+def test_channels_last_training(tmp_path, model, widths):
+    """``channels_last=True`` trains the model and its batches in the channels_last memory format
+    (the default on CUDA): the same losses as NCHW, R-UNet's 4-D weights stored channels_last; the
+    setting may change when a run resumes."""
+    nchw = train(config(tmp_path / "a", model=model, widths=widths, epochs=1), TinySlices(), progress=False)
+    nhwc_config = config(tmp_path / "b", model=model, widths=widths, epochs=1, channels_last=True)
+    nhwc = train(nhwc_config, TinySlices(), progress=False)
+    for key in ("train_loss", "val_loss"):
+        assert nhwc["history"][0][key] == pytest.approx(nchw["history"][0][key], rel=1e-4)
+    weights = [t for t in load_checkpoint(os.path.join(nhwc_config.out, "last.pt"))["model"].values() if t.dim() == 4]
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in weights)  # GER-UNet's are 5-D
+    assert any(not t.is_contiguous() for t in weights) == (model == "r-unet")
+    resumed = train(dataclasses.replace(nhwc_config, epochs=2, channels_last=False), TinySlices(), progress=False)
+    assert resumed["epochs_run"] == 2
+    assert training._memory_format(TrainConfig(), torch.device("cuda")) == torch.channels_last
+    assert training._memory_format(TrainConfig(), torch.device("cpu")) == torch.contiguous_format
+    with pytest.raises(ValueError, match="channels_last must be True, False or None"):
+        TrainConfig(channels_last="yes")
