@@ -52,20 +52,21 @@ def _opt_in_switches() -> dict[str, str]:
 
 def _print_paths(args: argparse.Namespace) -> None:
     """The backend of each pass of each convolution of GER-UNet (paper widths) under ``auto``, for a
-    random input of ``args.batch`` x 3 x ``args.size``^2 on ``args.device``, in bfloat16 autocast on CUDA
-    (as ``ger-unet train``). With ``GER_KERNELS_AUTO_TIMING=1`` a first call on CUDA times the passes
-    the path table lacks."""
+    random input of ``args.batch`` x 3 x ``args.size``^2 on ``args.device``, in bfloat16 autocast and
+    channels_last on CUDA (as ``ger-unet train``). With ``GER_KERNELS_AUTO_TIMING=1`` a first call on
+    CUDA times the passes the path table lacks."""
     from ger_kernels.backends import describe_model, format_paths
     from ger_kernels.models import GERUNet
-    from ger_kernels.training import resolve_device
+    from ger_kernels.training import TrainConfig, memory_format, resolve_device
 
     device = resolve_device(args.device)
-    model = GERUNet().to(device)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    layout = memory_format(TrainConfig(), device)
+    model = GERUNet().to(device, memory_format=layout)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device).to(memory_format=layout)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         rows = describe_model(model, x)
     print(f"backend='auto', pass by pass: GER-UNet (paper widths), input {tuple(x.shape)} on {device}"
-          + (", bfloat16 autocast" if device.type == "cuda" else "") + ":")
+          + (", bfloat16 autocast, channels_last" if device.type == "cuda" else "") + ":")
     print("\n".join("  " + line for line in format_paths(rows).splitlines()))
 
 

@@ -54,7 +54,7 @@ from ger_kernels.models.res_unet import DOWNSAMPLINGS
 
 __all__ = ["TrainConfig", "build_model", "train", "save_checkpoint", "load_checkpoint", "check_checkpoint_path",
            "model_from_checkpoint", "predict_batches", "resolve_device", "check_size", "check_runs_here",
-           "check_resumable"]
+           "check_resumable", "memory_format"]
 
 MODELS = ("ger-unet", "r-unet")
 GROUPS = ("p4m", "p4")
@@ -299,7 +299,7 @@ def _loss(scores: torch.Tensor, masks: torch.Tensor, dice_weight: float) -> torc
     return loss
 
 
-def _memory_format(config: TrainConfig, device: torch.device) -> torch.memory_format:
+def memory_format(config: TrainConfig, device: torch.device) -> torch.memory_format:
     """The memory format of the model and its batches (``TrainConfig.channels_last``)."""
     channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
     return torch.channels_last if channels_last else torch.contiguous_format
@@ -320,15 +320,15 @@ def predict_batches(model: nn.Module, loader: DataLoader, device: torch.device, 
 
 
 def _validate(model, loader, device, amp, dice_weight, processes=distributed.SINGLE,
-              memory_format=torch.contiguous_format) -> tuple[float, float]:
+              layout=torch.contiguous_format) -> tuple[float, float]:
     """Mean loss and per-slice mean Dice (``ger_kernels.metrics`` conventions) over the validation
-    slices of every process (``loader`` holds this process's share), batches in ``memory_format``."""
+    slices of every process (``loader`` holds this process's share), batches in memory format ``layout``."""
     model.eval()
     loss_sum, dice_sum, count = 0.0, 0.0, 0
     with torch.no_grad():
         for images, masks in loader:
             with _autocast(device, amp):
-                scores = model(images.to(device, memory_format=memory_format))
+                scores = model(images.to(device, memory_format=layout))
             loss_sum += _loss(scores, masks.to(device), dice_weight).item() * len(images)
             for pred, target in zip(scores.argmax(1).cpu(), masks):
                 dice_sum += metrics.slice_metrics(pred.numpy(), target.numpy())["dice"]
@@ -436,8 +436,8 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
     """The training of one process of ``processes``; rank 0 writes the files while the others wait."""
     train_idx, val_idx = _split_validation(train_set, config.val_fraction, config.seed)
     _seed_everything(config.seed)
-    memory_format = _memory_format(config, device)
-    model = build_model(config).to(device, memory_format=memory_format)
+    layout = memory_format(config, device)
+    model = build_model(config).to(device, memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -484,7 +484,7 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
         for step, (images, masks) in enumerate(batches, 1):
             if config.augment:
                 images, masks = _augment(images, masks, generator)
-            images, masks = images.to(device, memory_format=memory_format), masks.to(device)
+            images, masks = images.to(device, memory_format=layout), masks.to(device)
             with _autocast(device, config.amp):
                 loss = _loss(trained(images), masks, config.dice_weight)
             # every process's loss and count of non-finite inputs, so that all stop together
@@ -508,7 +508,7 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
             batches.set_postfix(loss=f"{losses[processes.rank]:.4f}")
         scheduler.step()
         val_loss, val_dice = _validate(model, val_loader, device, config.amp, config.dice_weight, processes,
-                                       memory_format)
+                                       layout)
         if not math.isfinite(val_loss):
             raise FloatingPointError(_non_finite_loss(config, state, f"validation loss after epoch {epoch}",
                                                       val_loss, None))

@@ -323,7 +323,7 @@ def test_channels_last_training(tmp_path, model, widths):
     assert any(not t.is_contiguous() for t in weights) == (model == "r-unet")
     resumed = train(dataclasses.replace(nhwc_config, epochs=2, channels_last=False), TinySlices(), progress=False)
     assert resumed["epochs_run"] == 2
-    assert training._memory_format(TrainConfig(), torch.device("cuda")) == torch.channels_last
-    assert training._memory_format(TrainConfig(), torch.device("cpu")) == torch.contiguous_format
+    assert training.memory_format(TrainConfig(), torch.device("cuda")) == torch.channels_last
+    assert training.memory_format(TrainConfig(), torch.device("cpu")) == torch.contiguous_format
     with pytest.raises(ValueError, match="channels_last must be True, False or None"):
         TrainConfig(channels_last="yes")
