@@ -11,7 +11,7 @@ bfloat16 inputs, float32 accumulation.
 
 Kernels per pass, chosen by the launch config's variant (``tuning.CONFIGS``): the plain ones gather
 the weight tile element by element through the tables; "fields" (forward, input gradient) reads it
-as 16-byte vectors from a field-minor copy of ``w`` (``_field_minor``, the size of ``w``), the
+as 16-byte vectors from a field-minor copy of ``w`` (``_field_minor``, the size of ``w`` but for padding), the
 tile's columns being whole fields; "tma" is "fields" with the activation tile read through a tensor
 descriptor (stride 1, channels_last maps with 16-byte pixel rows; elsewhere "fields" runs) as a
 rectangle of 16 columns; the weight gradient's "channels" kernel has rows C_out*S and folds over the
