@@ -106,6 +106,8 @@ def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
             constexprs[name] = 8
     if family.startswith("forward"):
         constexprs.update(HAS_BIAS=True, RELU=False, STATS=False)
+    if "ONE_PHASE" in fn.arg_names:  # stride 1
+        constexprs.update(ONE_PHASE=True)
     if "FLAT_TAPS" in fn.arg_names:
         constexprs.update(FLAT_TAPS=family == "forward-taps")
     if family == "forward-taps":  # 6-byte pixel rows: no vectors along channels

@@ -312,12 +312,14 @@ def input_grad_kernel(
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, NORM_RELU: tl.constexpr, ALIGN: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr, ONE_PHASE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_{n, tap} dy[b, n, oh, ow] W~[n, c, tap] over oh*stride - padding +
     kh*dilation = h (and the same for w). Program axis 2 is the phase (h % stride, w % stride):
     a tap meets output pixels for all or none of a phase's pixels; the phase's
-    phase_tap_counts[phase] taps that do are listed in phase_taps[phase, :]. GEMM rows: that
+    phase_tap_counts[phase] taps that do are listed in phase_taps[phase, :] (ONE_PHASE, stride 1:
+    every tap, in order, without loading the list in the loop). GEMM rows: that
     phase's input pixels; columns: input channels c; reduction: those taps, then the
     channel_blocks = cdiv(N, BLOCK_K) blocks of output channels. ALIGN divides N, sdb, sdh and sdw.
     NORM_RELU: the forward read its input x (laid out as dx) through a batch norm and a ReLU; the
@@ -342,7 +344,10 @@ def input_grad_kernel(
     phase = tl.program_id(2)
     steps = tl.load(phase_tap_counts_ptr + phase) * channel_blocks
     for step in range(steps):  # one loop over (tap of the phase, channel block): one software pipeline
-        tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
+        if ONE_PHASE:
+            tap = step // channel_blocks
+        else:
+            tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
         n0 = step % channel_blocks * BLOCK_K
         oh = (h + padding - tap // KSIZE * dilation) // stride  # exact division: no rounding direction issue
         ow = (w + padding - tap % KSIZE * dilation) // stride
@@ -369,10 +374,10 @@ def input_grad_fields_kernel(
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, NORM_RELU: tl.constexpr, ALIGN: tl.constexpr,
-    PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
+    PRECISION: tl.constexpr, ONE_PHASE: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """``input_grad_kernel``'s result (config variant "fields") with the weight tile read as
+    """``input_grad_kernel``'s result (config variant "fields"; ONE_PHASE as there) with the weight tile read as
     vectors. A program's columns are BLOCK_N // S_IN whole input fields i0 .. i0 + FIELDS, ordered
     (s, i) inside the tile. ``w_ptr`` is the input-field-minor copy of the base weight
     (``_field_minor``): row ``(tap*C_out + o)*S_IN + s`` holds ``w[o, :, s, tap]`` over the input
@@ -409,7 +414,7 @@ def input_grad_fields_kernel(
     phase = tl.program_id(2)
     steps = tl.load(phase_tap_counts_ptr + phase) * channel_blocks
     for step in range(steps):  # one loop over (tap of the phase, channel block): one software pipeline
-        if TMA:  # stride 1: one phase, every tap
+        if ONE_PHASE:  # stride 1 (TMA's too): every tap
             tap = step // channel_blocks
         else:
             tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
@@ -918,8 +923,8 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
                 batch, channels // s_in, height, width, n, rows.shape[1], h_out, w_out, h_phase, w_phase,
                 triton.cdiv(n, config.block_k), tiles_h, tiles_w, *grad.stride(), *dx.stride(),
                 stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, NORM_RELU=x is not None,
-                ALIGN=_alignment(grad),
-                PRECISION=precision(grad.dtype), TMA=tma, TILE_W=box_width, **config.meta())
+                ALIGN=_alignment(grad), PRECISION=precision(grad.dtype), ONE_PHASE=stride == 1, TMA=tma,
+                TILE_W=box_width, **config.meta())
             return
         grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m), triton.cdiv(channels, config.block_n),
                 stride * stride)
@@ -929,7 +934,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
             batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, triton.cdiv(n, config.block_k),
             *grad.stride(), *dx.stride(),
             stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, NORM_RELU=x is not None, ALIGN=_alignment(grad),
-            PRECISION=precision(grad.dtype), **config.meta())
+            PRECISION=precision(grad.dtype), ONE_PHASE=stride == 1, **config.meta())
 
     _run("input_grad", grad.dtype, key, launch, grad.device)
     return dx
