@@ -38,32 +38,12 @@ __all__ = ["Resources", "compile_config", "compile_batch_norm", "report", "forma
            "BN_LAYOUTS", "FUSED_FAMILIES", "FUSED_DTYPE"]
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-_KERNELS = {"forward": group_conv.forward_kernel, "forward-taps": group_conv.forward_kernel,
-            "input_grad": group_conv.input_grad_kernel,
-            "forward-fields": group_conv.forward_fields_kernel, "forward-tma": group_conv.forward_fields_kernel,
-            "forward-tma-row": group_conv.forward_fields_kernel,
-            "input_grad-fields": group_conv.input_grad_fields_kernel,
-            "input_grad-tma": group_conv.input_grad_fields_kernel,
-            "input_grad-tma-row": group_conv.input_grad_fields_kernel,
-            "weight_grad": group_conv.weight_grad_kernel,
-            "weight_grad-channels": group_conv.weight_grad_channels_kernel,
-            "weight_grad-channels-tma": group_conv.weight_grad_channels_kernel,
-            "weight_grad-channels-tma-row": group_conv.weight_grad_channels_kernel}  # family-variant of a Config
-# Pointer arguments of each kernel, in order; "x" is the input's dtype, "i32" an index table, "fp32"
-# float32 partials or the (3, C) rows of a batch norm applied on load.
+# Pointer arguments of each pass's kernels, in order; "x" is the input's dtype, "i32" an index table, "fp32"
+# float32 partials or the (3, C) rows of a batch norm applied on load (a TMA config's tensor descriptors
+# take the place of the maps they read: ``compile_config``).
 _POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
-             "forward-taps": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
-             "forward-fields": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
-             "forward-tma": ["desc", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
-             "forward-tma-row": ["desc", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
              "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
-             "input_grad-fields": ["x", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
-             "input_grad-tma": ["desc", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
-             "input_grad-tma-row": ["desc", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
-             "weight_grad": ["x", "x", "fp32", "i32", "i32", "fp32"],
-             "weight_grad-channels": ["x", "x", "fp32", "i32", "i32", "fp32"],
-             "weight_grad-channels-tma": ["desc", "desc", "fp32", "i32", "i32", "fp32"],
-             "weight_grad-channels-tma-row": ["desc", "desc", "fp32", "i32", "i32", "fp32"]}
+             "weight_grad": ["x", "x", "fp32", "i32", "i32", "fp32"]}
 # The fused batch norm (``conv_norm``): compiled for every 16-bit config of these families, as
 # "<family>+bn" rows.
 FUSED_FAMILIES = ("forward", "input_grad", "weight_grad")
@@ -92,35 +72,51 @@ class Resources(NamedTuple):
     wgmma_in_flight: bool  # a loop body waits for all wgmmas but one (they overlap the next iteration)
 
 
-def _signature(family: str, dtype: torch.dtype) -> tuple[dict, dict, dict]:
-    """Triton signature (argument name -> type), constexpr values and attributes of a p4m group
-    layer, k = 3, on channels_last tensors (the "taps" forward: a lifting layer with 3 input
-    channels), specialized as the JIT does at run time: channel strides of 1 become constants,
-    pointers are 16-byte aligned."""
-    fn = _KERNELS[family].jit
-    pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _POINTERS[family]]  # "*desc": set by the caller
+def _kernel(family: str, variant: str):
+    """The kernel that ``family``'s configs of ``variant`` run (as ``group_conv``'s launchers choose it)."""
+    if family == "weight_grad":
+        channels = variant.startswith("channels")
+        return group_conv.weight_grad_channels_kernel if channels else group_conv.weight_grad_kernel
+    fields = variant in group_conv.FIELDS_VARIANTS
+    if family == "forward":
+        return group_conv.forward_fields_kernel if fields else group_conv.forward_kernel
+    return group_conv.input_grad_fields_kernel if fields else group_conv.input_grad_kernel
+
+
+def _signature(family: str, variant: str, dtype: torch.dtype) -> tuple[object, dict, dict]:
+    """``family``'s kernel for configs of ``variant`` (its ``JITFunction``), its Triton signature
+    (argument name -> type) and constexpr values for a p4m group layer, k = 3, on channels_last
+    tensors (the "taps" forward: a lifting layer with 3 input channels), specialized as the JIT does
+    at run time: channel strides of 1 become constants."""
+    fn = _kernel(family, variant).jit
+    pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _POINTERS[family]]
     constexprs = {"S": 8, "S_IN": 8, "KSIZE": 3, "PRECISION": group_conv.precision(dtype)}
     constexprs.update({name: 1 for name in ("sxc", "soc", "sdc") if name in fn.arg_names})
     for name in ("ALIGN", "ALIGN_DY", "ALIGN_X"):  # strides of a channels_last map with a multiple of 8 channels
         if name in fn.arg_names:
             constexprs[name] = 8
-    if family.startswith("forward"):
+    if family == "forward":
         constexprs.update(HAS_BIAS=True, RELU=False, STATS=False)
     if "ONE_PHASE" in fn.arg_names:  # stride 1
         constexprs.update(ONE_PHASE=True)
     if "FLAT_TAPS" in fn.arg_names:
-        constexprs.update(FLAT_TAPS=family == "forward-taps")
-    if family == "forward-taps":  # 6-byte pixel rows: no vectors along channels
+        constexprs.update(FLAT_TAPS=variant == "taps")
+    if variant == "taps":  # 6-byte pixel rows: no vectors along channels
         constexprs.update(S_IN=1, ALIGN=1)
-    if not family.startswith("input_grad"):
+    if family != "input_grad":
         constexprs.update(NORM=False)
     constexprs.update(NORM_RELU=False)
     signature = {}
     for i, name in enumerate(fn.arg_names):
         constant = fn.params[i].is_constexpr or name in constexprs
         signature[name] = pointers[i] if i < len(pointers) else "constexpr" if constant else "i32"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(pointers) if p != "*desc"}
-    return signature, constexprs, attrs
+    return fn, signature, constexprs
+
+
+def _aligned_pointers(fn, signature: dict) -> dict:
+    """The ``attrs`` of ``triton.compile``: every pointer argument 16-byte aligned, as the JIT
+    specializes the tensors it is launched with."""
+    return {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name].startswith("*")}
 
 
 def _compile(family: str, config: str, dtype: torch.dtype, fn, signature: dict, constexprs: dict, attrs: dict,
@@ -163,8 +159,7 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
     """Compiles ``family``'s kernel (of ``config.variant``) with ``config`` for ``dtype`` and sm_``arch``;
     ``fused``: with the batch norm applied on load (+ ReLU) and, forward, the output statistics
     (the row's family is then ``<family>+bn``)."""
-    kernel = f"{family}-{config.variant}" if config.variant else family
-    signature, constexprs, attrs = _signature(kernel, dtype)
+    fn, signature, constexprs = _signature(family, config.variant, dtype)
     constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
     if fused:  # forward and weight gradient: BN-ReLU on load (forward: statistics; "taps", lifting: statistics
         # only); input gradient: the ReLU's mask
@@ -173,7 +168,7 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
                           **({"HAS_BIAS": False, "STATS": True} if family == "forward" else {}))
     pixels = config.block_k if family == "weight_grad" else config.block_m  # of a box
     width = group_conv._box_width(config, pixels)
-    if "TMA" in _KERNELS[kernel].jit.arg_names:
+    if "TMA" in fn.arg_names:
         constexprs.update(TMA="tma" in config.variant, TILE_W=width)
     rows = f"1,{pixels // width},{width}"
     if config.variant.startswith("tma"):  # the input's (dy's) descriptor: boxes of (1, rows, width, BLOCK_K)
@@ -182,8 +177,9 @@ def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 
     if config.variant.startswith("channels-tma"):  # boxes of (1, rows, width, BLOCK_M or BLOCK_N)
         signature["dy_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_m}]>"
         signature["x_ptr"] = f"tensordesc<{DTYPES[dtype]}[{rows},{config.block_n}]>"
-    return _compile(family + "+bn" if fused else family, config.name, dtype, _KERNELS[kernel].jit, signature,
-                    constexprs, attrs, {"num_warps": config.num_warps, "num_stages": config.num_stages}, arch)
+    return _compile(family + "+bn" if fused else family, config.name, dtype, fn, signature, constexprs,
+                    _aligned_pointers(fn, signature), {"num_warps": config.num_warps, "num_stages": config.num_stages},
+                    arch)
 
 
 def compile_batch_norm(family: str, layout: str, dtype: torch.dtype, arch: int = 90) -> Resources:
@@ -198,8 +194,7 @@ def compile_batch_norm(family: str, layout: str, dtype: torch.dtype, arch: int =
     pointers = ["*" + (DTYPES[dtype] if p == "x" else p) for p in _BN_POINTERS[family]]
     signature = {name: pointers[i] if i < len(pointers) else "constexpr" if name in constexprs else "i32"
                  for i, name in enumerate(fn.arg_names)}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers))}
-    return _compile(family, layout, dtype, fn, signature, constexprs, attrs, options, arch)
+    return _compile(family, layout, dtype, fn, signature, constexprs, _aligned_pointers(fn, signature), options, arch)
 
 
 def report(arch: int = 90, workers: int | None = None) -> list[Resources]:

@@ -52,8 +52,8 @@ from ger_kernels.triton.batch_norm import tile_moments
 from ger_kernels.triton.jit import DeviceFunction, Kernel
 from ger_kernels.triton.tuning import FUSED_TAG, Config, Tuner, arch_name, dtype_class
 
-__all__ = ["group_conv2d", "forward", "input_grad", "weight_grad", "statistics_of_fields", "tables", "precision",
-           "problem_class", "TF32_ENV"]
+__all__ = ["FIELDS_VARIANTS", "group_conv2d", "forward", "input_grad", "weight_grad", "statistics_of_fields", "tables",
+           "precision", "problem_class", "TF32_ENV"]
 
 @DeviceFunction
 def _pixel_rectangle(tile, tiles_h, tiles_w, ROWS: tl.constexpr, TILE_W: tl.constexpr):
@@ -619,16 +619,13 @@ def tables(group: Group, kernel_size: int, device: torch.device) -> dict[str, to
 
 
 def _tap_code(taps: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """(S,): per element t, the code swap*4 + flip_rows*2 + flip_columns of the symmetry of the square
-    that ``taps[t]`` (S, k*k) is: tap (kh, kw) -> (kh', kw') = (kw, kh) if swap else (kh, kw), then
-    kh' -> k-1-kh' if flip_rows, kw' -> k-1-kw' if flip_columns (``_transformed_tap``)."""
+    """(S,): per element t, the code (swap*4 + flip_rows*2 + flip_columns) under which the kernels'
+    ``_transformed_tap`` (run here on torch tensors) gives the row ``taps[t]`` of (S, k*k)."""
     k = kernel_size
     kh, kw = torch.arange(k * k) // k, torch.arange(k * k) % k
     codes = {}
     for code in range(8):
-        row, column = (kw, kh) if code & 4 else (kh, kw)
-        row, column = k - 1 - row if code & 2 else row, k - 1 - column if code & 1 else column
-        codes.setdefault(tuple((row * k + column).tolist()), code)
+        codes.setdefault(tuple(_transformed_tap.fn(code, kh, kw, k).tolist()), code)
     try:
         return torch.tensor([codes[tuple(row)] for row in taps.tolist()])
     except KeyError:  # pragma: no cover (every element of p4m and p4 is a symmetry of the square)
@@ -702,7 +699,7 @@ class _WeightLayouts:
 # Columns of the pixel rectangle a "tma" or "channels-tma" program's box covers.
 _TILE_W = 16
 # The config variants of the forward and input gradient that run their "fields" kernels.
-_FIELDS_VARIANTS = ("fields", "tma", "tma-row")
+FIELDS_VARIANTS = ("fields", "tma", "tma-row")
 
 
 def _box_width(config: Config, pixels: int) -> int:
@@ -820,7 +817,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     pixels, n = batch * h_out * w_out, c_out * order
 
     def launch(config: Config) -> Optional[torch.Tensor]:
-        if config.variant in _FIELDS_VARIANTS:
+        if config.variant in FIELDS_VARIANTS:
             rows = layouts.field_minor(config.block_n // order)
             tma = config.variant.startswith("tma") and _tma_eligible(x, stride)
             source, tiles_h, tiles_w, programs, box_width = _pixel_tiles(x, tma, h_out, w_out, config)
@@ -911,7 +908,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
             relu_of[1], channels // s_in, grad.device)
 
     def launch(config: Config) -> None:
-        if config.variant in _FIELDS_VARIANTS:
+        if config.variant in FIELDS_VARIANTS:
             rows = layouts.field_minor(config.block_n // s_in)
             tma = config.variant.startswith("tma") and _tma_eligible(grad, stride)
             source, tiles_h, tiles_w, programs, box_width = _pixel_tiles(grad, tma, height, width, config)

@@ -340,16 +340,13 @@ def test_index_tables_are_small_and_consistent():
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("group", [P4M, P4], ids=["p4m", "p4"])
 def test_tap_codes_compute_the_tap_table(group, k):
-    """The kernels compute taps[t, tap] from tap_code[t] (``_transformed_tap``, written out here as
-    the kernels do it in int32 arithmetic); it must reproduce the table for every t and tap."""
+    """The kernels compute taps[t, tap] from tap_code[t] (``_transformed_tap``, run here on int32
+    tensors); it must reproduce the group's table for every t and tap."""
     t = group_conv.tables(group, k, torch.device("cpu"))
-    code = t["tap_code"].long()[:, None]
-    kh, kw = torch.arange(k * k) // k, torch.arange(k * k) % k
-    swap = (code >> 2) & 1
-    row, column = kh + swap * (kw - kh), kw + swap * (kh - kw)
-    row = row + ((code >> 1) & 1) * (k - 1 - 2 * row)
-    column = column + (code & 1) * (k - 1 - 2 * column)
-    assert torch.equal(row * k + column, t["taps"].view(group.order, k * k).long())
+    code = t["tap_code"][:, None]
+    kh, kw = torch.arange(k * k, dtype=torch.int32) // k, torch.arange(k * k, dtype=torch.int32) % k
+    taps = group_conv._transformed_tap.fn(code, kh, kw, k)
+    assert torch.equal(taps.long(), group.tap_permutation(k).view(group.order, k * k))
     assert len(set(t["tap_code"].tolist())) == (group.order if k > 1 else 1)
 
 
