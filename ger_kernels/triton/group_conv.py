@@ -510,15 +510,17 @@ def weight_grad_channels_kernel(
     PRECISION: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """The weight gradient's other GEMM (config variant "channels"): one split of the pixels of
-    dW~ tiles, folded to the base weight in the epilogue. Per tap, the tile dW~[n, c, tap] =
-    sum_p dy[p, n] x[p shifted by tap, c] (rows: output channels n = o*S + t, full tiles;
-    columns: input channels c = i*S_IN + s; reduction: the split's pixels, BLOCK_K at a time);
-    then, one t at a time, its rows o*S + t are added to dw_ptr[split, o, i*S_IN + T[t, s],
-    taps[t, tap]] (float32, zero-initialized; T[t, s] replaced by s when S_IN = 1). BLOCK_M is a
-    multiple of S and BLOCK_N of S_IN, so a program owns whole fields of rows and columns: its
-    read-add-writes race with no other program and run in a fixed order (deterministic). No
-    W~-sized buffer: the partials hold one base-weight gradient per split. ALIGN_DY divides N and
+    """The weight gradient's other GEMM (config variant "channels"): one tap (program_id(1)) of one
+    split (program_id(2)) of the pixels of dW~ tiles, folded to the base weight in the epilogue. The
+    tile dW~[n, c, tap] = sum_p dy[p, n] x[p shifted by tap, c] (rows: output channels n = o*S + t,
+    full tiles; columns: input channels c = i*S_IN + s; reduction: the split's pixels, BLOCK_K at a
+    time, in one pipelined loop); then, one t at a time, its rows o*S + t are added to
+    dw_ptr[split*k*k + tap, taps[t, tap], o, i*S_IN + T[t, s]] (float32, zero-initialized; T[t, s]
+    replaced by s when S_IN = 1; contiguous along the input channels). BLOCK_M is a multiple of S
+    and BLOCK_N of S_IN, so a program owns whole fields of rows and columns of its (split, tap)
+    partial: its read-add-writes race with no other program and run in a fixed order
+    (deterministic). No W~-sized buffer: the partials hold one base-weight gradient per split and
+    tap. The programs of one split run together and read the same pixels. ALIGN_DY divides N and
     the strides of dy but the channels', ALIGN_X C and those of x (vector loads along channels of
     channels_last maps: dy's stay vectors when x has 3 channels).
     TMA (config variants "channels-tma" and "channels-tma-row", stride 1): ``dy_ptr`` and ``x_ptr`` are descriptors
@@ -533,68 +535,68 @@ def weight_grad_channels_kernel(
     FIELDS: tl.constexpr = BLOCK_M // S
     TRANSPOSED: tl.constexpr = NORM and BLOCK_N >= 64
     tiles_c = (C + BLOCK_N - 1) // BLOCK_N
-    rn = tl.program_id(0) // tiles_c * BLOCK_M + tl.arange(0, BLOCK_M)
-    rc = tl.program_id(0) % tiles_c * BLOCK_N + tl.arange(0, BLOCK_N)
+    n0 = tl.program_id(0) // tiles_c * BLOCK_M
+    c0 = tl.program_id(0) % tiles_c * BLOCK_N
+    rn = n0 + tl.arange(0, BLOCK_M)
+    rc = c0 + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_ok = rn // ALIGN_DY < N // ALIGN_DY  # = rn < N, constant over ALIGN_DY channels (vector loads)
     c_ok = rc // ALIGN_X < C // ALIGN_X
     ro = tl.program_id(0) // tiles_c * FIELDS + tl.arange(0, FIELDS)  # the fields o of rows o*S + t
     fold_ok = (ro < N // S)[:, None] & c_ok[None, :]
-    split = tl.program_id(1)
+    tap = tl.program_id(1)
+    split = tl.program_id(2)
     pixels = B * H_out * W_out
-    dw_fields = dw_ptr + split * (N // S * C * TAPS) + ro[:, None] * (C * TAPS)
-    for tap in range(TAPS):
-        acc = tl.full((BLOCK_N, BLOCK_M) if TRANSPOSED else (BLOCK_M, BLOCK_N), 0.0, tl.float32)
-        for block in range(blocks_per_split):
-            if TMA:  # a tile past the last image reads boxes of zeros
-                image, h0, w0, oh, ow = _pixel_rectangle(split * blocks_per_split + block, tiles_h, tiles_w,
-                                                         BLOCK_K // TILE_W, TILE_W)
-                n0 = tl.program_id(0) // tiles_c * BLOCK_M
-                c0 = tl.program_id(0) % tiles_c * BLOCK_N
-                a = tl.trans(tl.reshape(dy_ptr.load([image, h0, w0, n0]), (BLOCK_K, BLOCK_M)))
-                b = tl.reshape(x_ptr.load([image, h0 - padding + tap // KSIZE * dilation,
-                                           w0 - padding + tap % KSIZE * dilation, c0]), (BLOCK_K, BLOCK_N))
-                ih = oh - padding + (tap // KSIZE) * dilation
-                iw = ow - padding + (tap % KSIZE) * dilation
-                pix_ok = (image < B) & (oh < H_out) & (ow < W_out) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            else:
-                p = split * pixels_per_split + block * BLOCK_K + rk
-                p_ok = p < pixels
-                ow = p % W_out
-                oh = (p // W_out) % H_out
-                batch = (p // (W_out * H_out)).to(tl.int64)
-                ih = oh * stride - padding + (tap // KSIZE) * dilation
-                iw = ow * stride - padding + (tap % KSIZE) * dilation
-                pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                dy_rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN_DY)
-                x_rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN_X)
-                a = tl.load(dy_ptr + dy_rows[None, :] + (rn * sdc)[:, None], mask=n_ok[:, None] & p_ok[None, :],
-                            other=0.0)
-                b = tl.load(x_ptr + x_rows[:, None] + (rc * sxc)[None, :], mask=pix_ok[:, None] & c_ok[None, :],
-                            other=0.0)
-            if NORM:
-                b = _normalized(b, norm_ptr, C // S_IN, rc, c_ok, pix_ok, S_IN, NORM_RELU)
-            if TRANSPOSED:
-                acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=PRECISION)
-            else:
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        if TRANSPOSED:
-            by_t = tl.permute(tl.reshape(acc, (BLOCK_N, FIELDS, S)), (1, 0, 2))  # (field, c, t)
+    dw_fields = dw_ptr + (split * TAPS + tap).to(tl.int64) * (TAPS * N // S * C) + ro[:, None] * C
+    acc = tl.full((BLOCK_N, BLOCK_M) if TRANSPOSED else (BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for block in range(blocks_per_split):
+        if TMA:  # a tile past the last image reads boxes of zeros
+            image, h0, w0, oh, ow = _pixel_rectangle(split * blocks_per_split + block, tiles_h, tiles_w,
+                                                     BLOCK_K // TILE_W, TILE_W)
+            a = tl.trans(tl.reshape(dy_ptr.load([image, h0, w0, n0]), (BLOCK_K, BLOCK_M)))
+            b = tl.reshape(x_ptr.load([image, h0 - padding + tap // KSIZE * dilation,
+                                       w0 - padding + tap % KSIZE * dilation, c0]), (BLOCK_K, BLOCK_N))
+            ih = oh - padding + (tap // KSIZE) * dilation
+            iw = ow - padding + (tap % KSIZE) * dilation
+            pix_ok = (image < B) & (oh < H_out) & (ow < W_out) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         else:
-            by_t = tl.permute(tl.reshape(acc, (FIELDS, S, BLOCK_N)), (0, 2, 1))
-        for fold in tl.static_range(S):  # the fold, one t at a time
-            rows = by_t
-            for level in tl.static_range(3):  # rows[:, :, fold]: select bit `level` of t (S <= 8)
-                if (S >> level) > 1:
-                    even, odd = tl.split(tl.reshape(rows, (FIELDS, BLOCK_N, (S >> level) // 2, 2)))
-                    rows = odd if (fold >> level) & 1 else even
-            if S_IN > 1:
-                q = rc // S_IN * S_IN + tl.load(orient_ptr + fold * S + rc % S_IN)
-            else:
-                q = rc
-            ptrs = dw_fields + (q * TAPS)[None, :] + tl.load(taps_ptr + fold * TAPS + tap)
-            tl.store(ptrs, tl.load(ptrs, mask=fold_ok, other=0.0) + tl.reshape(rows, (FIELDS, BLOCK_N)), mask=fold_ok)
-            tl.debug_barrier()  # these writes are visible to the threads that read them next
+            p = split * pixels_per_split + block * BLOCK_K + rk
+            p_ok = p < pixels
+            ow = p % W_out
+            oh = (p // W_out) % H_out
+            batch = (p // (W_out * H_out)).to(tl.int64)
+            ih = oh * stride - padding + (tap // KSIZE) * dilation
+            iw = ow * stride - padding + (tap % KSIZE) * dilation
+            pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            dy_rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN_DY)
+            x_rows = tl.multiple_of(batch * sxb + ih * sxh + iw * sxw, ALIGN_X)
+            a = tl.load(dy_ptr + dy_rows[None, :] + (rn * sdc)[:, None], mask=n_ok[:, None] & p_ok[None, :],
+                        other=0.0)
+            b = tl.load(x_ptr + x_rows[:, None] + (rc * sxc)[None, :], mask=pix_ok[:, None] & c_ok[None, :],
+                        other=0.0)
+        if NORM:
+            b = _normalized(b, norm_ptr, C // S_IN, rc, c_ok, pix_ok, S_IN, NORM_RELU)
+        if TRANSPOSED:
+            acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=PRECISION)
+        else:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if TRANSPOSED:
+        by_t = tl.permute(tl.reshape(acc, (BLOCK_N, FIELDS, S)), (1, 0, 2))  # (field, c, t)
+    else:
+        by_t = tl.permute(tl.reshape(acc, (FIELDS, S, BLOCK_N)), (0, 2, 1))
+    for fold in tl.static_range(S):  # the fold, one t at a time
+        rows = by_t
+        for level in tl.static_range(3):  # rows[:, :, fold]: select bit `level` of t (S <= 8)
+            if (S >> level) > 1:
+                even, odd = tl.split(tl.reshape(rows, (FIELDS, BLOCK_N, (S >> level) // 2, 2)))
+                rows = odd if (fold >> level) & 1 else even
+        if S_IN > 1:
+            q = rc // S_IN * S_IN + tl.load(orient_ptr + fold * S + rc % S_IN)
+        else:
+            q = rc
+        ptrs = dw_fields + tl.load(taps_ptr + fold * TAPS + tap) * (N // S * C) + q[None, :]
+        tl.store(ptrs, tl.load(ptrs, mask=fold_ok, other=0.0) + tl.reshape(rows, (FIELDS, BLOCK_N)), mask=fold_ok)
+        tl.debug_barrier()  # these writes are visible to the threads that read them next
 
 
 # --------------------------------------------------------------------------- launchers
@@ -948,13 +950,13 @@ def _processors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _splits(device: torch.device, tiles: int, blocks: int) -> int:
+def _splits(device: torch.device, tiles: int, blocks: int, resident: int = 1) -> int:
     """How many ranges the weight gradient's reduction over ``blocks`` blocks of pixels is split
-    into, for ``tiles`` output tiles: at most eight waves of the GPU's multiprocessors (one program
-    each) and at least four blocks a range; among those, the count with the least time by waves x
-    blocks per range (the last wave's idle multiprocessors count), the fewest splits among equals
-    (each adds a fold epilogue and a partial gradient)."""
-    processors = _processors(device)
+    into, for ``tiles`` programs per range: at most eight waves of the GPU's multiprocessors
+    (``resident`` programs each) and at least four blocks a range; among those, the count with the
+    least time by waves x blocks per range (the last wave's idle slots count), the fewest splits
+    among equals (each adds a fold epilogue and a partial gradient)."""
+    processors = _processors(device) * resident
     most = max(1, min(triton.cdiv(8 * processors, tiles), blocks // 4))
 
     def waves_by_blocks(splits: int) -> int:
@@ -998,7 +1000,7 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             *grad.stride(), *x.stride(),
             stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size, NORM=norm is not None,
             NORM_RELU=norm_relu, PRECISION=precision(x.dtype), **config.meta())
-        return partials
+        return partials.sum(0)
 
     def launch_channels(config: Config) -> torch.Tensor:
         tiles = triton.cdiv(c_out * order, config.block_m) * triton.cdiv(channels, config.block_n)
@@ -1014,21 +1016,27 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             tiles_h = tiles_w = 0
             blocks = triton.cdiv(pixels, config.block_k)
             dy_source, x_source = grad, x
-        per_split = triton.cdiv(blocks, _splits(x.device, tiles, blocks))  # reduction blocks per split
-        partials = torch.zeros((triton.cdiv(blocks, per_split), c_out, channels, taps), dtype=torch.float32,
-                               device=x.device)
-        weight_grad_channels_kernel[(tiles, partials.shape[0])](
-            dy_source, x_source, partials, table["orient"], table["taps"], norm if norm is not None else partials,
-            batch, channels, height, width, c_out * order, h_out, w_out, per_split * config.block_k, per_split,
-            tiles_h, tiles_w, *grad.stride(), *x.stride(),
-            stride, padding, dilation, S=order, S_IN=in_orientations, KSIZE=kernel_size, NORM=norm is not None,
-            NORM_RELU=norm_relu, ALIGN_DY=_alignment(grad), ALIGN_X=_alignment(x), PRECISION=precision(x.dtype),
-            TMA=tma, TILE_W=box_width, **config.meta())
-        return partials
+        meta = dict(S=order, S_IN=in_orientations, KSIZE=kernel_size, NORM=norm is not None, NORM_RELU=norm_relu,
+                    ALIGN_DY=_alignment(grad), ALIGN_X=_alignment(x), PRECISION=precision(x.dtype), TMA=tma,
+                    TILE_W=box_width, **config.meta())
+
+        def arguments(partials: torch.Tensor, per_split: int) -> tuple:
+            return (dy_source, x_source, partials, table["orient"], table["taps"],
+                    norm if norm is not None else partials, batch, channels, height, width, c_out * order, h_out,
+                    w_out, per_split * config.block_k, per_split, tiles_h, tiles_w, *grad.stride(), *x.stride(),
+                    stride, padding, dilation)
+
+        resident = weight_grad_channels_kernel.resident_programs(
+            x.device, *arguments(torch.empty(0, dtype=torch.float32, device=x.device), 1), **meta)
+        per_split = triton.cdiv(blocks, _splits(x.device, tiles * taps, blocks, resident))  # blocks per split
+        splits = triton.cdiv(blocks, per_split)
+        partials = torch.zeros((splits * taps, taps, c_out, channels), dtype=torch.float32, device=x.device)
+        weight_grad_channels_kernel[(tiles, taps, splits)](*arguments(partials, per_split), **meta)
+        return partials.sum(0).permute(1, 2, 0)  # (taps, c_out, channels) -> (c_out, channels, taps)
 
     key = problem_class("weight_grad", x.dtype, x.shape, shape, stride, padding, dilation, order)
     key += _FUSED_KEY if norm is not None else ()
-    return _run("weight_grad", x.dtype, key, launch, x.device).sum(0).view(shape).to(x.dtype)
+    return _run("weight_grad", x.dtype, key, launch, x.device).reshape(shape).to(x.dtype)
 
 
 # --------------------------------------------------------------------------- torch.library ops

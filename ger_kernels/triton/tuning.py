@@ -35,9 +35,9 @@ import torch
 from ger_kernels._io import read_table_entries, write_text_atomically
 from ger_kernels.triton import interpreting
 
-__all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "FUSED_TAG", "UNVERIFIED", "UNVERIFIED_ENV", "Tuner",
-           "arch_name", "cache_path", "defaults_path", "dtype_class", "entry", "forced_config", "read_defaults",
-           "size_bucket", "tunable"]
+__all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "FUSED_SPILLS", "FUSED_TAG", "UNVERIFIED",
+           "UNVERIFIED_ENV", "Tuner", "arch_name", "cache_path", "defaults_path", "dtype_class", "entry",
+           "forced_config", "read_defaults", "size_bucket", "tunable"]
 
 FORCE_ENV = "GER_KERNELS_TRITON_CONFIG"
 FUSED_TAG = "bn"  # the last element of the problem class of a kernel with a fused batch norm
@@ -78,8 +78,9 @@ class Config(NamedTuple):
 # 250 to 450 bytes per thread) and every kernel at 128x256 (1.0 to 2.8 KiB); weight_grad at 128x128
 # fits with BLOCK_K 32 only (48 bytes at 64). The weight tile's per-element gather through the
 # orientation table holds an address per element: that, not the accumulator, fills the registers.
-# The "channels" weight gradient loads both operands as vectors: 128x128x64 fits, 128x256 and
-# 256x128 spill (24 to 128 bytes).
+# The "channels" weight gradient loads both operands as vectors, one tap per program: 128x128x64 in
+# 122 registers (two programs per SM), 128x256 and 256x128 in 219-243 (one; fused with a batch norm
+# they spill 32-104 bytes).
 _HALF_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
                     Config(64, 64, 16, 4, 4), Config(128, 64, 64, 8, 3), Config(64, 64, 64, 4, 4)]
 _WEIGHT_GRAD = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3),
@@ -121,21 +122,25 @@ _HALF_TMA_ROW = [Config(128, 128, 64, 8, 3, "tma-row"), Config(128, 128, 64, 8, 
 # 10-30x slower at every GER-UNet layer on an H200 (benchmarks/results/h200-2026-11-29b/sweep-bf16.md).
 _HALF_CHANNELS = [Config(128, 128, 64, 8, 3, "channels"), Config(128, 128, 32, 8, 3, "channels"),
                   Config(128, 64, 64, 8, 3, "channels")]
+# Wider tiles: more MMA work per byte loaded, for the layers of 91 and 181 fields (728 and 1448 rows).
+_HALF_CHANNELS_WIDE = [Config(128, 256, 64, 8, 3, "channels"), Config(256, 128, 64, 8, 3, "channels")]
 # 16 columns suit lifting layers (3 input channels: a 128-column tile is 2% full).
 _HALF_LIFTING_CHANNELS = [Config(128, 16, 64, 4, 3, "channels"), Config(256, 16, 64, 8, 3, "channels")]
 _HALF_CHANNELS_TMA = [Config(128, 128, 64, 8, 3, "channels-tma"), Config(128, 64, 64, 8, 3, "channels-tma"),
                       Config(128, 128, 32, 8, 4, "channels-tma"), Config(128, 256, 64, 8, 3, "channels-tma"),
-                      Config(128, 128, 128, 8, 3, "channels-tma"), Config(64, 128, 64, 4, 3, "channels-tma")]
+                      Config(128, 128, 128, 8, 3, "channels-tma"), Config(64, 128, 64, 4, 3, "channels-tma"),
+                      Config(256, 128, 64, 8, 3, "channels-tma")]
 # "channels-tma-row": a reduction block is BLOCK_K pixels of one row, so dy's box is the wgmma's A
-# operand as it is: 80-223 registers, no spills.
-_HALF_CHANNELS_TMA_ROW = [Config(128, 128, 64, 8, 3, "channels-tma-row"), Config(128, 64, 64, 8, 3, "channels-tma-row"),
-                          Config(128, 256, 64, 8, 3, "channels-tma-row"),
-                          Config(128, 128, 32, 8, 4, "channels-tma-row")]
+# operand as it is: 64-219 registers, no spills.
+_HALF_CHANNELS_TMA_ROW = [Config(m, n, k, 8, stages, "channels-tma-row") for m, n, k, stages in
+                          [(128, 128, 64, 3), (128, 64, 64, 3), (128, 256, 64, 3), (128, 128, 32, 4), (256, 128, 64, 3),
+                           (128, 128, 64, 4)]]
 _FLOAT32_FIELDS = [Config(128, 64, 16, 8, 3, "fields"), Config(64, 64, 32, 8, 3, "fields")]
 CONFIGS: dict[str, dict[str, list[Config]]] = {
     "half": {"forward": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA + _HALF_TMA_ROW + _HALF_LIFTING_TAPS,
              "input_grad": _HALF_PIXEL_GEMM + _HALF_FIELDS + _HALF_TMA + _HALF_TMA_ROW,
-             "weight_grad": _HALF_CHANNELS + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA + _HALF_CHANNELS_TMA_ROW},
+             "weight_grad": _HALF_CHANNELS + _HALF_CHANNELS_WIDE + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA
+             + _HALF_CHANNELS_TMA_ROW},
     "float32": {
         "forward": [Config(128, 64, 16, 8, 3), Config(64, 64, 32, 8, 3), Config(64, 32, 32, 4, 3)]
         + _FLOAT32_FIELDS + _FLOAT32_LIFTING_TAPS,
@@ -152,16 +157,40 @@ CONFIGS: dict[str, dict[str, list[Config]]] = {
 # GER_KERNELS_TRITON_CONFIG can force them; the tuner times them only with GER_KERNELS_TRITON_UNVERIFIED=1.
 # A list leaves this set once a GPU sweep has checked it.
 UNVERIFIED = frozenset(c.name for c in _HALF_FIELDS + _HALF_TMA + _HALF_TMA_ROW + _HALF_LIFTING_TAPS
-                       + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA + _HALF_CHANNELS_TMA_ROW + _FLOAT32_FIELDS
-                       + _FLOAT32_LIFTING_TAPS)
+                       + _HALF_CHANNELS_WIDE + _HALF_LIFTING_CHANNELS + _HALF_CHANNELS_TMA + _HALF_CHANNELS_TMA_ROW
+                       + _FLOAT32_FIELDS + _FLOAT32_LIFTING_TAPS)
 UNVERIFIED_ENV = "GER_KERNELS_TRITON_UNVERIFIED"
 
+# 16-bit configs whose kernel spills registers on sm_90 when a batch norm is fused into it (the "+bn"
+# rows of benchmarks/results/triton-aot-sm90.md, which tests/triton/test_triton_aot.py holds this set
+# to): a fused kernel takes the plain kernel's default config only outside this set, and is never
+# tuned over them.
+FUSED_SPILLS = {
+    "forward": frozenset({
+        "m128n256k64w8s3-tma", "m256n128k64w8s3-tma", "m64n128k64w4s4-tma", "m128n128k64w8s3-tma-row",
+        "m128n128k64w8s4-tma-row", "m64n128k64w4s4-tma-row", "m128n256k64w8s3-tma-row", "m64n256k64w8s3-tma-row"}),
+    "input_grad": frozenset({
+        "m128n128k64w8s3-tma", "m128n256k64w8s3-tma", "m256n128k64w8s3-tma", "m128n128k32w8s4-tma",
+        "m256n64k64w8s3-tma", "m128n128k64w8s4-tma", "m128n128k64w8s3-tma-row", "m128n128k64w8s4-tma-row",
+        "m128n256k64w8s3-tma-row"}),
+    "weight_grad": frozenset({
+        "m128n256k64w8s3-channels", "m256n128k64w8s3-channels", "m128n256k64w8s3-channels-tma",
+        "m256n128k64w8s3-channels-tma", "m128n256k64w8s3-channels-tma-row", "m256n128k64w8s3-channels-tma-row"}),
+}
 
-def tunable(kind: str, family: str) -> list[Config]:
-    """The configs the tuner times for ``family`` in dtype class ``kind``: those run on a GPU before,
-    and the ``UNVERIFIED`` ones too when ``GER_KERNELS_TRITON_UNVERIFIED=1``."""
+
+def _fused(key: tuple) -> bool:
+    """Whether problem class ``key`` is that of a kernel with a fused batch norm."""
+    return bool(key) and key[-1] == FUSED_TAG
+
+
+def tunable(kind: str, family: str, fused: bool = False) -> list[Config]:
+    """The configs the tuner times for ``family`` in dtype class ``kind`` (``fused``: with a batch
+    norm fused, so not those of ``FUSED_SPILLS``): those run on a GPU before, and the ``UNVERIFIED``
+    ones too when ``GER_KERNELS_TRITON_UNVERIFIED=1``."""
     everything = os.environ.get(UNVERIFIED_ENV) == "1"
-    return [c for c in CONFIGS[kind][family] if everything or c.name not in UNVERIFIED]
+    spilling = FUSED_SPILLS[family] if fused else frozenset()
+    return [c for c in CONFIGS[kind][family] if (everything or c.name not in UNVERIFIED) and c.name not in spilling]
 
 
 def dtype_class(dtype: torch.dtype) -> str:
@@ -246,13 +275,14 @@ class Tuner:
     def default(self, family: str, kind: str, key: tuple, arch: str) -> str | None:
         """The config name ``arch``'s default-config table gives ``family`` for problem class ``key``;
         for a kernel with a fused batch norm (``key`` ends in ``FUSED_TAG``) without an entry of its
-        own, the plain kernel's (the AOT test holds that the shipped defaults fit fused)."""
+        own, the plain kernel's unless that spills fused (``FUSED_SPILLS``)."""
         if arch not in self._defaults:
             self._defaults[arch] = read_defaults(arch, self.defaults_dir)
         table = self._defaults[arch]
         found = table.get(entry(family, kind, key))
-        if found is None and key and key[-1] == FUSED_TAG:
-            found = table.get(entry(family, kind, key[:-1]))
+        if found is None and _fused(key):
+            plain = table.get(entry(family, kind, key[:-1]))
+            found = plain if plain and plain["config"] not in FUSED_SPILLS[family] else None
         return found["config"] if found else None
 
     def _read_file(self) -> dict[str, str]:
@@ -286,7 +316,7 @@ class Tuner:
         if name not in by_name and arch is not None:
             name = self.default(family, kind, key, arch)
         if name not in by_name:
-            name = min(tunable(kind, family), key=time_ms).name
+            name = min(tunable(kind, family, _fused(key)), key=time_ms).name
             self._write_file(cached, name)
         self.memory[cached] = name
         return by_name[name]

@@ -235,23 +235,29 @@ def test_weight_gradient_reduction_is_split():
 
 
 def test_weight_gradient_splits_fill_the_last_wave(monkeypatch):
-    """On an H200 (132 SMs) the 45-field layer's weight gradient (9 tiles of 128 x 128, 3136 blocks
-    of 64 pixels) takes 73 splits of 43 blocks, 657 programs in 5 waves (the last runs 129); "four
-    waves' worth" (59 splits of 54 blocks) made 531 programs, 5 waves of which the last ran 3: 26%
-    more time (waves x blocks a range: 270 against 215; the bound is 9 x 3136 / 132 = 213.8)."""
+    """On an H200 (132 SMs) the 23-field layer's weight gradient (4 tiles of 128 x 128 x 9 taps = 36
+    programs a range, 12544 blocks of 64 pixels; two programs fit an SM) takes 22 splits of 571
+    blocks: 792 programs, 3 full waves of 264. Counting one program an SM would give 11 splits, 396
+    programs, one and a half waves of 264: a third more time (waves x blocks a range: 2282 against
+    1713; the bound is 36 x 12544 / 264 = 1710.5). At 45 fields (81 programs a range, 3136 blocks)
+    13 splits either way: four waves of 264 on 1053 programs."""
     monkeypatch.setattr(group_conv, "_processors", lambda device: 132)
     cuda = torch.device("cuda")
 
-    def cost(tiles, blocks, splits):
+    def cost(tiles, blocks, splits, slots):
         per_range = -(-blocks // splits)
-        return -(-tiles * -(-blocks // per_range) // 132) * per_range
+        return -(-tiles * -(-blocks // per_range) // slots) * per_range
 
-    assert group_conv._splits(cuda, 9, 3136) == 73
-    assert (cost(9, 3136, 59), cost(9, 3136, 73)) == (270, 215)
-    for tiles, blocks in [(4, 12544), (36, 784), (144, 196), (1, 3), (500, 100000)]:
-        chosen = group_conv._splits(cuda, tiles, blocks)
-        allowed = range(1, max(1, min(-(-8 * 132 // tiles), blocks // 4)) + 1)
-        assert chosen in allowed and cost(tiles, blocks, chosen) == min(cost(tiles, blocks, s) for s in allowed)
+    assert (group_conv._splits(cuda, 36, 12544), group_conv._splits(cuda, 36, 12544, resident=2)) == (11, 22)
+    assert (cost(36, 12544, 11, 264), cost(36, 12544, 22, 264)) == (2282, 1713)
+    assert group_conv._splits(cuda, 81, 3136, resident=2) == 13
+    for tiles, blocks in [(81, 3136), (324, 784), (1296, 196), (1, 3), (500, 100000)]:
+        for resident in (1, 2, 3):
+            chosen = group_conv._splits(cuda, tiles, blocks, resident)
+            slots = 132 * resident
+            allowed = range(1, max(1, min(-(-8 * slots // tiles), blocks // 4)) + 1)
+            assert chosen in allowed
+            assert cost(tiles, blocks, chosen, slots) == min(cost(tiles, blocks, s, slots) for s in allowed)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])

@@ -21,7 +21,8 @@ def test_configs_fit_the_kernels(monkeypatch):
         for family, configs in lists.items():
             # the sweep times every config; a first call on a GPU times the verified ones only
             assert 2 <= len(configs) <= 32 and len({c.name for c in configs}) == len(configs)
-            assert 1 <= len(tuning.tunable(kind, family)) <= 20
+            assert 1 <= len(tuning.tunable(kind, family)) <= 20 and tuning.tunable(kind, family, fused=True)
+            assert tuning.FUSED_SPILLS[family] <= {c.name for c in CONFIGS["half"][family]}
             for c in configs:
                 if family != "weight_grad":  # channel blocks must hold whole orientation groups
                     assert c.block_k % 8 == 0
@@ -181,6 +182,22 @@ def test_a_fused_kernel_takes_its_own_default_else_the_plain_kernels(tmp_path):
     assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 2048), lambda c: timed.append(c) or 1.0,
                         (), "sm90") == configs[0] and timed
     assert tuner.choose("forward", "half", plain, never, (), "sm90") == configs[1]
+
+
+def test_a_fused_kernel_never_takes_a_config_that_spills_fused(tmp_path, monkeypatch):
+    """A plain default whose fused kernel spills (FUSED_SPILLS) is not the fused kernel's: it is
+    timed over the configs that fit fused."""
+    monkeypatch.setenv(tuning.UNVERIFIED_ENV, "1")
+    configs = CONFIGS["half"]["forward"]
+    monkeypatch.setitem(tuning.FUSED_SPILLS, "forward", frozenset({configs[1].name, configs[2].name}))
+    write_defaults(tmp_path, "sm90", {"forward|half|torch.bfloat16|8|1024": {"config": configs[1].name}})
+    tuner = Tuner(tmp_path / "cache.json", tmp_path)
+    assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 1024), None, (), "sm90") == configs[1]
+    timed = []
+    fastest = lambda c: timed.append(c) or (0.5 if c == configs[2] else 1.0 if c == configs[3] else 2.0)  # noqa: E731
+    assert tuner.choose("forward", "half", ("torch.bfloat16", 8, 1024, "bn"), fastest, (), "sm90") == configs[3]
+    assert timed == [c for c in configs if c not in configs[1:3]] == tuning.tunable("half", "forward", fused=True)
+    assert len(tuning.tunable("half", "forward")) == len(configs)
 
 
 def test_default_naming_a_config_no_longer_listed_is_timed(tmp_path):
