@@ -29,8 +29,10 @@
 #   SUITE_BUDGET_S=520 STEP_TIMEOUT_S=150 SWEEP_DTYPES=bfloat16 SWEEP_INSTALL=1 RESULTS_TAR=$OUT/results.tar.gz \
 #       bash benchmarks/gpu_suite.sh /tmp/gpu
 # = build parity cpp sweep convnorm step groupbn errors (measured 2026-11-29: build 27 s, CuTe parity 15 s,
-# cpp 18 s, a bf16 sweep of 105 configs 70 s; the bf16 sweep has 350 rows since 2026-11-30, about 4 min:
-# cpp goes before it, so that the CuTe kernels are measured whatever the sweep leaves); what is left after
+# cpp 18 s, a bf16 sweep of 105 configs 70 s; the bf16 sweep has 375 rows since 2026-11-30, about 4 min, in
+# two rounds: 60 rows first, the shipped best and the first config of each variant for every layer and pass,
+# so a budget that stops it still covers them all; cpp goes before it, so that the CuTe kernels are measured
+# whatever the sweep leaves); what is left after
 # it can go to a call of `build triton layers` or an fp32 sweep. Everything is written to OUT; the short
 # tables are printed.
 # The device tool returns at most 8 files from $OUT: set RESULTS_TAR=$OUT/results.tar.gz and write

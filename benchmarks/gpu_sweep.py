@@ -4,9 +4,11 @@ against cuDNN on the expanded filter, in one GPU call of at most --budget-s seco
 For each dtype (bfloat16 first), each p4m layer of GER-UNet (batch 4, channels_last, k = 3,
 padding 1: lifting 3->23 fields @448, 23->23 @448, 45->45 @224, 91->91 @112, 181->181 @56) and
 each pass (forward, input_grad, weight_grad), every config of ``tuning.CONFIGS`` is forced in
-turn (``GER_KERNELS_TRITON_CONFIG``), its first result checked against cuDNN's (``F.conv2d`` and
-its backward on ``W~`` expanded once, ``cudnn.benchmark``, TF32 off; the weight gradient folded
-to the base weight), then timed (``triton.testing.do_bench``, median). A config that fails to
+turn (``GER_KERNELS_TRITON_CONFIG``), in two rounds over the layers (``rounds``: first the config
+the shipped table names and the first of each variant, then the others, so that a sweep the budget
+stops still covers every layer, pass and variant). Its first result is checked against cuDNN's
+(``F.conv2d`` and its backward on ``W~`` expanded once, ``cudnn.benchmark``, TF32 off; the weight
+gradient folded to the base weight), then timed (``triton.testing.do_bench``, median). A config that fails to
 compile or run, or whose result differs from cuDNN's by more than ``TOLERANCE`` (relative to the
 largest magnitude), is recorded as wrong and never chosen. The sweep is how the kernels of
 ``tuning.UNVERIFIED`` configs are first checked on a GPU: a table entry naming one is followed by
@@ -16,7 +18,7 @@ Per layer and pass it also times the paths ``backend="auto"`` chooses among (``g
 the reference (``F.conv2d``'s passes on ``W~`` expanded in the step, the weight gradient folded) and
 the cpp kernels where they run, checked against the reference, beside the best Triton config.
 
-Writes to --out, atomically after every layer (a timeout keeps the layers done): sweep.md and
+Writes to --out, atomically after every layer of a round (a timeout keeps what is done): sweep.md and
 sweep.json (every config's milliseconds, TFLOP/s, ratio to cuDNN, relative difference; the paths'
 milliseconds), ``configs_<arch>.json``: the default-config table of ``ger_kernels/triton/`` with the
 fastest correct config per (pass, problem class) merged in, and ``auto_paths_<arch>.json``: the path
@@ -43,7 +45,7 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_triton import LAYERS, QUICK_LAYERS, fused_passes, layer_steps, rel_diff  # noqa: E402
+from bench_triton import LAYERS, PASSES, QUICK_LAYERS, fused_passes, layer_steps, rel_diff  # noqa: E402
 from measure import describe, timed_ms  # noqa: E402
 from run import label  # noqa: E402
 
@@ -84,11 +86,13 @@ def time_ms(step, device: torch.device) -> float:
 
 
 def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, configs: list[tuning.Config],
-               device: torch.device, deadline: float) -> list[dict]:
-    """One row per config of ``family`` tried before ``deadline`` (``time.monotonic()``)."""
+               device: torch.device, deadline: float, cudnn_ms: float | None = None) -> list[dict]:
+    """One row per config of ``family`` tried before ``deadline`` (``time.monotonic()``), against
+    ``cudnn_ms`` (timed here when None)."""
     fused, cudnn, expected = steps
     kind = tuning.dtype_class(dtype)
-    cudnn_ms = time_ms(cudnn, device)
+    if cudnn_ms is None:
+        cudnn_ms = time_ms(cudnn, device)
     flops = conv_flops(shape, family)
     rows = []
     for config in configs:
@@ -109,6 +113,18 @@ def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, 
     return rows
 
 
+def rounds(configs: list[tuning.Config], previous: str | None) -> tuple[list[tuning.Config], list[tuning.Config]]:
+    """``configs`` of one pass in two rounds: first the config named ``previous`` (the shipped
+    table's for the problem class: the fastest measured before) and the first of each variant, then
+    the others in list order. Every layer gets its first round before any its second, so a sweep
+    stopped by its budget still covers each layer, pass and variant."""
+    first = [c for c in configs if c.name == previous]
+    for config in configs:
+        if all(c.variant != config.variant for c in first) and config not in first:
+            first.append(config)
+    return first, [c for c in configs if c not in first]
+
+
 def best_rows(rows: list[dict]) -> list[dict]:
     """The fastest correct row per (layer, dtype, pass), in order of first appearance."""
     best: dict[tuple, dict] = {}
@@ -119,18 +135,26 @@ def best_rows(rows: list[dict]) -> list[dict]:
     return list(best.values())
 
 
-def path_rows(shape: ConvShape, dtype: torch.dtype, device: torch.device, triton_rows: list[dict]) -> list[dict]:
-    """Per pass: the milliseconds of each path ``auto`` chooses among (None: wrong or failed), the
-    reference and cpp measured here (``auto_paths.measure``), triton the best correct row of
-    ``triton_rows`` (this layer's configs), and the fastest correct path with its table entry."""
-    problem = auto_paths.ConvProblem(dtype, (shape.batch, shape.in_fields * shape.in_orientations, shape.height,
-                                             shape.width),
-                                     (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
-                                      shape.kernel_size), shape.stride, shape.padding, shape.dilation, P4M.order, True)
+def _problem(shape: ConvShape, dtype: torch.dtype) -> auto_paths.ConvProblem:
+    return auto_paths.ConvProblem(dtype, (shape.batch, shape.in_fields * shape.in_orientations, shape.height,
+                                          shape.width),
+                                  (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
+                                   shape.kernel_size), shape.stride, shape.padding, shape.dilation, P4M.order, True)
+
+
+def measure_paths(shape: ConvShape, dtype: torch.dtype, device: torch.device) -> dict[str, dict]:
+    """Per pass, the milliseconds of the reference and cpp paths of ``auto`` measured here
+    (``auto_paths.measure``; None: wrong or failed)."""
     paths = [name for name in ("reference", "cpp") if backends(device)[name].available]
-    measured = auto_paths.measure(problem, device, paths, lambda name, path, step: time_ms(step, device))
+    return auto_paths.measure(_problem(shape, dtype), device, paths, lambda name, path, step: time_ms(step, device))
+
+
+def path_rows(shape: ConvShape, dtype: torch.dtype, measured: dict[str, dict], triton_rows: list[dict]) -> list[dict]:
+    """Per pass: the milliseconds of each path ``auto`` chooses among (None: wrong or failed), the
+    reference and cpp ``measured`` (``measure_paths``), triton the best correct row of ``triton_rows``
+    (this layer's configs), and the fastest correct path with its table entry."""
     rows = []
-    for family, entry in zip(measured, auto_paths.pass_entries(auto_paths.pass_classes(problem))):
+    for family, entry in zip(measured, auto_paths.pass_entries(auto_paths.pass_classes(_problem(shape, dtype)))):
         best = best_rows([r for r in triton_rows if r["pass"] == family])
         ms = {**measured[family], "triton": best[0]["ms"] if best else None}
         correct = {path: value for path, value in ms.items() if value is not None}
@@ -217,7 +241,8 @@ def main(argv=None) -> int:
                         choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--max-configs", type=int, default=None, help="only the first N configs of each list")
     parser.add_argument("--variants", nargs="+", default=None,
-                        help="only configs of these variants ('' names the plain kernels), e.g. fields tma channels-tma")
+                        help="only configs of these variants ('' names the plain kernels), "
+                        "e.g. fields tma channels-tma")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (smoke test)")
     args = parser.parse_args(argv)
@@ -246,32 +271,55 @@ def main(argv=None) -> int:
     from ger_kernels.triton import group_conv
 
     complete = True
+    layers = QUICK_LAYERS if args.quick else LAYERS
+    measured_paths = {}  # (dtype, layer index) -> measure_paths
+
+    def order(row: dict) -> tuple:  # the report lists rows by dtype, layer, pass and config list
+        family, kind = row["pass"], tuning.dtype_class(getattr(torch, row["dtype"]))
+        names = [c.name for c in tuning.CONFIGS[kind][family]]
+        return (args.dtypes.index(row["dtype"]), [label(shape) for shape in layers].index(row["layer"]),
+                PASSES.index(family), names.index(row["config"]))
+
     for name in args.dtypes:
         dtype = getattr(torch, name)
         kind = tuning.dtype_class(dtype)
-        for shape in QUICK_LAYERS if args.quick else LAYERS:
-            if time.monotonic() > deadline:
-                complete = False
-                break
-            weight_shape = (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
-                            shape.kernel_size)
-            input_shape = (shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width)
-            layer_rows = []
-            for family, steps in layer_steps(shape, dtype, device, fused_passes("triton")).items():
-                configs = [c for c in tuning.CONFIGS[kind][family]
-                           if args.variants is None or c.variant in args.variants][:args.max_configs]
-                key = group_conv.problem_class(family, dtype, input_shape, weight_shape, shape.stride, shape.padding,
-                                               shape.dilation, P4M.order)
-                rows = sweep_pass(shape, dtype, family, steps, configs, device, deadline)
-                complete &= len(rows) == len(configs)
-                for row in rows:
-                    row["entry"] = tuning.entry(family, kind, key)
-                    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                                   if k != "entry"), flush=True)
-                layer_rows += rows
-            report["rows"] += layer_rows
-            report["paths"] += path_rows(shape, dtype, device, layer_rows)
-            write(report, args.out)
+        defaults = tuning.read_defaults(report["arch"])
+        steps, cudnn_ms = {}, {}
+        for round_index in (0, 1):
+            for index, shape in enumerate(layers):
+                if time.monotonic() > deadline:
+                    complete = False
+                    break
+                weight_shape = (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
+                                shape.kernel_size)
+                input_shape = (shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width)
+                if round_index == 0:
+                    steps[index] = layer_steps(shape, dtype, device, fused_passes("triton"))
+                for family, step in steps[index].items():
+                    configs = [c for c in tuning.CONFIGS[kind][family]
+                               if args.variants is None or c.variant in args.variants][:args.max_configs]
+                    key = group_conv.problem_class(family, dtype, input_shape, weight_shape, shape.stride,
+                                                   shape.padding, shape.dilation, P4M.order)
+                    entry = tuning.entry(family, kind, key)
+                    todo = rounds(configs, defaults.get(entry, {}).get("config"))[round_index]
+                    if (index, family) not in cudnn_ms:
+                        cudnn_ms[index, family] = time_ms(step[1], device)
+                    rows = sweep_pass(shape, dtype, family, step, todo, device, deadline, cudnn_ms[index, family])
+                    complete &= len(rows) == len(todo)
+                    for row in rows:
+                        row["entry"] = entry
+                        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in row.items() if k != "entry"), flush=True)
+                    report["rows"] += rows
+                if round_index == 0:
+                    measured_paths[name, index] = measure_paths(shape, dtype, device)
+                report["rows"].sort(key=order)
+                report["paths"] = [row for (dtype_name, i), measured in measured_paths.items()
+                                   for row in path_rows(layers[i], getattr(torch, dtype_name), measured,
+                                                        [r for r in report["rows"] if r["dtype"] == dtype_name
+                                                         and r["layer"] == label(layers[i])])]
+                write(report, args.out)
+        steps.clear()  # the next dtype's maps replace these
     report["complete"] = complete
     write(report, args.out)
     print(markdown(report).split("\n\nEvery config:")[0])

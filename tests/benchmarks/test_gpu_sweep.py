@@ -7,6 +7,7 @@ import os
 import pathlib
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -134,3 +135,44 @@ def test_variants_select_the_configs_swept(tmp_path, interpreter):
                 for family in PASSES}
     assert rows and all(r["config"] == expected[r["pass"]] and r["ok"] for r in rows)
     assert {r["pass"] for r in rows} == set(PASSES)
+
+
+def test_rounds_put_the_previous_best_and_one_config_per_variant_first():
+    configs = [Config(64, 64, 32, 4, 3), Config(128, 64, 32, 8, 3), Config(128, 64, 64, 8, 3, "fields"),
+               Config(64, 64, 64, 4, 4, "fields"), Config(128, 128, 64, 8, 3, "tma"), Config(128, 64, 64, 8, 3, "tma")]
+    first, rest = gpu_sweep.rounds(configs, configs[5].name)
+    assert first == [configs[5], configs[0], configs[2]] and rest == [configs[1], configs[3], configs[4]]
+    for previous in (None, "m1n1k1w1s1", configs[0].name):  # none, unlisted, or already a variant's first
+        assert gpu_sweep.rounds(configs, previous) == ([configs[0], configs[2], configs[4]],
+                                                       [configs[1], configs[3], configs[5]])
+
+
+def test_a_sweep_stopped_by_its_budget_has_covered_every_layer_and_pass(tmp_path, monkeypatch, interpreter):
+    """The budget runs out after the first round: every layer and pass has its first-round configs
+    timed (the table gets an entry for each), none of the second round, and the report says so."""
+    clock = [0.0]
+    monkeypatch.setattr(gpu_sweep, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    calls = []
+
+    def sweep_pass(shape, dtype, family, steps, configs, device, deadline, cudnn_ms=None):
+        if clock[0] > deadline:
+            return []
+        calls.append((gpu_sweep.label(shape), family, [c.name for c in configs]))
+        clock[0] += 1.0  # one second a pass
+        return [{"layer": gpu_sweep.label(shape), "dtype": "float32", "pass": family, "config": c.name, "ms": 1.0 + i,
+                 "cudnn_ms": cudnn_ms, "ok": True, "rel_diff": 0.0, "x_cudnn": 1.0, "tflops": 1.0,
+                 "cudnn_tflops": 1.0} for i, c in enumerate(configs)]
+
+    monkeypatch.setattr(gpu_sweep, "sweep_pass", sweep_pass)
+    layers = gpu_sweep.QUICK_LAYERS
+    budget = len(layers) * len(PASSES) - 0.5  # the first round's passes, not one more
+    assert gpu_sweep.main(["--device", "cpu", "--quick", "--dtypes", "float32", "--out", str(tmp_path),
+                           "--budget-s", str(budget)]) == 0
+    first_rounds = {family: gpu_sweep.rounds(CONFIGS["float32"][family], None)[0] for family in PASSES}
+    assert calls == [(gpu_sweep.label(shape), family, [c.name for c in first_rounds[family]])
+                     for shape in layers for family in PASSES]
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert not report["complete"] and "STOPPED at the budget" in (tmp_path / "sweep.md").read_text()
+    assert {(r["layer"], r["pass"]) for r in report["best"]} == {(gpu_sweep.label(s), f) for s in layers
+                                                                 for f in PASSES}
+    assert len(tuning.read_defaults("cpu", tmp_path)) == len(layers) * len(PASSES)
