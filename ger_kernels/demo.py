@@ -60,7 +60,8 @@ def run_demo(out: str = "demo_output", source: str = "phantom", size: int = 64, 
     training_curves({name: s["history"] for name, s in summaries.items()}, os.path.join(out, "training.png"))
     errors = {name: equivariance_errors(model, test_set[index][0][None], "p4m", "planar", "planar")
               for name, model in models.items()}
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{machine_description(resolve_device('auto'))}, ger_kernels {ger_kernels.__version__}", "data": source, "size": size,
+    machine = f"{machine_description(resolve_device('auto'))}, ger_kernels {ger_kernels.__version__}"
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine, "data": source, "size": size,
               "epochs": epochs, "parameters": params, "training": {n: {k: v for k, v in s.items() if k != "history"}
                                                                    for n, s in summaries.items()},
               "metrics": rows, "figure1_disagreement_pixels": counts, "equivariance_errors": errors,

@@ -9,7 +9,8 @@ from ger_kernels.models import GERUNet, RUNet
 
 def models():
     torch.manual_seed(0)
-    ms = {"R-UNet": RUNet(widths=(4, 5, 6, 7)).double().eval(), "GER-UNet": GERUNet(widths=(2, 3, 4, 5)).double().eval()}
+    ms = {"R-UNet": RUNet(widths=(4, 5, 6, 7)).double().eval(),
+          "GER-UNet": GERUNet(widths=(2, 3, 4, 5)).double().eval()}
     with torch.no_grad():  # the output layers start at zero
         for model in ms.values():
             head = model.output_layer if isinstance(model, RUNet) else model.output_layer[0]

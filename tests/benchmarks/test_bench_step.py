@@ -193,7 +193,8 @@ def test_cuda_kernels_are_summarized_by_self_device_time_and_category():
 def test_cpu_ops_inside_the_optimizer_step_count_as_optimizer():
     adam = _op("Optimizer.step#Adam.step", cpu_ms=2)
     events = [adam, _op("aten::mul_", adam, cpu_ms=3), _op("aten::mul_", cpu_ms=1),
-              _op("aten::copy_", _op("aten::to", adam), cpu_ms=4), _op("aten::empty", _op("aten::native_batch_norm"), 1)]
+              _op("aten::copy_", _op("aten::to", adam), cpu_ms=4),
+              _op("aten::empty", _op("aten::native_batch_norm"), 1)]
     summary = bench_step.kernel_summary(SimpleNamespace(events=lambda: events), torch.device("cpu"))
     assert summary["categories"] == pytest.approx({"batch norm": 1 / 11, "W~ expand/fold": 0, "optimizer": 9 / 11,
                                                    "layout/copy": 0, "convolution": 0, "other": 1 / 11})

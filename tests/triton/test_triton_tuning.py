@@ -49,7 +49,8 @@ def test_forced_config(monkeypatch):
     assert tuning.forced_config("forward", "half") == CONFIGS["half"]["forward"][2]
     last = len(CONFIGS["half"]["forward"]) - 1
     monkeypatch.setenv(FORCE_ENV, str(last + 1))
-    with pytest.raises(ValueError, match=rf"GER_KERNELS_TRITON_CONFIG={last + 1}: forward \(half\) has configs 0..{last}"):
+    message = rf"GER_KERNELS_TRITON_CONFIG={last + 1}: forward \(half\) has configs 0..{last}"
+    with pytest.raises(ValueError, match=message):
         tuning.forced_config("forward", "half")
     monkeypatch.setenv(FORCE_ENV, "m1n1k1w1s1")
     with pytest.raises(ValueError, match=r"unknown config names \['m1n1k1w1s1'\]"):
