@@ -31,7 +31,8 @@
 # = build parity cpp sweep convnorm step groupbn errors (measured 2026-11-29: build 27 s, CuTe parity 15 s,
 # cpp 18 s, a bf16 sweep of 105 configs 70 s; the bf16 sweep has 375 rows since 2026-11-30, about 4 min, in
 # two rounds: 60 rows first, the shipped best and the first config of each variant for every layer and pass,
-# so a budget that stops it still covers them all; cpp goes before it, so that the CuTe kernels are measured
+# so a budget that stops it still covers them all; its kernels are first compiled in SWEEP_PRECOMPILE (12)
+# processes, predicted to cut it to about 2 min; cpp goes before it, so that the CuTe kernels are measured
 # whatever the sweep leaves); what is left after
 # it can go to a call of `build triton layers` or an fp32 sweep. Everything is written to OUT; the short
 # tables are printed.
@@ -151,7 +152,8 @@ for stage in $STAGES; do
       budget=$(( budget < $(left) - 60 ? budget : $(left) - 60 ))
       if [ "$budget" -lt 30 ]; then echo "sweep skipped: $(left) s left"; continue; fi
       timeout "$(cap $((budget + 50)))" $PY benchmarks/gpu_sweep.py --out "$OUT/sweep" --budget-s "$budget" \
-        --dtypes ${SWEEP_DTYPES:-bfloat16 float32} ${SWEEP_VARIANTS:+--variants $SWEEP_VARIANTS} \
+        --precompile "${SWEEP_PRECOMPILE:-12}" --dtypes ${SWEEP_DTYPES:-bfloat16 float32} \
+        ${SWEEP_VARIANTS:+--variants $SWEEP_VARIANTS} \
         > "$OUT/sweep.log" 2>&1 || echo "config sweep FAILED: see $OUT/sweep.log"
       sed -n '1,/^Every config/p' "$OUT/sweep/sweep.md" 2>/dev/null || true
       if [ "${SWEEP_INSTALL:-0}" = 1 ]; then

@@ -26,7 +26,11 @@ table of ``ger_kernels/`` with the fastest correct path per (pass, problem class
 them over ``ger_kernels/triton/configs_<arch>.json`` and ``ger_kernels/auto_paths_<arch>.json`` and
 committing them updates the defaults.
 
+With ``--precompile N`` every config's kernels are first compiled in N processes (into Triton's disk
+cache, which the sweep's own compiles then hit): compiling is most of a sweep's time otherwise.
+
     python benchmarks/gpu_sweep.py --out OUT [--budget-s 450] [--dtypes bfloat16 float32] [--variants fields tma]
+        [--precompile 12]
     TRITON_INTERPRET=1 python benchmarks/gpu_sweep.py --device cpu --quick --dtypes float32 \\
         --max-configs 2 --out /tmp/sweep      # a smoke test of the script, without a GPU
 """
@@ -34,9 +38,11 @@ committing them updates the defaults.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import datetime
 import json
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -123,6 +129,63 @@ def rounds(configs: list[tuning.Config], previous: str | None) -> tuple[list[tun
         if all(c.variant != config.variant for c in first) and config not in first:
             first.append(config)
     return first, [c for c in configs if c not in first]
+
+
+def shards(configs: dict[str, list[tuning.Config]], count: int) -> list[dict[str, list[str]]]:
+    """The config names of each pass dealt round robin into ``count`` shards (each a mix of passes
+    and variants), none empty."""
+    dealt = [{} for _ in range(count)]
+    flat = [(family, config.name) for family, listed in configs.items() for config in listed]
+    for index, (family, name) in enumerate(flat):
+        dealt[index % count].setdefault(family, []).append(name)
+    return [shard for shard in dealt if shard]
+
+
+def _compile_shard(dtype_name: str, quick: bool, device_name: str, names: dict[str, list[str]],
+                   deadline: float) -> int:
+    """In a worker process: runs each config of ``names`` once per layer (which compiles its
+    kernels into Triton's disk cache), until ``deadline`` (``time.monotonic()``, the same clock in
+    every process); failures are left to the sweep to record. Returns how many runs succeeded."""
+    dtype, device = getattr(torch, dtype_name), torch.device(device_name)
+    kind = tuning.dtype_class(dtype)
+    by_name = {c.name: c for listed in tuning.CONFIGS[kind].values() for c in listed}
+    done = 0
+    for shape in QUICK_LAYERS if quick else LAYERS:
+        if time.monotonic() > deadline:
+            break
+        steps = layer_steps(shape, dtype, device, fused_passes("triton"))
+        for family, listed in names.items():
+            for name in listed:
+                if time.monotonic() > deadline:
+                    break
+                try:
+                    with forced(by_name[name]):
+                        steps[family][0]()
+                except Exception:  # noqa: BLE001 - the sweep runs it again and records why
+                    continue
+                done += 1
+        del steps
+    return done
+
+
+def precompile(dtype_name: str, quick: bool, device: torch.device, configs: dict[str, list[tuning.Config]],
+               workers: int, deadline: float) -> int:
+    """Compiles the kernels of ``configs`` for every layer in ``workers`` processes before the sweep
+    times them, so that the sweep's own compiles hit Triton's disk cache (compiling one kernel per
+    config and layer kind, a second or two each, is most of a sweep's time otherwise). Stops at
+    ``deadline``; returns the runs that succeeded. Best effort: a worker that fails (out of memory, a
+    crash) only leaves its configs to be compiled by the sweep."""
+    context = multiprocessing.get_context("spawn")  # CUDA in the workers
+    runs = 0
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        jobs = [pool.submit(_compile_shard, dtype_name, quick, str(device), shard, deadline)
+                for shard in shards(configs, workers)]
+        for job in jobs:
+            try:
+                runs += job.result()
+            except Exception as error:  # noqa: BLE001 - including a worker that died
+                print(f"precompile: a worker failed ({describe(error)}); the sweep compiles its configs", flush=True)
+    return runs
 
 
 def best_rows(rows: list[dict]) -> list[dict]:
@@ -244,12 +307,16 @@ def main(argv=None) -> int:
                         help="only configs of these variants ('' names the plain kernels), "
                         "e.g. fields tma channels-tma")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
+    parser.add_argument("--precompile", type=int, default=0, metavar="WORKERS",
+                        help="compile every config's kernels in this many processes first (0: in the sweep)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (smoke test)")
     args = parser.parse_args(argv)
     if args.budget_s <= 0:
         parser.error(f"--budget-s must be positive, got {args.budget_s}")
     if args.max_configs is not None and args.max_configs < 1:
         parser.error(f"--max-configs must be at least 1, got {args.max_configs}")
+    if args.precompile < 0:
+        parser.error(f"--precompile must be 0 or more workers, got {args.precompile}")
     deadline = time.monotonic() + args.budget_s
     device = torch.device(args.device)
     from ger_kernels.triton import status
@@ -284,6 +351,14 @@ def main(argv=None) -> int:
         dtype = getattr(torch, name)
         kind = tuning.dtype_class(dtype)
         defaults = tuning.read_defaults(report["arch"])
+        configs_of = {family: [c for c in tuning.CONFIGS[kind][family]
+                               if args.variants is None or c.variant in args.variants][:args.max_configs]
+                      for family in PASSES}
+        if args.precompile:
+            started = time.monotonic()
+            runs = precompile(name, args.quick, device, configs_of, args.precompile, deadline)
+            print(f"precompiled {name}: {runs} runs in {args.precompile} processes, "
+                  f"{time.monotonic() - started:.0f} s", flush=True)
         steps, cudnn_ms = {}, {}
         for round_index in (0, 1):
             for index, shape in enumerate(layers):
@@ -296,8 +371,7 @@ def main(argv=None) -> int:
                 if round_index == 0:
                     steps[index] = layer_steps(shape, dtype, device, fused_passes("triton"))
                 for family, step in steps[index].items():
-                    configs = [c for c in tuning.CONFIGS[kind][family]
-                               if args.variants is None or c.variant in args.variants][:args.max_configs]
+                    configs = configs_of[family]
                     key = group_conv.problem_class(family, dtype, input_shape, weight_shape, shape.stride,
                                                    shape.padding, shape.dilation, P4M.order)
                     entry = tuning.entry(family, kind, key)

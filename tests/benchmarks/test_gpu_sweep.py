@@ -118,7 +118,8 @@ def test_budget_stops_before_the_next_config():
 
 
 @pytest.mark.parametrize("argv,message", [(["--budget-s", "0"], "--budget-s must be positive"),
-                                          (["--max-configs", "0"], "--max-configs must be at least 1")])
+                                          (["--max-configs", "0"], "--max-configs must be at least 1"),
+                                          (["--precompile", "-1"], "--precompile must be 0 or more workers")])
 def test_bad_arguments(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
         gpu_sweep.main(["--out", str(tmp_path)] + argv)
@@ -176,3 +177,39 @@ def test_a_sweep_stopped_by_its_budget_has_covered_every_layer_and_pass(tmp_path
     assert {(r["layer"], r["pass"]) for r in report["best"]} == {(gpu_sweep.label(s), f) for s in layers
                                                                  for f in PASSES}
     assert len(tuning.read_defaults("cpu", tmp_path)) == len(layers) * len(PASSES)
+
+
+def test_shards_deal_every_config_once():
+    configs = {family: CONFIGS["half"][family] for family in PASSES}
+    dealt = gpu_sweep.shards(configs, 4)
+    assert len(dealt) == 4
+    for family in PASSES:
+        names = [name for shard in dealt for name in shard.get(family, [])]
+        assert sorted(names) == sorted(c.name for c in configs[family])
+    assert max(sum(map(len, s.values())) for s in dealt) - min(sum(map(len, s.values())) for s in dealt) <= 1
+    assert gpu_sweep.shards({"forward": configs["forward"][:2]}, 5) == [{"forward": [configs["forward"][0].name]},
+                                                                        {"forward": [configs["forward"][1].name]}]
+
+
+def test_precompiled_sweep_gives_the_same_rows(tmp_path, interpreter):
+    """--precompile runs every config once per layer in worker processes before the sweep (on a GPU:
+    compiling them into Triton's disk cache); the sweep's rows are those of a sweep without it."""
+    assert gpu_sweep.main(["--device", "cpu", "--quick", "--dtypes", "float32", "--max-configs", "1",
+                           "--precompile", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert [(r["layer"], r["pass"], r["config"]) for r in rows] == [
+        (gpu_sweep.label(shape), family, CONFIGS["float32"][family][0].name) for shape in gpu_sweep.QUICK_LAYERS
+        for family in PASSES]
+    assert all(r["ok"] for r in rows)
+    assert gpu_sweep._compile_shard("float32", True, "cpu", {"forward": [CONFIGS["float32"]["forward"][0].name]},
+                                    time.monotonic() + 60) == len(gpu_sweep.QUICK_LAYERS)
+    assert gpu_sweep._compile_shard("float32", True, "cpu", {"forward": ["m1n1k1w1s1-none"]},
+                                    time.monotonic() - 1) == 0  # past the deadline: nothing run
+
+
+def test_a_failing_precompile_worker_leaves_its_configs_to_the_sweep(capsys, monkeypatch, interpreter):
+    """A shard whose worker raises (here: an unknown dtype) counts nothing and is reported."""
+    shard = {"forward": [CONFIGS["float32"]["forward"][0].name]}
+    monkeypatch.setattr(gpu_sweep, "shards", lambda configs, count: [shard, shard])
+    runs = gpu_sweep.precompile("no_such_dtype", True, torch.device("cpu"), {}, 2, time.monotonic() + 60)
+    assert runs == 0 and capsys.readouterr().out.count("precompile: a worker failed") == 2
