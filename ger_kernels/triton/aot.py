@@ -42,7 +42,7 @@ DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # float32 partials or the (3, C) rows of a batch norm applied on load (a TMA config's tensor descriptors
 # take the place of the maps they read: ``compile_config``).
 _POINTERS = {"forward": ["x", "x", "x", "x", "i32", "i32", "fp32", "fp32"],
-             "input_grad": ["x", "x", "x", "i32", "i32", "i32", "i32", "x", "fp32"],
+             "input_grad": ["x", "x", "x", "i32", "i32", "i32", "x", "fp32"],
              "weight_grad": ["x", "x", "fp32", "i32", "i32", "fp32"]}
 # The fused batch norm (``conv_norm``): compiled for every 16-bit config of these families, as
 # "<family>+bn" rows.
@@ -97,8 +97,8 @@ def _signature(family: str, variant: str, dtype: torch.dtype) -> tuple[object, d
             constexprs[name] = 8
     if family == "forward":
         constexprs.update(HAS_BIAS=True, RELU=False, STATS=False)
-    if "ONE_PHASE" in fn.arg_names:  # stride 1
-        constexprs.update(ONE_PHASE=True)
+    if "UNIT_STRIDE" in fn.arg_names:  # stride 1 (``compile_config(strided=True)``: the other strides)
+        constexprs.update(UNIT_STRIDE=True)
     if "FLAT_TAPS" in fn.arg_names:
         constexprs.update(FLAT_TAPS=variant == "taps")
     if variant == "taps":  # 6-byte pixel rows: no vectors along channels
@@ -155,11 +155,17 @@ def _loop_feed(ttgir: str) -> tuple[int, bool]:
     return staged, in_flight
 
 
-def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 90, fused: bool = False) -> Resources:
+def compile_config(family: str, config: Config, dtype: torch.dtype, arch: int = 90, fused: bool = False,
+                   strided: bool = False) -> Resources:
     """Compiles ``family``'s kernel (of ``config.variant``) with ``config`` for ``dtype`` and sm_``arch``;
     ``fused``: with the batch norm applied on load (+ ReLU) and, forward, the output statistics
-    (the row's family is then ``<family>+bn``)."""
+    (the row's family is then ``<family>+bn``); ``strided``: the input gradient for strides above 1
+    (not a "tma" variant: those need stride 1)."""
     fn, signature, constexprs = _signature(family, config.variant, dtype)
+    if strided:
+        if family != "input_grad" or config.variant.startswith("tma"):
+            raise ValueError(f"strided: the input gradient's configs without TMA only, got {family} {config.name}")
+        constexprs.update(UNIT_STRIDE=False)
     constexprs.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
     if fused:  # forward and weight gradient: BN-ReLU on load (forward: statistics; "taps", lifting: statistics
         # only); input gradient: the ReLU's mask

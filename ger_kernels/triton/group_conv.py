@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -77,6 +78,23 @@ def _transformed_tap(code, kh, kw, KSIZE: tl.constexpr):
     row += ((code >> 1) & 1) * (KSIZE - 1 - 2 * row)
     column += (code & 1) * (KSIZE - 1 - 2 * column)
     return row * KSIZE + column
+
+
+@DeviceFunction
+def _phase_progression(phase_ptr, phase, channel_blocks):
+    """(kh0, kw0, steps, n_w) of ``phase``'s taps (``phase_taps``): steps = n_h * n_w * channel_blocks,
+    n_w at least 1 (a divisor)."""
+    row = phase_ptr + phase * 4
+    taps_w = tl.load(row + 3)
+    return tl.load(row), tl.load(row + 1), tl.load(row + 2) * taps_w * channel_blocks, tl.maximum(taps_w, 1)
+
+
+@DeviceFunction
+def _phase_tap(index, kh0, kw0, taps_w, tap_period, KSIZE: tl.constexpr, UNIT_STRIDE: tl.constexpr):
+    """(kh, kw) of a phase's tap ``index`` (``_phase_progression``); UNIT_STRIDE: every tap in order."""
+    if UNIT_STRIDE:
+        return index // KSIZE, index % KSIZE
+    return kh0 + index // taps_w * tap_period, kw0 + index % taps_w * tap_period
 
 
 @DeviceFunction
@@ -307,19 +325,21 @@ def forward_fields_kernel(
 
 @Kernel.specializing(("sdc", "sxc"))
 def input_grad_kernel(
-    dy_ptr, w_ptr, dx_ptr, orient_ptr, tap_code_ptr, phase_taps_ptr, phase_tap_counts_ptr, x_ptr, norm_ptr,
+    dy_ptr, w_ptr, dx_ptr, orient_ptr, tap_code_ptr, phase_ptr, x_ptr, norm_ptr,
     B, C, H, W, N, H_out, W_out, H_phase, W_phase, channel_blocks,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
-    stride, padding, dilation,
+    stride, padding, dilation, tap_period,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, NORM_RELU: tl.constexpr, ALIGN: tl.constexpr,
-    PRECISION: tl.constexpr, ONE_PHASE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, UNIT_STRIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """dx[b, c, h, w] = sum_{n, tap} dy[b, n, oh, ow] W~[n, c, tap] over oh*stride - padding +
     kh*dilation = h (and the same for w). Program axis 2 is the phase (h % stride, w % stride):
-    a tap meets output pixels for all or none of a phase's pixels; the phase's
-    phase_tap_counts[phase] taps that do are listed in phase_taps[phase, :] (ONE_PHASE, stride 1:
-    every tap, in order, without loading the list in the loop). GEMM rows: that
+    a tap meets output pixels for all or none of a phase's pixels; those that do are the progressions
+    of phase_ptr[phase] and tap_period (``phase_taps``), computed from the loop counter (no table
+    load in the loop, which would keep the pipeliner from overlapping the weight tile); UNIT_STRIDE
+    (stride 1: one phase, every tap in order) divides by the constant KSIZE instead (fewer
+    registers). GEMM rows: that
     phase's input pixels; columns: input channels c; reduction: those taps, then the
     channel_blocks = cdiv(N, BLOCK_K) blocks of output channels. ALIGN divides N, sdb, sdh and sdw.
     NORM_RELU: the forward read its input x (laid out as dx) through a batch norm and a ReLU; the
@@ -341,22 +361,18 @@ def input_grad_kernel(
         w_off += tl.load(orient_ptr + t[:, None] * S + (rn % S)[None, :])
     code = tl.load(tap_code_ptr + t)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    phase = tl.program_id(2)
-    steps = tl.load(phase_tap_counts_ptr + phase) * channel_blocks
+    kh0, kw0, steps, taps_w = _phase_progression(phase_ptr, tl.program_id(2), channel_blocks)
     for step in range(steps):  # one loop over (tap of the phase, channel block): one software pipeline
-        if ONE_PHASE:
-            tap = step // channel_blocks
-        else:
-            tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
+        kh, kw = _phase_tap(step // channel_blocks, kh0, kw0, taps_w, tap_period, KSIZE, UNIT_STRIDE)
         n0 = step % channel_blocks * BLOCK_K
-        oh = (h + padding - tap // KSIZE * dilation) // stride  # exact division: no rounding direction issue
-        ow = (w + padding - tap % KSIZE * dilation) // stride
+        oh = (h + padding - kh * dilation) // stride  # exact division: no rounding direction issue
+        ow = (w + padding - kw * dilation) // stride
         pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
         n_ok = (n0 + rk) // ALIGN < N // ALIGN  # = n < N, constant over ALIGN channels
         rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
         a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
                     other=0.0)
-        src = _transformed_tap(code, tap // KSIZE, tap % KSIZE, KSIZE)
+        src = _transformed_tap(code, kh, kw, KSIZE)
         b = tl.load(w_ptr + w_off + (src * C)[:, None] + n0 // S * (TAPS * C), mask=n_ok[:, None] & c_ok[None, :],
                     other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
@@ -369,16 +385,16 @@ def input_grad_kernel(
 
 @Kernel.specializing(("sdc", "sxc"))
 def input_grad_fields_kernel(
-    dy_ptr, w_ptr, dx_ptr, orient_ptr, tap_code_ptr, phase_taps_ptr, phase_tap_counts_ptr, x_ptr, norm_ptr,
+    dy_ptr, w_ptr, dx_ptr, orient_ptr, tap_code_ptr, phase_ptr, x_ptr, norm_ptr,
     B, C_IN, H, W, N, LD, H_out, W_out, H_phase, W_phase, channel_blocks, tiles_h, tiles_w,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
-    stride, padding, dilation,
+    stride, padding, dilation, tap_period,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, NORM_RELU: tl.constexpr, ALIGN: tl.constexpr,
-    PRECISION: tl.constexpr, ONE_PHASE: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
+    PRECISION: tl.constexpr, UNIT_STRIDE: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """``input_grad_kernel``'s result (config variant "fields"; ONE_PHASE as there) with the weight tile read as
-    vectors. A program's columns are BLOCK_N // S_IN whole input fields i0 .. i0 + FIELDS, ordered
+    """``input_grad_kernel``'s result (config variant "fields"; the phase's taps and UNIT_STRIDE as there) with
+    the weight tile read as vectors. A program's columns are BLOCK_N // S_IN whole input fields i0 .. i0 + FIELDS, ordered
     (s, i) inside the tile. ``w_ptr`` is the input-field-minor copy of the base weight
     (``_field_minor``): row ``(tap*C_out + o)*S_IN + s`` holds ``w[o, :, s, tap]`` over the input
     fields, zero-padded to LD entries (as in ``forward_fields_kernel``), so for reduction row n = o*S + t and
@@ -389,7 +405,6 @@ def input_grad_fields_kernel(
     BLOCK_K); a program's pixels are one such rectangle of input rows and columns, per tap the box
     is shifted back by the tap, and what falls outside dy or past N reads as zeros. NORM_RELU as in
     ``input_grad_kernel``."""
-    TAPS: tl.constexpr = KSIZE * KSIZE
     FIELDS: tl.constexpr = BLOCK_N // S_IN
     if TMA:
         image, h0, w0, h, w = _pixel_rectangle(tl.program_id(0), tiles_h, tiles_w, BLOCK_M // TILE_W, TILE_W)
@@ -411,27 +426,23 @@ def input_grad_fields_kernel(
     else:
         orient = 0 * rk[:, None] + rs[None, :]
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    phase = tl.program_id(2)
-    steps = tl.load(phase_tap_counts_ptr + phase) * channel_blocks
+    kh0, kw0, steps, taps_w = _phase_progression(phase_ptr, tl.program_id(2), channel_blocks)
     for step in range(steps):  # one loop over (tap of the phase, channel block): one software pipeline
-        if ONE_PHASE:  # stride 1 (TMA's too): every tap
-            tap = step // channel_blocks
-        else:
-            tap = tl.load(phase_taps_ptr + phase * TAPS + step // channel_blocks)
+        kh, kw = _phase_tap(step // channel_blocks, kh0, kw0, taps_w, tap_period, KSIZE, UNIT_STRIDE)
         n0 = step % channel_blocks * BLOCK_K
         n_ok = (n0 + rk) // ALIGN < N // ALIGN  # = n < N, constant over ALIGN channels
         if TMA:
-            a = tl.reshape(dy_ptr.load([image, h0 + padding - tap // KSIZE * dilation,
-                                        w0 + padding - tap % KSIZE * dilation, n0]), (BLOCK_M, BLOCK_K))
+            a = tl.reshape(dy_ptr.load([image, h0 + padding - kh * dilation, w0 + padding - kw * dilation, n0]),
+                           (BLOCK_M, BLOCK_K))
         else:
-            oh = (h + padding - tap // KSIZE * dilation) // stride  # exact division: no rounding direction issue
-            ow = (w + padding - tap % KSIZE * dilation) // stride
+            oh = (h + padding - kh * dilation) // stride  # exact division: no rounding direction issue
+            ow = (w + padding - kw * dilation) // stride
             pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
             rows = tl.multiple_of(batch * sdb + oh * sdh + ow * sdw, ALIGN)
             a = tl.load(dy_ptr + rows[:, None] + (n0 + rk)[None, :] * sdc, mask=pix_ok[:, None] & n_ok[None, :],
                         other=0.0)
         o = (n0 + rk) // S
-        src = _transformed_tap(code, tap // KSIZE, tap % KSIZE, KSIZE)
+        src = _transformed_tap(code, kh, kw, KSIZE)
         w_rows = ((src * (N // S) + o) * S_IN)[:, None] + orient  # (BLOCK_K, S_IN)
         b = _field_rows_tile(w_ptr, w_rows, LD, i0, n_ok, S_IN, BLOCK_K, BLOCK_N)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
@@ -634,24 +645,29 @@ def _tap_code(taps: torch.Tensor, kernel_size: int) -> torch.Tensor:
         raise ValueError("a tap permutation is not a symmetry of the square") from None
 
 
-_PHASE_TAPS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_PHASE_TAPS: dict[tuple, tuple[torch.Tensor, int]] = {}
 
 
 def phase_taps(kernel_size: int, stride: int, padding: int, dilation: int, device: torch.device):
-    """int32 ``(stride**2, k*k)`` taps (row-major ``kh*k + kw``, zero-padded) that meet output
-    pixels from input pixels of phase ``(h % stride) * stride + w % stride``, and their counts:
-    tap kh does for phase ph iff ``(ph + padding - kh*dilation) % stride == 0``."""
+    """The taps that meet output pixels from the input pixels of each phase ``(ph, pw) = (h % stride,
+    w % stride)``, as arithmetic progressions: int32 ``(stride**2, 4)`` rows ``(kh0, kw0, n_h, n_w)``
+    (phase ``ph*stride + pw``) and their common step ``period``: the taps are ``kh = kh0 + a*period``,
+    ``kw = kw0 + b*period`` for ``a < n_h``, ``b < n_w``, kh-major. Tap kh does for ph iff ``(ph +
+    padding - kh*dilation) % stride == 0``: kh modulo ``period = stride // gcd(dilation, stride)``."""
     key = (kernel_size, stride, padding, dilation, device)
     if key not in _PHASE_TAPS:
+        period = stride // math.gcd(dilation, stride)
+
+        def progression(phase: int) -> tuple[int, int]:  # (first tap, count) along one axis
+            meeting = [kh for kh in range(kernel_size) if (phase + padding - kh * dilation) % stride == 0]
+            return (meeting[0] if meeting else 0), len(meeting)
+
         rows = []
         for ph in range(stride):
             for pw in range(stride):
-                rows.append([kh * kernel_size + kw for kh in range(kernel_size) for kw in range(kernel_size)
-                             if (ph + padding - kh * dilation) % stride == 0
-                             and (pw + padding - kw * dilation) % stride == 0])
-        table = torch.tensor([row + [0] * (kernel_size ** 2 - len(row)) for row in rows], dtype=torch.int32)
-        counts = torch.tensor([len(row) for row in rows], dtype=torch.int32)
-        _PHASE_TAPS[key] = table.flatten().to(device), counts.to(device)
+                (kh0, n_h), (kw0, n_w) = progression(ph), progression(pw)
+                rows.append([kh0, kw0, n_h, n_w])
+        _PHASE_TAPS[key] = torch.tensor(rows, dtype=torch.int32).flatten().to(device), period
     return _PHASE_TAPS[key]
 
 
@@ -903,7 +919,7 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
     h_out, w_out = grad.shape[-2:]
     h_phase, w_phase = triton.cdiv(height, stride), triton.cdiv(width, stride)
     n = c_out * order
-    taps_of_phase, tap_counts = phase_taps(k, stride, padding, dilation, grad.device)
+    phases, tap_period = phase_taps(k, stride, padding, dilation, grad.device)
     x = norm = None
     if relu_of is not None:
         x, norm = relu_of[0].contiguous(memory_format=suggest_memory_format(dx)), _check_norm(
@@ -917,23 +933,23 @@ def input_grad(grad, weight, input_size: list[int], channels_last: bool, stride:
             grid = (programs if tma else triton.cdiv(batch * h_phase * w_phase, config.block_m),
                     triton.cdiv(channels // s_in, config.block_n // s_in), 1 if tma else stride * stride)
             input_grad_fields_kernel[grid](
-                source, rows, dx, table["orient"], table["tap_code"], taps_of_phase, tap_counts,
+                source, rows, dx, table["orient"], table["tap_code"], phases,
                 x if x is not None else dx, norm if norm is not None else rows,
                 batch, channels // s_in, height, width, n, rows.shape[1], h_out, w_out, h_phase, w_phase,
                 triton.cdiv(n, config.block_k), tiles_h, tiles_w, *grad.stride(), *dx.stride(),
-                stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, NORM_RELU=x is not None,
-                ALIGN=_alignment(grad), PRECISION=precision(grad.dtype), ONE_PHASE=stride == 1, TMA=tma,
+                stride, padding, dilation, tap_period, S=order, S_IN=s_in, KSIZE=k, NORM_RELU=x is not None,
+                ALIGN=_alignment(grad), PRECISION=precision(grad.dtype), UNIT_STRIDE=stride == 1, TMA=tma,
                 TILE_W=box_width, **config.meta())
             return
         grid = (triton.cdiv(batch * h_phase * w_phase, config.block_m), triton.cdiv(channels, config.block_n),
                 stride * stride)
         input_grad_kernel[grid](
-            grad, layouts.tap_major, dx, table["orient"], table["tap_code"], taps_of_phase, tap_counts,
+            grad, layouts.tap_major, dx, table["orient"], table["tap_code"], phases,
             x if x is not None else dx, norm if norm is not None else weight,
             batch, channels, height, width, n, h_out, w_out, h_phase, w_phase, triton.cdiv(n, config.block_k),
             *grad.stride(), *dx.stride(),
-            stride, padding, dilation, S=order, S_IN=s_in, KSIZE=k, NORM_RELU=x is not None, ALIGN=_alignment(grad),
-            PRECISION=precision(grad.dtype), ONE_PHASE=stride == 1, **config.meta())
+            stride, padding, dilation, tap_period, S=order, S_IN=s_in, KSIZE=k, NORM_RELU=x is not None,
+            ALIGN=_alignment(grad), PRECISION=precision(grad.dtype), UNIT_STRIDE=stride == 1, **config.meta())
 
     _run("input_grad", grad.dtype, key, launch, grad.device)
     return dx

@@ -74,3 +74,19 @@ def test_every_variant_compiles_for_sm80():
             print(r)
             assert r.tensor_cores == "mma" and r.shared_bytes <= 163 * 1024, r
             assert r.spill_bytes == 0 or fused, r
+
+
+def test_strided_input_gradient_keeps_its_pipeline():
+    """At strides above 1 the input gradient steps through its phase's taps from the loop counter
+    (``group_conv.phase_taps``), as at stride 1: the "fields" kernel gives both tiles a buffer in
+    every pipeline stage (with the tap list loaded in the loop: 50 KiB for three stages of 24 KiB,
+    triton 3.9) and keeps a wgmma in flight."""
+    config = next(c for c in CONFIGS["half"]["input_grad"] if c.variant == "fields")
+    r = aot.compile_config("input_grad", config, torch.bfloat16, strided=True)
+    print(r)
+    stages = config.num_stages * (config.block_m + config.block_n) * config.block_k * 2  # bytes, bf16
+    assert r.spill_bytes == 0 and r.tensor_cores == "wgmma" and r.register_staged == 0 and r.wgmma_in_flight, r
+    assert r.shared_bytes >= stages, r
+    with pytest.raises(ValueError, match="the input gradient's configs without TMA only"):
+        aot.compile_config("input_grad", next(c for c in CONFIGS["half"]["input_grad"] if c.variant == "tma"),
+                           torch.bfloat16, strided=True)

@@ -314,13 +314,22 @@ def test_bfloat16_on_cuda(monkeypatch, lifting):
     assert_half_parity(x, w, b, 1, 1, 1, P4M, torch.bfloat16)
 
 
-def test_phase_taps():
-    """Taps that reach output pixels from the input pixels of each phase (h % 2, w % 2)."""
-    table, counts = group_conv.phase_taps(3, 2, 1, 1, torch.device("cpu"))
-    assert counts.tolist() == [1, 2, 2, 4]
-    assert table.view(4, 9)[:, :1].flatten().tolist() == [4, 3, 1, 0]
-    assert table.view(4, 9)[3, :4].tolist() == [0, 2, 6, 8]
-    assert group_conv.phase_taps(1, 2, 0, 1, torch.device("cpu"))[1].tolist() == [1, 0, 0, 0]
+@pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (3, 2, 1, 1), (1, 2, 0, 1), (5, 2, 2, 1),
+                                                         (3, 2, 2, 2), (5, 3, 1, 2), (4, 2, 0, 3), (5, 4, 3, 2),
+                                                         (2, 3, 0, 1)])
+def test_phase_taps(k, stride, padding, dilation):
+    """Each phase's taps (those reaching output pixels from its input pixels) are the progressions
+    the kernels step through from the loop counter: kh0 + a*period, kw0 + b*period, kh-major."""
+    rows, period = group_conv.phase_taps(k, stride, padding, dilation, torch.device("cpu"))
+    assert rows.dtype == torch.int32 and rows.shape == (stride * stride * 4,)
+    for phase, (kh0, kw0, n_h, n_w) in enumerate(rows.view(-1, 4).tolist()):
+        ph, pw = divmod(phase, stride)
+        meeting = [(kh, kw) for kh in range(k) for kw in range(k) if (ph + padding - kh * dilation) % stride == 0
+                   and (pw + padding - kw * dilation) % stride == 0]
+        stepped = [(kh0 + i // max(n_w, 1) * period, kw0 + i % max(n_w, 1) * period) for i in range(n_h * n_w)]
+        assert stepped == meeting, (phase, stepped, meeting)
+    if (k, stride, padding, dilation) == (3, 2, 1, 1):
+        assert rows.view(-1, 4).tolist() == [[1, 1, 1, 1], [1, 0, 1, 2], [0, 1, 2, 1], [0, 0, 2, 2]] and period == 2
 
 
 def test_tf32_is_opt_in(monkeypatch):
