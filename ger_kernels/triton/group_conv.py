@@ -393,9 +393,9 @@ def input_grad_fields_kernel(
     PRECISION: tl.constexpr, UNIT_STRIDE: tl.constexpr, TMA: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """``input_grad_kernel``'s result (config variant "fields"; the phase's taps and UNIT_STRIDE as there) with
-    the weight tile read as vectors. A program's columns are BLOCK_N // S_IN whole input fields i0 .. i0 + FIELDS, ordered
-    (s, i) inside the tile. ``w_ptr`` is the input-field-minor copy of the base weight
+    """``input_grad_kernel``'s result (config variant "fields"; the phase's taps and UNIT_STRIDE as there)
+    with the weight tile read as vectors. A program's columns are BLOCK_N // S_IN whole input fields
+    i0 .. i0 + FIELDS, ordered (s, i) inside the tile. ``w_ptr`` is the input-field-minor copy of the base weight
     (``_field_minor``): row ``(tap*C_out + o)*S_IN + s`` holds ``w[o, :, s, tap]`` over the input
     fields, zero-padded to LD entries (as in ``forward_fields_kernel``), so for reduction row n = o*S + t and
     column orientation s the tile's FIELDS entries are contiguous at row
