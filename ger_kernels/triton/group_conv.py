@@ -512,8 +512,8 @@ def weight_grad_kernel(
 
 @Kernel.specializing(("sdc", "sxc"))
 def weight_grad_channels_kernel(
-    dy_ptr, x_ptr, dw_ptr, orient_ptr, taps_ptr, norm_ptr,
-    B, C, H, W, N, H_out, W_out, pixels_per_split, blocks_per_split, tiles_h, tiles_w,
+    dy_ptr, x_ptr, dw_ptr, orient_ptr, orbit_slot_ptr, norm_ptr,
+    B, C, H, W, N, H_out, W_out, pixels_per_split, blocks_per_split, tiles_h, tiles_w, orbit,
     sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
     stride, padding, dilation,
     S: tl.constexpr, S_IN: tl.constexpr, KSIZE: tl.constexpr, NORM: tl.constexpr, NORM_RELU: tl.constexpr,
@@ -526,12 +526,14 @@ def weight_grad_channels_kernel(
     tile dW~[n, c, tap] = sum_p dy[p, n] x[p shifted by tap, c] (rows: output channels n = o*S + t,
     full tiles; columns: input channels c = i*S_IN + s; reduction: the split's pixels, BLOCK_K at a
     time, in one pipelined loop); then, one t at a time, its rows o*S + t are added to
-    dw_ptr[split*k*k + tap, taps[t, tap], o, i*S_IN + T[t, s]] (float32, zero-initialized; T[t, s]
-    replaced by s when S_IN = 1; contiguous along the input channels). BLOCK_M is a multiple of S
-    and BLOCK_N of S_IN, so a program owns whole fields of rows and columns of its (split, tap)
-    partial: its read-add-writes race with no other program and run in a fixed order
-    (deterministic). No W~-sized buffer: the partials hold one base-weight gradient per split and
-    tap. The programs of one split run together and read the same pixels. ALIGN_DY divides N and
+    dw_ptr[split*k*k + tap, orbit_slot[t, tap], o, i*S_IN + T[t, s]] (float32, zero-initialized;
+    T[t, s] replaced by s when S_IN = 1; contiguous along the input channels): the tap's transform
+    ``taps[t, tap]`` is one of the at most ``orbit`` taps of its orbit, and ``orbit_slot`` its index
+    there (``_orbits``). BLOCK_M is a multiple of S and BLOCK_N of S_IN, so a program owns whole
+    fields of rows and columns of its (split, tap) partial: its read-add-writes race with no other
+    program and run in a fixed order (deterministic). No W~-sized buffer: the partials hold, per
+    split and tap, the base-weight gradient of the tap's orbit. The programs of one split run
+    together and read the same pixels. ALIGN_DY divides N and
     the strides of dy but the channels', ALIGN_X C and those of x (vector loads along channels of
     channels_last maps: dy's stay vectors when x has 3 channels).
     TMA (config variants "channels-tma" and "channels-tma-row", stride 1): ``dy_ptr`` and ``x_ptr`` are descriptors
@@ -558,7 +560,7 @@ def weight_grad_channels_kernel(
     tap = tl.program_id(1)
     split = tl.program_id(2)
     pixels = B * H_out * W_out
-    dw_fields = dw_ptr + (split * TAPS + tap).to(tl.int64) * (TAPS * N // S * C) + ro[:, None] * C
+    dw_fields = dw_ptr + (split * TAPS + tap).to(tl.int64) * (orbit * N // S * C) + ro[:, None] * C
     acc = tl.full((BLOCK_N, BLOCK_M) if TRANSPOSED else (BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for block in range(blocks_per_split):
         if TMA:  # a tile past the last image reads boxes of zeros
@@ -605,7 +607,7 @@ def weight_grad_channels_kernel(
             q = rc // S_IN * S_IN + tl.load(orient_ptr + fold * S + rc % S_IN)
         else:
             q = rc
-        ptrs = dw_fields + tl.load(taps_ptr + fold * TAPS + tap) * (N // S * C) + q[None, :]
+        ptrs = dw_fields + tl.load(orbit_slot_ptr + fold * TAPS + tap) * (N // S * C) + q[None, :]
         tl.store(ptrs, tl.load(ptrs, mask=fold_ok, other=0.0) + tl.reshape(rows, (FIELDS, BLOCK_N)), mask=fold_ok)
         tl.debug_barrier()  # these writes are visible to the threads that read them next
 
@@ -621,14 +623,30 @@ def tables(group: Group, kernel_size: int, device: torch.device) -> dict[str, to
     """int32 tables, flattened row-major: ``orient`` (S, S) = T; ``taps`` (S, k*k) =
     ``tap_permutation(k)``; ``source`` (S, S): ``source[t, u]`` = the s with ``T[t, s] = u``;
     ``inverse_taps`` (S, k*k): ``inverse_taps[t, taps[t, j]] = j``; ``tap_code`` (S,): ``taps[t]``
-    as the kernels compute it (``_tap_code``)."""
+    as the kernels compute it (``_tap_code``); ``orbit_slot`` (S, k*k), and the int64
+    ``orbit_sources`` (k*k, orbit size) and ``orbit_position`` (k*k,) as ``_orbits`` gives them."""
     key = (group.order, kernel_size, device)
     if key not in _TABLES:
         taps = group.tap_permutation(kernel_size)
+        slot, sources, position = _orbits(taps)
         _TABLES[key] = {name: table.to(device=device, dtype=torch.int32).flatten() for name, table in
                         {"orient": group.T, "taps": taps, "source": group.T.argsort(1),
-                         "inverse_taps": taps.argsort(1), "tap_code": _tap_code(taps, kernel_size)}.items()}
+                         "inverse_taps": taps.argsort(1), "tap_code": _tap_code(taps, kernel_size),
+                         "orbit_slot": slot}.items()}
+        _TABLES[key].update(orbit_sources=sources.to(device), orbit_position=position.to(device))
     return _TABLES[key]
+
+
+def _orbits(taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the (S, k*k) tap permutations of a group: (slot, sources, position). The orbit of tap j is
+    {taps[t, j]}, its members in increasing order; ``position[d]`` is d's index in its orbit and
+    ``slot[t, j] = position[taps[t, j]]``; ``sources[d]`` (k*k x the largest orbit) lists the members
+    of d's orbit, the taps whose transforms reach d, padded with k*k."""
+    orbits = [sorted(set(taps[:, j].tolist())) for j in range(taps.shape[1])]
+    width = max(map(len, orbits))
+    position = torch.tensor([orbit.index(d) for d, orbit in enumerate(orbits)], dtype=torch.int64)
+    sources = torch.tensor([orbit + [taps.shape[1]] * (width - len(orbit)) for orbit in orbits], dtype=torch.int64)
+    return position[taps].to(torch.int32), sources, position
 
 
 def _tap_code(taps: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -1032,23 +1050,27 @@ def weight_grad(grad, x, kernel_size: int, in_orientations: int, stride: int, pa
             tiles_h = tiles_w = 0
             blocks = triton.cdiv(pixels, config.block_k)
             dy_source, x_source = grad, x
+        orbit = table["orbit_sources"].shape[1]  # taps a program's fold reaches, at most
         meta = dict(S=order, S_IN=in_orientations, KSIZE=kernel_size, NORM=norm is not None, NORM_RELU=norm_relu,
                     ALIGN_DY=_alignment(grad), ALIGN_X=_alignment(x), PRECISION=precision(x.dtype), TMA=tma,
                     TILE_W=box_width, **config.meta())
 
         def arguments(partials: torch.Tensor, per_split: int) -> tuple:
-            return (dy_source, x_source, partials, table["orient"], table["taps"],
+            return (dy_source, x_source, partials, table["orient"], table["orbit_slot"],
                     norm if norm is not None else partials, batch, channels, height, width, c_out * order, h_out,
-                    w_out, per_split * config.block_k, per_split, tiles_h, tiles_w, *grad.stride(), *x.stride(),
-                    stride, padding, dilation)
+                    w_out, per_split * config.block_k, per_split, tiles_h, tiles_w, orbit, *grad.stride(),
+                    *x.stride(), stride, padding, dilation)
 
         resident = weight_grad_channels_kernel.resident_programs(
             x.device, *arguments(torch.empty(0, dtype=torch.float32, device=x.device), 1), **meta)
         per_split = triton.cdiv(blocks, _splits(x.device, tiles * taps, blocks, resident))  # blocks per split
         splits = triton.cdiv(blocks, per_split)
-        partials = torch.zeros((splits * taps, taps, c_out, channels), dtype=torch.float32, device=x.device)
+        partials = torch.zeros((splits, taps, orbit, c_out, channels), dtype=torch.float32, device=x.device)
         weight_grad_channels_kernel[(tiles, taps, splits)](*arguments(partials, per_split), **meta)
-        return partials.sum(0).permute(1, 2, 0)  # (taps, c_out, channels) -> (c_out, channels, taps)
+        # tap d: the sum over the taps of its orbit of their partials' slot for d
+        by_source = torch.cat([partials.sum(0), partials.new_zeros((1, orbit, c_out, channels))])
+        folded = by_source[table["orbit_sources"], table["orbit_position"][:, None]].sum(1)  # (taps, c_out, channels)
+        return folded.permute(1, 2, 0)
 
     key = problem_class("weight_grad", x.dtype, x.shape, shape, stride, padding, dilation, order)
     key += _FUSED_KEY if norm is not None else ()

@@ -79,7 +79,7 @@ class Config(NamedTuple):
 # fits with BLOCK_K 32 only (48 bytes at 64). The weight tile's per-element gather through the
 # orientation table holds an address per element: that, not the accumulator, fills the registers.
 # The "channels" weight gradient loads both operands as vectors, one tap per program: 128x128x64 in
-# 122 registers (two programs per SM), 128x256 and 256x128 in 219-243 (one; fused with a batch norm
+# 122 registers (two programs per SM), 128x256 and 256x128 in 218-243 (one; fused with a batch norm
 # they spill 32-104 bytes).
 _HALF_PIXEL_GEMM = [Config(128, 64, 32, 8, 3), Config(64, 128, 32, 8, 3), Config(64, 64, 32, 4, 3),
                     Config(64, 64, 16, 4, 4), Config(128, 64, 64, 8, 3), Config(64, 64, 64, 4, 4)]

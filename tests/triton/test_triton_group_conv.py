@@ -101,10 +101,12 @@ def test_every_config(device, monkeypatch, kind, dtype, index):
         assert_half_parity(x, w, b, 2, 1, 1, P4M, dtype)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[9], CASES[12]], ids=["lift", "p4-s2-d2", "lift-k5-s2",
-                                                                         "splits"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[6], CASES[7], CASES[9], CASES[10], CASES[12],
+                                  (P4M, False, 5, 1, 2, 1, 7, 6, 1)],
+                         ids=["lift", "p4m", "p4-s2-d2", "p4m-k2", "lift-k5-s2", "p4-k1", "splits", "p4m-k5"])
 def test_weight_gradient_with_output_channel_rows(device, monkeypatch, case):
-    """The "channels" variant of the weight gradient (rows C_out*S, the fold in the epilogue)."""
+    """The "channels" variant of the weight gradient (rows C_out*S, the fold in the epilogue into
+    each tap's orbit: k = 1, 2, 3, 5, whose largest orbits have 1, 4, 4 and 8 taps for p4m)."""
     group, lifting, k, stride, padding, dilation, height, width, batch = case
     variant = [c for c in CONFIGS["float32"]["weight_grad"] if c.variant == "channels"][0]
     monkeypatch.setenv(FORCE_ENV, variant.name)
@@ -341,15 +343,38 @@ def test_tf32_is_opt_in(monkeypatch):
 
 
 def test_index_tables_are_small_and_consistent():
-    """O(S^2 + S*k^2) int32 entries, and the inverses the weight gradient relies on."""
+    """O(S^2 + S*k^2) entries (int32 for the kernels, int64 for the host's gather over tap orbits), and
+    the inverses the weight gradient relies on."""
     for group in (P4M, P4):
         s, k = group.order, 3
         t = group_conv.tables(group, k, torch.device("cpu"))
-        assert sum(table.numel() for table in t.values()) == 2 * s * s + 2 * s * k * k + s
+        width = t["orbit_sources"].shape[1]
+        assert width <= s and sum(table.numel() for table in t.values()) == 2 * s * s + 3 * s * k * k + s + (
+            width + 1) * k * k
         orient, source = t["orient"].view(s, s).long(), t["source"].view(s, s).long()
         taps, inverse = t["taps"].view(s, k * k).long(), t["inverse_taps"].view(s, k * k).long()
         assert torch.equal(orient.gather(1, source), torch.arange(s).expand(s, s))
         assert torch.equal(taps.gather(1, inverse), torch.arange(k * k).expand(s, k * k))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("group", [P4M, P4], ids=["p4m", "p4"])
+def test_orbits_of_the_taps(group, k):
+    """A program's fold writes tap j's transforms taps[t, j] to slot[t, j] of its partial; tap d gathers
+    the slots position[d] of the partials of its orbit's taps (sources[d]): each (t, j) reaches d
+    exactly when j is in sources[d] and its slot is position[d], and slots fit the orbit width."""
+    taps = group.tap_permutation(k)
+    slot, sources, position = group_conv._orbits(taps)
+    taps_count = k * k
+    assert slot.shape == taps.shape and sources.shape[0] == taps_count
+    assert int(slot.max()) < sources.shape[1] <= min(group.order, taps_count)
+    for d in range(taps_count):
+        members = [j for j in sources[d].tolist() if j < taps_count]
+        reaching = {j for t in range(group.order) for j in range(taps_count) if taps[t, j] == d}
+        assert set(members) == reaching and d in members
+        assert all(slot[t, j] == position[d] for t in range(group.order) for j in range(taps_count) if taps[t, j] == d)
+    for j in range(taps_count):  # the slots of one program's fold: one per distinct transform of its tap
+        assert len({int(slot[t, j]) for t in range(group.order)}) == len(set(taps[:, j].tolist()))
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
