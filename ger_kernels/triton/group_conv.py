@@ -620,17 +620,18 @@ _TUNER = Tuner()
 
 
 def tables(group: Group, kernel_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """int32 tables, flattened row-major: ``orient`` (S, S) = T; ``taps`` (S, k*k) =
-    ``tap_permutation(k)``; ``source`` (S, S): ``source[t, u]`` = the s with ``T[t, s] = u``;
-    ``inverse_taps`` (S, k*k): ``inverse_taps[t, taps[t, j]] = j``; ``tap_code`` (S,): ``taps[t]``
-    as the kernels compute it (``_tap_code``); ``orbit_slot`` (S, k*k), and the int64
-    ``orbit_sources`` (k*k, orbit size) and ``orbit_position`` (k*k,) as ``_orbits`` gives them."""
+    """The index tables the kernels read, int32, flattened row-major, with ``taps`` (S, k*k) =
+    ``group.tap_permutation(k)``: ``orient`` (S, S) = T; ``source`` (S, S): ``source[t, u]`` = the s
+    with ``T[t, s] = u``; ``inverse_taps`` (S, k*k): ``inverse_taps[t, taps[t, j]] = j``;
+    ``tap_code`` (S,): ``taps[t]`` as the kernels compute it (``_tap_code``); ``orbit_slot``
+    (S, k*k); and, for the host's gather over tap orbits, the int64 ``orbit_sources`` (k*k, orbit
+    size) and ``orbit_position`` (k*k,) (``_orbits``)."""
     key = (group.order, kernel_size, device)
     if key not in _TABLES:
         taps = group.tap_permutation(kernel_size)
         slot, sources, position = _orbits(taps)
         _TABLES[key] = {name: table.to(device=device, dtype=torch.int32).flatten() for name, table in
-                        {"orient": group.T, "taps": taps, "source": group.T.argsort(1),
+                        {"orient": group.T, "source": group.T.argsort(1),
                          "inverse_taps": taps.argsort(1), "tap_code": _tap_code(taps, kernel_size),
                          "orbit_slot": slot}.items()}
         _TABLES[key].update(orbit_sources=sources.to(device), orbit_position=position.to(device))
