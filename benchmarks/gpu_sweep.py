@@ -199,6 +199,7 @@ def best_rows(rows: list[dict]) -> list[dict]:
 
 
 def _problem(shape: ConvShape, dtype: torch.dtype) -> auto_paths.ConvProblem:
+    """The p4m convolution of ``shape`` in ``dtype`` on channels_last maps, as ``auto`` sees it."""
     return auto_paths.ConvProblem(dtype, (shape.batch, shape.in_fields * shape.in_orientations, shape.height,
                                           shape.width),
                                   (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
@@ -365,15 +366,13 @@ def main(argv=None) -> int:
                 if time.monotonic() > deadline:
                     complete = False
                     break
-                weight_shape = (shape.out_fields, shape.in_fields, shape.in_orientations, shape.kernel_size,
-                                shape.kernel_size)
-                input_shape = (shape.batch, shape.in_fields * shape.in_orientations, shape.height, shape.width)
+                problem = _problem(shape, dtype)
                 if round_index == 0:
                     steps[index] = layer_steps(shape, dtype, device, fused_passes("triton"))
                 for family, step in steps[index].items():
                     configs = configs_of[family]
-                    key = group_conv.problem_class(family, dtype, input_shape, weight_shape, shape.stride,
-                                                   shape.padding, shape.dilation, P4M.order)
+                    key = group_conv.problem_class(family, dtype, problem.input_shape, problem.weight_shape,
+                                                   problem.stride, problem.padding, problem.dilation, problem.order)
                     entry = tuning.entry(family, kind, key)
                     todo = rounds(configs, defaults.get(entry, {}).get("config"))[round_index]
                     if (index, family) not in cudnn_ms:
