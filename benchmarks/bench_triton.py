@@ -44,7 +44,11 @@ LAYERS = [shape for shape in SHAPES["ger-unet"] if shape.group_order == 8]
 QUICK_LAYERS = [shape for shape in SHAPES["quick"] if shape.group_order == 8]
 
 
-def rel_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
+def rel_diff(actual, expected) -> float:
+    """Largest ``|actual - expected|`` over largest ``|expected|``; of tensor tuples, the largest of
+    each pair's."""
+    if isinstance(expected, (tuple, list)):
+        return max(rel_diff(a, e) for a, e in zip(actual, expected, strict=True))
     return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
 
 

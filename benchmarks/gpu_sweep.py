@@ -14,6 +14,13 @@ largest magnitude), is recorded as wrong and never chosen. The sweep is how the 
 ``tuning.UNVERIFIED`` configs are first checked on a GPU: a table entry naming one is followed by
 the tuner, which otherwise leaves them out (``GER_KERNELS_TRITON_UNVERIFIED``).
 
+A third round times the kernels ``FusedSequential`` runs with a batch norm fused (pass ``forward+bn``
+etc.: a block's second convolution, its input's batch norm and ReLU applied on load and its output's
+statistics written by the epilogue; ``norm_steps``) at the shipped table's fused config and the
+``FUSED_CANDIDATES`` fastest correct plain ones that do not spill fused, checked against cuDNN on the
+normalized input. Their best configs are the table's entries of the fused problem classes (the
+problem class followed by ``bn``), which the launchers otherwise fill with the plain kernel's.
+
 Per layer and pass it also times the paths ``backend="auto"`` chooses among (``ger_kernels.auto_paths``):
 the reference (``F.conv2d``'s passes on ``W~`` expanded in the step, the weight gradient folded) and
 the cpp kernels where they run, checked against the reference, beside the best Triton config.
@@ -49,13 +56,14 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_triton import LAYERS, PASSES, QUICK_LAYERS, fused_passes, layer_steps, rel_diff  # noqa: E402
 from measure import describe, timed_ms  # noqa: E402
 from run import label  # noqa: E402
 
-from ger_kernels import auto_paths  # noqa: E402
+from ger_kernels import auto_paths, reference  # noqa: E402
 from ger_kernels._io import write_text_atomically  # noqa: E402
 from ger_kernels.backends import backends  # noqa: E402
 from ger_kernels.groups import P4M  # noqa: E402
@@ -65,6 +73,9 @@ from ger_kernels.triton import tuning  # noqa: E402
 
 # largest |triton - cuDNN| / max |cuDNN| of a correct config; a wrong index map is off by O(1)
 TOLERANCE = {"float32": 1e-3, "half": 3e-2}
+# the fastest correct configs of a pass (and the shipped table's) whose kernel is timed again with a
+# batch norm fused ("+bn"): those kernels hold more registers, so the plain ranking may not carry over
+FUSED_CANDIDATES = 2
 
 
 @contextlib.contextmanager
@@ -92,9 +103,11 @@ def time_ms(step, device: torch.device) -> float:
 
 
 def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, configs: list[tuning.Config],
-               device: torch.device, deadline: float, cudnn_ms: float | None = None) -> list[dict]:
+               device: torch.device, deadline: float, cudnn_ms: float | None = None,
+               with_norm: bool = False) -> list[dict]:
     """One row per config of ``family`` tried before ``deadline`` (``time.monotonic()``), against
-    ``cudnn_ms`` (timed here when None)."""
+    ``cudnn_ms`` (timed here when None). ``with_norm``: the steps are ``norm_steps``' (the row's
+    pass is ``family+bn``; cuDNN's time is still that of its plain convolution)."""
     fused, cudnn, expected = steps
     kind = tuning.dtype_class(dtype)
     if cudnn_ms is None:
@@ -104,7 +117,8 @@ def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, 
     for config in configs:
         if time.monotonic() > deadline:
             break
-        row = {"layer": label(shape), "dtype": str(dtype).split(".")[-1], "pass": family, "config": config.name,
+        row = {"layer": label(shape), "dtype": str(dtype).split(".")[-1],
+               "pass": f"{family}+{tuning.FUSED_TAG}" if with_norm else family, "config": config.name,
                "cudnn_ms": cudnn_ms, "cudnn_tflops": flops / (cudnn_ms * 1e9)}
         try:
             with forced(config):
@@ -117,6 +131,83 @@ def sweep_pass(shape: ConvShape, dtype: torch.dtype, family: str, steps: tuple, 
                        x_cudnn=cudnn_ms / row["ms"])
         rows.append(row)
     return rows
+
+
+def norm_rows(fields: int, device: torch.device) -> torch.Tensor:
+    """(3, fields) float32 rows (mean, scale, shift) of a batch norm applied on load: multiples of
+    1/8 up to 1/2, powers of two and multiples of 1/16, with ``shift != mean * scale``. For ``x`` on
+    the bfloat16 grid, ``z = (x - mean) * scale + shift`` is then exact in float32 where
+    ``|x| >= 2**-15``, and elsewhere within 2**-20 of ``shift - mean * scale``, a nonzero multiple of
+    1/16: z's sign, the ReLU's mask, does not depend on how the kernel rounds (a fused multiply-add or
+    not), so the mask the sweep expects is the kernel's."""
+    mean = torch.randint(-4, 5, (fields,)) / 8
+    scale = 2.0 ** torch.randint(-1, 2, (fields,))
+    shift = torch.randint(-8, 9, (fields,)) / 16
+    shift = torch.where(shift == mean * scale, shift + 1 / 16, shift)
+    return torch.stack([mean, scale, shift]).float().to(device)
+
+
+def norm_steps(shape: ConvShape, dtype: torch.dtype, device: torch.device) -> dict[str, tuple]:
+    """Per pass that ``FusedSequential`` fuses a batch norm into at this layer: (step, None,
+    expected), as ``layer_steps`` (no cuDNN step: the plain one's time is the reference). A group
+    layer's step is a block's second convolution: the first batch norm and its ReLU applied on load
+    (``norm_rows``), its output's batch statistics from the forward's epilogue, the ReLU's mask in
+    the input gradient's epilogue, the normalized input in the weight gradient. A lifting layer's
+    (GER-UNet's input layer) is the forward with the statistics only. The forward's result is the
+    output with each output field's mean and variance; expected results are cuDNN's on the
+    normalized input ``z``, computed in float32 and rounded to ``dtype``, with x on the bfloat16
+    grid."""
+    from ger_kernels.triton import group_conv
+
+    c_in, s_in, c_out, k = shape.in_fields, shape.in_orientations, shape.out_fields, shape.kernel_size
+    conv = (shape.stride, shape.padding, shape.dilation)
+    lifting = s_in == 1
+    x = torch.randn(shape.batch, c_in * s_in, shape.height, shape.width, device=device).bfloat16().to(dtype)
+    x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(c_out, c_in, s_in, k, k, device=device, dtype=dtype) / (c_in * s_in * k * k) ** 0.5
+    norm = None if lifting else norm_rows(c_in, device)
+    if norm is None:
+        z = x
+    else:
+        mean, scale, shift = (row.repeat_interleave(s_in)[:, None, None] for row in norm)
+        z_float = (x.float() - mean) * scale + shift
+        z = z_float.relu().to(dtype)
+    expanded = reference.expand_filter(w, P4M)
+    out = F.conv2d(z, expanded, None, *conv)
+    fields = out.float().unflatten(1, (c_out, P4M.order))
+    var, mean_out = torch.var_mean(fields, dim=(0, 2, 3, 4), correction=0)
+
+    def forward():
+        output, partials = group_conv.forward(x, w, None, *conv, P4M.order, False, norm, norm is not None, True)
+        count, field_mean, m2 = group_conv.statistics_of_fields(partials, P4M.order)
+        return output, field_mean, m2 / count
+
+    steps = {"forward": (forward, None, (out, mean_out, var))}
+    if lifting:
+        return steps
+    dy = torch.randn_like(out)
+    dz, dexpanded = torch.ops.aten.convolution_backward(dy, z, expanded, None, [shape.stride] * 2,
+                                                        [shape.padding] * 2, [shape.dilation] * 2, False, [0, 0], 1,
+                                                        [True, True, False])[:2]
+    fold = torch.func.vjp(lambda v: reference.expand_filter(v, P4M), w.float())[1]
+    steps["input_grad"] = (lambda: group_conv.input_grad(dy, w, list(x.shape), True, *conv, P4M.order,
+                                                         relu_of=(x, norm)),
+                           None, dz * (z_float > 0))
+    steps["weight_grad"] = (lambda: group_conv.weight_grad(dy, x, k, s_in, *conv, P4M.order, norm, True), None,
+                            fold(dexpanded.float())[0])
+    return steps
+
+
+def norm_candidates(family: str, configs: list[tuning.Config], rows: list[dict],
+                    shipped: str | None) -> list[tuning.Config]:
+    """The configs of ``family`` whose kernel with a batch norm fused is timed: the shipped table's
+    for the fused problem class (``shipped``), then the ``FUSED_CANDIDATES`` fastest correct of
+    the plain ``rows`` (this layer and pass), none that spills fused (``tuning.FUSED_SPILLS``)."""
+    by_name = {c.name: c for c in configs}
+    spilling = tuning.FUSED_SPILLS[family]
+    fastest = [r["config"] for r in sorted((r for r in rows if r["ok"]), key=lambda r: r["ms"])]
+    names = ([shipped] if shipped in by_name else []) + [n for n in fastest if n not in spilling][:FUSED_CANDIDATES]
+    return [by_name[n] for n in dict.fromkeys(names) if n not in spilling]
 
 
 def rounds(configs: list[tuning.Config], previous: str | None) -> tuple[list[tuning.Config], list[tuning.Config]]:
@@ -261,7 +352,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Triton config sweep: {report['machine']}", "",
              f"{report['date']}, budget {report['budget_s']} s, "
              + ("complete" if report["complete"] else "STOPPED at the budget: layers or configs missing"), "",
-             "Best correct config per layer and pass (x cuDNN > 1: faster than cuDNN on W~):", "",
+             "Best correct config per layer and pass (x cuDNN > 1: faster than cuDNN on W~; a pass `+bn` is the "
+             "kernel with a batch norm fused, against cuDNN's plain convolution):", "",
              "| layer | dtype | pass | best config | ms | cuDNN ms | x cuDNN | TFLOP/s | cuDNN TFLOP/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['layer']} | {r['dtype']} | {r['pass']} | {r['config']} | {r['ms']:.3f} | {r['cudnn_ms']:.3f} | "
@@ -342,11 +434,11 @@ def main(argv=None) -> int:
     layers = QUICK_LAYERS if args.quick else LAYERS
     measured_paths = {}  # (dtype, layer index) -> measure_paths
 
-    def order(row: dict) -> tuple:  # the report lists rows by dtype, layer, pass and config list
-        family, kind = row["pass"], tuning.dtype_class(getattr(torch, row["dtype"]))
+    def order(row: dict) -> tuple:  # the report lists rows by dtype, layer, pass (plain first) and config list
+        family, kind = row["pass"].split("+")[0], tuning.dtype_class(getattr(torch, row["dtype"]))
         names = [c.name for c in tuning.CONFIGS[kind][family]]
         return (args.dtypes.index(row["dtype"]), [label(shape) for shape in layers].index(row["layer"]),
-                PASSES.index(family), names.index(row["config"]))
+                PASSES.index(family), row["pass"] != family, names.index(row["config"]))
 
     for name in args.dtypes:
         dtype = getattr(torch, name)
@@ -361,7 +453,8 @@ def main(argv=None) -> int:
             print(f"precompiled {name}: {runs} runs in {args.precompile} processes, "
                   f"{time.monotonic() - started:.0f} s", flush=True)
         steps, cudnn_ms = {}, {}
-        for round_index in (0, 1):
+        for round_index in (0, 1, 2):  # round 2: the kernels with a batch norm fused, at the fastest configs
+            with_norm = round_index == 2
             for index, shape in enumerate(layers):
                 if time.monotonic() > deadline:
                     complete = False
@@ -369,15 +462,23 @@ def main(argv=None) -> int:
                 problem = _problem(shape, dtype)
                 if round_index == 0:
                     steps[index] = layer_steps(shape, dtype, device, fused_passes("triton"))
+                elif with_norm:
+                    steps[index] = norm_steps(shape, dtype, device)
                 for family, step in steps[index].items():
                     configs = configs_of[family]
                     key = group_conv.problem_class(family, dtype, problem.input_shape, problem.weight_shape,
                                                    problem.stride, problem.padding, problem.dilation, problem.order)
-                    entry = tuning.entry(family, kind, key)
-                    todo = rounds(configs, defaults.get(entry, {}).get("config"))[round_index]
+                    entry = tuning.entry(family, kind, key + ((tuning.FUSED_TAG,) if with_norm else ()))
+                    shipped = defaults.get(entry, {}).get("config")
+                    if with_norm:  # cuDNN was timed in round 0, which reached this layer before the deadline
+                        todo = norm_candidates(family, configs, [r for r in report["rows"] if (
+                            r["dtype"], r["layer"], r["pass"]) == (name, label(shape), family)], shipped)
+                    else:
+                        todo = rounds(configs, shipped)[round_index]
                     if (index, family) not in cudnn_ms:
                         cudnn_ms[index, family] = time_ms(step[1], device)
-                    rows = sweep_pass(shape, dtype, family, step, todo, device, deadline, cudnn_ms[index, family])
+                    rows = sweep_pass(shape, dtype, family, step, todo, device, deadline, cudnn_ms[index, family],
+                                      with_norm)
                     complete &= len(rows) == len(todo)
                     for row in rows:
                         row["entry"] = entry
@@ -391,6 +492,8 @@ def main(argv=None) -> int:
                                    for row in path_rows(layers[i], getattr(torch, dtype_name), measured,
                                                         [r for r in report["rows"] if r["dtype"] == dtype_name
                                                          and r["layer"] == label(layers[i])])]
+                if with_norm:
+                    del steps[index]
                 write(report, args.out)
         steps.clear()  # the next dtype's maps replace these
     report["complete"] = complete

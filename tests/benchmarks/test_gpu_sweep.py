@@ -39,9 +39,21 @@ def test_quick_sweep_in_the_interpreter_writes_the_default_table(tmp_path, monke
                            "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "sweep.json").read_text())
     assert report["complete"] and report["arch"] == "cpu"
-    assert [(r["layer"], r["pass"], r["config"]) for r in report["rows"]] == [
+    plain = [r for r in report["rows"] if "+" not in r["pass"]]
+    assert [(r["layer"], r["pass"], r["config"]) for r in plain] == [
         (gpu_sweep.label(shape), family, config.name) for shape in gpu_sweep.QUICK_LAYERS
         for family in PASSES for config in CONFIGS["float32"][family][:2]]
+    # the third round: the kernels with a batch norm fused, at the fastest plain configs; of the lifting
+    # layer only the forward (GER-UNet's input layer writes its output's statistics, its input is the image)
+    fused = [r for r in report["rows"] if "+" in r["pass"]]
+    lifting, group = (gpu_sweep.label(shape) for shape in gpu_sweep.QUICK_LAYERS)
+    assert list(dict.fromkeys((r["layer"], r["pass"]) for r in fused)) == [(lifting, "forward+bn")] + [
+        (group, f"{family}+bn") for family in PASSES]
+    for row in fused:
+        family = row["pass"].split("+")[0]
+        same = sorted((r for r in plain if (r["layer"], r["pass"]) == (row["layer"], family)), key=lambda r: r["ms"])
+        assert row["config"] in [r["config"] for r in same[:gpu_sweep.FUSED_CANDIDATES]]
+        assert row["entry"] == f"{same[0]['entry']}|bn"
     assert all(r["ok"] and r["rel_diff"] < 1e-5 for r in report["rows"])
     assert "| best config |" in (tmp_path / "sweep.md").read_text()
 
@@ -53,6 +65,8 @@ def test_quick_sweep_in_the_interpreter_writes_the_default_table(tmp_path, monke
     for shape in gpu_sweep.QUICK_LAYERS:
         for step in gpu_sweep.layer_steps(shape, torch.float32, torch.device("cpu"),
                                            gpu_sweep.fused_passes("triton")).values():
+            step[0]()
+        for step in gpu_sweep.norm_steps(shape, torch.float32, torch.device("cpu")).values():
             step[0]()
     entries = tuning.read_defaults("cpu", tmp_path)
     assert sorted(entries) == sorted(recorder.entries)
@@ -111,6 +125,53 @@ def test_wrong_and_failing_configs_are_recorded_never_chosen(monkeypatch):
     assert tuning.FORCE_ENV not in os.environ
 
 
+def test_norm_steps_check_the_fused_batch_norm(interpreter):
+    """The fused steps' expected results are cuDNN's on the normalized input: the plain kernels (no
+    batch norm on load, no ReLU mask) are WRONG against them, the fused ones right, at both dtypes the
+    sweep runs (float32 in the interpreter: the norm rows keep the mask exact in float32)."""
+    shape = gpu_sweep.QUICK_LAYERS[1]
+    cpu = torch.device("cpu")
+    steps = gpu_sweep.norm_steps(shape, torch.float32, cpu)
+    assert set(steps) == set(PASSES)
+    assert set(gpu_sweep.norm_steps(gpu_sweep.QUICK_LAYERS[0], torch.float32, cpu)) == {"forward"}
+    plain = gpu_sweep.layer_steps(shape, torch.float32, cpu, gpu_sweep.fused_passes("triton"))
+    for family, (step, cudnn, expected) in steps.items():
+        assert cudnn is None
+        assert gpu_sweep.rel_diff(step(), expected) < 1e-5
+        result = plain[family][0]()
+        wrong = (result, *expected[1:]) if family == "forward" else result
+        assert gpu_sweep.rel_diff(wrong, expected) > gpu_sweep.TOLERANCE["half"]
+
+
+def test_norm_rows_make_the_relu_mask_exact():
+    """On the bfloat16 grid, z = (x - mean) * scale + shift computed in float32 is z computed in float64
+    where |x| >= 2**-15, and has its sign elsewhere: no rounding order can flip the ReLU's mask."""
+    torch.manual_seed(0)
+    rows = gpu_sweep.norm_rows(64, torch.device("cpu"))
+    assert rows.shape == (3, 64) and rows.dtype == torch.float32
+    x = torch.cat([torch.randn(10000, 64), torch.randn(100, 64) * 2**-20]).bfloat16().float()
+    mean, scale, shift = rows
+    single, double = (x - mean) * scale + shift, (x.double() - mean.double()) * scale.double() + shift.double()
+    large = x.abs() >= 2**-15
+    assert torch.equal(single.double()[large], double[large]) and not large.all()
+    assert torch.equal(single.sign().double(), double.sign())
+    assert (shift != mean * scale).all()
+
+
+def test_norm_candidates_skip_configs_that_spill_fused():
+    configs = CONFIGS["half"]["input_grad"]
+    spilling = sorted(tuning.FUSED_SPILLS["input_grad"])[0]
+    fast = [c.name for c in configs if c.name not in tuning.FUSED_SPILLS["input_grad"]][:3]
+    rows = [{"config": spilling, "ms": 0.5, "ok": True}, {"config": fast[2], "ms": 0.6, "ok": False},
+            {"config": fast[1], "ms": 0.7, "ok": True}, {"config": fast[0], "ms": 0.8, "ok": True}]
+    names = [c.name for c in gpu_sweep.norm_candidates("input_grad", configs, rows, None)]
+    assert names == [fast[1], fast[0]]  # the fastest correct, the spilling and the wrong one left out
+    assert [c.name for c in gpu_sweep.norm_candidates("input_grad", configs, rows, fast[2])] == [fast[2], fast[1],
+                                                                                                 fast[0]]
+    assert [c.name for c in gpu_sweep.norm_candidates("input_grad", configs, rows, fast[1])] == [fast[1], fast[0]]
+    assert [c.name for c in gpu_sweep.norm_candidates("input_grad", configs, rows, spilling)] == [fast[1], fast[0]]
+
+
 def test_budget_stops_before_the_next_config():
     never = Config(1, 1, 1, 1, 1)
     assert gpu_sweep.sweep_pass(gpu_sweep.QUICK_LAYERS[0], torch.float32, "forward",
@@ -134,8 +195,8 @@ def test_variants_select_the_configs_swept(tmp_path, interpreter):
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     expected = {family: next(c.name for c in CONFIGS["float32"][family] if c.variant in ("fields", "channels"))
                 for family in PASSES}
-    assert rows and all(r["config"] == expected[r["pass"]] and r["ok"] for r in rows)
-    assert {r["pass"] for r in rows} == set(PASSES)
+    assert rows and all(r["config"] == expected[r["pass"].split("+")[0]] and r["ok"] for r in rows)
+    assert {r["pass"] for r in rows} == set(PASSES) | {f"{family}+bn" for family in PASSES}
 
 
 def test_rounds_put_the_previous_best_and_one_config_per_variant_first():
@@ -155,7 +216,7 @@ def test_a_sweep_stopped_by_its_budget_has_covered_every_layer_and_pass(tmp_path
     monkeypatch.setattr(gpu_sweep, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     calls = []
 
-    def sweep_pass(shape, dtype, family, steps, configs, device, deadline, cudnn_ms=None):
+    def sweep_pass(shape, dtype, family, steps, configs, device, deadline, cudnn_ms=None, with_norm=False):
         if clock[0] > deadline:
             return []
         calls.append((gpu_sweep.label(shape), family, [c.name for c in configs]))
@@ -197,7 +258,7 @@ def test_precompiled_sweep_gives_the_same_rows(tmp_path, interpreter):
     assert gpu_sweep.main(["--device", "cpu", "--quick", "--dtypes", "float32", "--max-configs", "1",
                            "--precompile", "2", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
-    assert [(r["layer"], r["pass"], r["config"]) for r in rows] == [
+    assert [(r["layer"], r["pass"], r["config"]) for r in rows if "+" not in r["pass"]] == [
         (gpu_sweep.label(shape), family, CONFIGS["float32"][family][0].name) for shape in gpu_sweep.QUICK_LAYERS
         for family in PASSES]
     assert all(r["ok"] for r in rows)
