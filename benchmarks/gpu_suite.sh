@@ -32,7 +32,8 @@
 # cpp 18 s, a bf16 sweep of 105 configs 70 s; the bf16 sweep has 375 rows since 2026-11-30, about 4 min, in
 # two rounds: 60 rows first, the shipped best and the first config of each variant for every layer and pass,
 # so a budget that stops it still covers them all; its kernels are first compiled in SWEEP_PRECOMPILE (12)
-# processes, predicted to cut it to about 2 min; cpp goes before it, so that the CuTe kernels are measured
+# processes, predicted to cut it to about 2 min; a third round of 26 rows times the kernels with a batch norm
+# fused at the fastest plain configs; cpp goes before it, so that the CuTe kernels are measured
 # whatever the sweep leaves); what is left after
 # it can go to a call of `build triton layers` or an fp32 sweep. Everything is written to OUT; the short
 # tables are printed.
