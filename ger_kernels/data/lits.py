@@ -2,8 +2,9 @@
 (0 background, 1 liver, 2 tumor), found anywhere under a folder and paired by N (the official release keeps
 each pair in one folder, some copies keep volumes and segmentations in separate folders). The volume id is
 ``volume-N``. Other NIfTI files under the folder are skipped with a warning naming them. Errors name the
-file: a volume without segmentation or the reverse, two files with one N, a segmentation whose shape differs
-from its volume's, plus :mod:`ger_kernels.data.nifti`'s read errors.
+file: a volume without segmentation or the reverse, two files with one N, a segmentation whose shape or voxel grid
+(voxel sizes, axes, origin) differs from its volume's, plus :mod:`ger_kernels.data.nifti`'s read errors. A
+segmentation stored with other axis directions or order than its volume is first reoriented to the volume's axes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import logging
 import os
 import re
 
+import numpy as np
+
 from ger_kernels.data.cache import file_identity
 from ger_kernels.data.folder import short_listing
-from ger_kernels.data.nifti import NIFTI_SUFFIXES, read_labels, read_volume
+from ger_kernels.data.nifti import NIFTI_SUFFIXES, Volume, read_labels, read_volume
 from ger_kernels.data.preprocess import Case, PreparedSlices, Preprocessing, prepare_volume
 
 __all__ = ["find_lits_pairs", "lits_cases"]
@@ -55,13 +58,27 @@ def find_lits_pairs(root: str) -> dict[int, tuple[str, str]]:
     return {number: (volumes[number], segmentations[number]) for number in sorted(volumes)}
 
 
+def _check_same_grid(volume: Volume, labels: Volume, volume_path: str, segmentation_path: str) -> None:
+    """The segmentation (reoriented to the volume's axes) lies on the volume's voxels: voxel sizes and the affine's
+    axes agree to 1e-3 of a voxel size, origins to half a voxel."""
+    size = np.asarray(volume.spacing)
+    axes = np.abs(labels.affine[:3, :3] - volume.affine[:3, :3]) <= 1e-3 * size
+    shift = np.linalg.solve(volume.affine[:3, :3], labels.affine[:3, 3] - volume.affine[:3, 3])  # in voxels
+    if not (np.allclose(labels.spacing, size, rtol=1e-3, atol=0) and axes.all() and (np.abs(shift) <= 0.5).all()):
+        raise ValueError(f"{segmentation_path}: voxel sizes {np.round(labels.spacing, 4).tolist()} mm and affine "
+                         f"{np.round(labels.affine, 4).tolist()} differ from those of the volume {volume_path}, "
+                         f"{np.round(volume.spacing, 4).tolist()} mm and {np.round(volume.affine, 4).tolist()}; a "
+                         f"segmentation must lie on its volume's voxels")
+
+
 def _prepare_pair(volume_path: str, segmentation_path: str, options: Preprocessing) -> PreparedSlices:
     volume = read_volume(volume_path)
-    labels = read_labels(segmentation_path)
-    if labels.shape != volume.array.shape:
-        raise ValueError(f"{segmentation_path}: segmentation shape {labels.shape} (D, H, W) differs from the "
+    labels = read_labels(segmentation_path, like=volume.affine)
+    if labels.array.shape != volume.array.shape:
+        raise ValueError(f"{segmentation_path}: segmentation shape {labels.array.shape} (D, H, W) differs from the "
                          f"volume's {volume.array.shape} ({volume_path})")
-    return prepare_volume(volume.array, labels, volume.spacing[:2], options, segmentation_path)
+    _check_same_grid(volume, labels, volume_path, segmentation_path)
+    return prepare_volume(volume.array, labels.array, volume.spacing[:2], options, segmentation_path)
 
 
 def lits_cases(root: str) -> list[Case]:

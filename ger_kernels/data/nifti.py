@@ -1,23 +1,28 @@
 """NIfTI volumes as ``(D, H, W)`` arrays, and masks written back in the same space.
 
 Axis convention: ``array[d, h, w] = nifti_data[h, w, d]``. The last NIfTI axis (k) is the slice axis D,
-the first (i) gives the rows H and the second (j) the columns W; nothing is reoriented by the affine
+the first (i) gives the rows H and the second (j) the columns W; a CT volume is not reoriented by its affine
 (GER-UNet is equivariant to quarter turns and mirrors, so the in-plane orientation does not matter), and
-the affine is kept to write results in the input's space. ``spacing = (row_mm, col_mm, slice_mm)`` are the
-header's voxel sizes along i, j, k. CT values are HU after the header's ``scl_slope``/``scl_inter``.
-Files are ``.nii`` or ``.nii.gz``; a trailing axis of length 1 (``(H, W, D, 1)``) is dropped.
-A CT volume with NaN or infinite voxels is refused. Every error names the file.
+the affine is kept to write results in the input's space; labels can be reoriented to their CT's axes.
+``spacing = (row_mm, col_mm, slice_mm)`` are the header's voxel sizes along i, j, k. CT values are HU after
+the header's ``scl_slope``/``scl_inter``. Files are ``.nii`` or ``.nii.gz``; a trailing axis of length 1
+(``(H, W, D, 1)``) is dropped. Refused, before any voxel is read: voxels that are not real numbers (RGB,
+complex), voxel sizes that are not finite and positive, a header claiming more voxel bytes than the file can
+hold. A CT volume with NaN or infinite voxels is refused too. Every error names the file.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import zlib
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 from nibabel.spatialimages import HeaderDataError
 
 from ger_kernels._io import write_atomically
@@ -28,48 +33,86 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 
+_MAX_EXPANSION = {".nii": 1, ".gz": 1032}  # the most bytes of voxels per byte of file; deflate packs 1032 at most
+
 
 @dataclass(frozen=True)
 class Volume:
-    """A CT volume: ``array`` float32 ``(D, H, W)`` in HU, ``affine`` (4, 4) voxel (i, j, k) -> mm,
-    ``spacing`` (row_mm, col_mm, slice_mm)."""
+    """A NIfTI volume: ``array`` ``(D, H, W)`` (float32 HU from :func:`read_volume`, the stored label values from
+    :func:`read_labels`), ``affine`` (4, 4) voxel (i, j, k) -> mm, ``spacing`` (row_mm, col_mm, slice_mm)."""
 
     array: np.ndarray
     affine: np.ndarray
     spacing: tuple[float, float, float]
 
 
-def _read(path: str, as_hu: bool) -> tuple[np.ndarray, nib.spatialimages.SpatialImage]:
-    """``(array (D, H, W), image)``: float32 HU when ``as_hu``, else the stored values (scaled if the header
-    says so)."""
+def _read_error(path: str, error: BaseException) -> ValueError:
+    return ValueError(f"{path}: cannot read as NIfTI ({type(error).__name__}: {error})")
+
+
+def _open(path: str) -> nib.spatialimages.SpatialImage:
+    """The image at ``path``, voxels not read yet; ``ValueError`` unless its header describes a 3-D volume of real
+    numbers with finite, positive voxel sizes that the file can hold."""
     try:
         image = nib.load(path, mmap=False)
-        data = image.get_fdata(dtype=np.float32) if as_hu else np.asanyarray(image.dataobj)
     except _READ_ERRORS as error:
-        raise ValueError(f"{path}: cannot read as NIfTI ({type(error).__name__}: {error})") from error
-    shape = data.shape
-    if data.ndim == 4 and shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
+        raise _read_error(path, error) from error
+    shape, dtype, zooms = image.shape, image.get_data_dtype(), image.header.get_zooms()[:3]
+    if len(shape) != 3 and shape[3:] != (1,):
         raise ValueError(f"{path}: expected a 3-D volume (H, W, D), got shape {shape}")
-    return np.moveaxis(data, -1, 0), image
+    if dtype.kind not in "biuf":
+        raise ValueError(f"{path}: voxels of type {dtype} are not real numbers (RGB or complex data); expected "
+                         f"integer or floating point voxels")
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise ValueError(f"{path}: voxel sizes {tuple(float(z) for z in zooms)} must be finite and positive")
+    claimed, size = image.dataobj.offset + math.prod(shape) * dtype.itemsize, os.path.getsize(path)
+    expansion = next((e for suffix, e in _MAX_EXPANSION.items() if path.endswith(suffix)), None)
+    if expansion is not None and claimed > expansion * size:
+        raise ValueError(f"{path}: cannot read as NIfTI: the header claims {shape} voxels of {dtype} ({claimed} "
+                         f"bytes), more than the {size}-byte file can hold (a truncated file or a damaged header)")
+    return image
+
+
+def _read(path: str, as_hu: bool) -> Volume:
+    """The volume at ``path``: float32 HU when ``as_hu``, else the stored values (scaled if the header says so)."""
+    image = _open(path)
+    try:
+        data = image.get_fdata(dtype=np.float32) if as_hu else np.asanyarray(image.dataobj)
+    except MemoryError as error:
+        raise ValueError(f"{path}: not enough memory to read its {image.shape} voxels") from error
+    except _READ_ERRORS as error:
+        raise _read_error(path, error) from error
+    if data.ndim == 4:
+        data = data[..., 0]
+    return Volume(np.moveaxis(data, -1, 0), np.asarray(image.affine, dtype=np.float64),
+                  tuple(float(z) for z in image.header.get_zooms()[:3]))
 
 
 def read_volume(path: str) -> Volume:
     """The CT volume at ``path``, ``array`` (D, H, W) float32 in HU; ``ValueError`` if a voxel is not finite."""
-    array, image = _read(path, as_hu=True)
+    volume = _read(path, as_hu=True)
+    array = volume.array
     if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):  # NaN propagates to both
         bad = np.argwhere(~np.isfinite(array))
         d, h, w = bad[0]
         raise ValueError(f"{path}: {len(bad)} voxels are NaN or infinite, the first at (i, j, k) = ({h}, {w}, {d}); "
                          f"a CT volume must hold finite values")
-    zooms = image.header.get_zooms()
-    return Volume(array, np.asarray(image.affine, dtype=np.float64), tuple(float(z) for z in zooms[:3]))
+    return volume
 
 
-def read_labels(path: str) -> np.ndarray:
-    """The label volume at ``path``, ``(D, H, W)`` with the stored dtype (raw label values)."""
-    return _read(path, as_hu=False)[0]
+def read_labels(path: str, like: np.ndarray | None = None) -> Volume:
+    """The label volume at ``path``, ``array`` (D, H, W) with the stored dtype (raw label values). With ``like``
+    (the affine of the CT volume they label), the axes are first flipped and permuted to ``like``'s orientation
+    (nibabel's ``io_orientation``), affine and spacing following, so labels stored with another axis order or
+    direction land on the CT's voxels."""
+    labels = _read(path, as_hu=False)
+    if like is None:
+        return labels
+    transform = ornt_transform(io_orientation(labels.affine), io_orientation(like))
+    ijk = np.moveaxis(labels.array, 0, -1)
+    return Volume(np.moveaxis(apply_orientation(ijk, transform), -1, 0),
+                  labels.affine @ inv_ornt_aff(transform, ijk.shape),
+                  tuple(np.asarray(labels.spacing)[np.argsort(transform[:, 0])].tolist()))
 
 
 def write_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> None:

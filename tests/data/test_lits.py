@@ -1,9 +1,10 @@
 import os
 import re
 
+import nibabel as nib
 import numpy as np
 import pytest
-from lits_files import tiny_case, write_lits_case, write_lits_set, write_nifti_file
+from lits_files import SPACING, tiny_case, write_lits_case, write_lits_set, write_nifti_file
 
 from ger_kernels.data.lits import find_lits_pairs, lits_cases
 from ger_kernels.data.preprocess import DEFAULT_LABEL_MAP, DEFAULT_WINDOW, Preprocessing
@@ -105,3 +106,48 @@ def test_a_corrupt_volume_is_an_error_naming_it(tmp_path):
     case, = lits_cases(str(tmp_path))
     with pytest.raises(ValueError, match=re.escape(f"{volume}: cannot read as NIfTI")):
         case.prepare(OPTIONS)
+
+
+def write_segmentation(folder, labels, affine) -> str:
+    """``segmentation-0.nii.gz`` holding ``labels`` stored ``(H, W, D)`` with ``affine``."""
+    path = str(folder / "segmentation-0.nii.gz")
+    nib.Nifti1Image(np.moveaxis(labels, 0, -1), affine).to_filename(path)
+    return path
+
+
+def test_a_segmentation_stored_with_a_flipped_axis_is_reoriented_to_its_volume(tmp_path):
+    hu, labels = tiny_case()
+    write_lits_case(tmp_path / "same", 0, hu, labels)
+    write_lits_case(tmp_path / "flipped", 0, hu, labels)
+    flip = np.diag([-1.0, 1, 1, 1])
+    flip[0, 3] = labels.shape[1] - 1  # stored row r is the volume's row H - 1 - r
+    write_segmentation(tmp_path / "flipped", labels[:, ::-1], np.diag([*SPACING, 1.0]) @ flip)
+    same, flipped = (lits_cases(str(tmp_path / name))[0].prepare(OPTIONS) for name in ("same", "flipped"))
+    np.testing.assert_array_equal(flipped.slice_indices, same.slice_indices)
+    np.testing.assert_array_equal(flipped.masks, same.masks)
+
+
+def turned(angle):
+    """A diagonal affine of ``SPACING`` turned by ``angle`` radians in the (i, j) plane."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]) @ np.diag([*SPACING, 1.0])
+
+
+@pytest.mark.parametrize("affine, fits", [
+    (np.diag([SPACING[0] * 1.0001, *SPACING[1:], 1.0]), True),
+    (np.diag([*SPACING, 1.0]) + np.eye(4, k=3) * 0.4 * SPACING[0], True),  # origin 0.4 voxel away along i
+    (np.diag([SPACING[0] * 1.01, *SPACING[1:], 1.0]), False),
+    (np.diag([*SPACING, 1.0]) + np.eye(4, k=3) * 0.6 * SPACING[0], False),
+    (turned(0.1), False),
+], ids=["size-1e-4", "origin-0.4", "size-1e-2", "origin-0.6", "turned"])
+def test_a_segmentation_off_its_volume_grid_is_an_error_naming_both_files(tmp_path, affine, fits):
+    hu, labels = tiny_case()
+    volume, _ = write_lits_case(tmp_path, 0, hu, labels)
+    segmentation = write_segmentation(tmp_path, labels, affine)
+    case, = lits_cases(str(tmp_path))
+    if fits:
+        np.testing.assert_array_equal(case.prepare(OPTIONS).slice_indices, [1, 2])
+        return
+    with pytest.raises(ValueError, match=re.escape(f"{segmentation}: voxel sizes")) as error:
+        case.prepare(OPTIONS)
+    assert f"differ from those of the volume {volume}" in str(error.value)

@@ -1,3 +1,4 @@
+import gzip
 import os
 import re
 
@@ -49,7 +50,7 @@ def test_non_finite_voxels_are_refused(tmp_path, bad):
 
 def test_labels_keep_their_stored_dtype(tmp_path):
     labels = np.array([[[0, 1], [2, 1]]], np.uint8)
-    labels_back = read_labels(write_nifti_file(tmp_path / "seg.nii.gz", labels))
+    labels_back = read_labels(write_nifti_file(tmp_path / "seg.nii.gz", labels)).array
     assert labels_back.dtype == np.uint8
     np.testing.assert_array_equal(labels_back, labels)
 
@@ -137,3 +138,51 @@ def test_corrupt_files_are_errors_naming_the_file(tmp_path, kind):
 def test_a_missing_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(ValueError, match=r"nothing\.nii\.gz: cannot read as NIfTI"):
         read_volume(str(tmp_path / "nothing.nii.gz"))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_voxel_sizes_must_be_finite_naming_the_file(tmp_path, bad):
+    image = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), np.diag([0.8, 0.7, 2.5, 1.0]))
+    image.header["pixdim"][2] = bad
+    path = str(tmp_path / "ct.nii.gz")
+    image.to_filename(path)
+    for read in (read_volume, read_labels):
+        with pytest.raises(ValueError, match=re.escape(f"{path}: voxel sizes (0.800000011920929, {bad}, 2.5) must be "
+                                                       f"finite and positive")):
+            read(path)
+
+
+@pytest.mark.parametrize("extension", [".nii", ".nii.gz"])
+def test_a_header_claiming_more_voxels_than_the_file_holds_is_refused_unread(tmp_path, extension):
+    data = bytearray(nib.Nifti1Image(np.zeros((16, 16, 4), np.int16), np.eye(4)).to_bytes())
+    data[40:56] = np.array([3, 30000, 30000, 30000, 1, 1, 1, 1], "<i2").tobytes()  # dim[0..7]: 54 TB of int16
+    path = tmp_path / f"lie{extension}"
+    path.write_bytes(gzip.compress(data) if extension == ".nii.gz" else data)
+    for read in (read_volume, read_labels):
+        with pytest.raises(ValueError, match=re.escape(f"{path}: cannot read as NIfTI: the header claims (30000, "
+                                                       f"30000, 30000) voxels of int16 (54000000000352 bytes), more")):
+            read(str(path))
+
+
+@pytest.mark.parametrize("data", [np.zeros((4, 3, 2), [("R", "u1"), ("G", "u1"), ("B", "u1")]),
+                                  np.zeros((4, 3, 2), np.complex64)], ids=["rgb", "complex"])
+def test_voxels_that_are_not_real_numbers_are_refused_naming_the_file(tmp_path, data):
+    path = str(tmp_path / "odd.nii.gz")
+    nib.Nifti1Image(data, np.eye(4)).to_filename(path)
+    for read in (read_volume, read_labels):
+        with pytest.raises(ValueError, match=re.escape(f"{path}: voxels of type {data.dtype} are not real numbers")):
+            read(path)
+
+
+def test_labels_are_reoriented_to_the_axes_of_a_given_affine(tmp_path):
+    labels = np.arange(5 * 6 * 4, dtype=np.uint8).reshape(5, 6, 4)  # (D, H, W) on the CT's axes
+    affine = np.diag([0.8, 0.7, 2.5, 1.0])
+    swap_and_flip = np.array([[0, 1, 0, 0], [-1, 0, 0, 3], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    on_disk = np.moveaxis(labels, 0, -1).transpose(1, 0, 2)[::-1]  # stored voxel (a, b, c) = CT voxel (b, 3 - a, c)
+    path = str(tmp_path / "seg.nii.gz")
+    nib.Nifti1Image(on_disk, affine @ swap_and_flip).to_filename(path)
+    assert read_labels(path).array.shape == (5, 4, 6)
+    back = read_labels(path, like=affine)
+    np.testing.assert_array_equal(back.array, labels)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-6)
+    assert back.spacing == pytest.approx((0.8, 0.7, 2.5))

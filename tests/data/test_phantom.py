@@ -105,7 +105,7 @@ def test_write_phantom_lits_gives_a_lits_folder_of_the_same_data(tmp_path):
     hu, labels, spacing = make_phantom_volume(1, depth=6, size=32)
     volume = read_volume(written[1][0])
     np.testing.assert_allclose(volume.array, hu, atol=0.5)
-    np.testing.assert_array_equal(read_labels(written[1][1]), labels)
+    np.testing.assert_array_equal(read_labels(written[1][1]).array, labels)
     assert volume.spacing == pytest.approx(spacing)
 
 
