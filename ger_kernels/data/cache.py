@@ -5,8 +5,9 @@ the full LiTS at 448 x 448 needs ~9 GB as float16). With one, each volume and pr
 ``<volume_id>-<key>``: ``.images.npy`` (float16 ``(N, 3, S, S)``), ``.masks.npy`` (uint8 ``(N, S, S)``) and
 ``.json`` (slice indices, spacing, number of slices before ``tumor_only``), each written atomically, the
 ``.json`` last: an entry exists when all three files do. ``key`` hashes the cache format, the volume's
-identity (for files: absolute path, size and mtime, so a changed file gets a new entry) and the
-preprocessing (size, window, label map, tumor_only).
+identity (for files: absolute path, size, mtime, inode and ctime, so a changed or replaced file gets a new entry)
+and the preprocessing (size, window, label map, tumor_only). An entry whose ``.json`` or ``.npy`` headers are
+damaged (a crash, a full disk) is written again, with a warning naming it.
 Entries are read back memory-mapped, opened on first use. Stale entries are not deleted: remove the folder
 to reclaim the space.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 
@@ -27,11 +29,14 @@ __all__ = ["file_identity", "cache_key", "load_slices", "DiskSlices"]
 
 _FORMAT_VERSION = 2
 
+_log = logging.getLogger(__name__)
+
 
 def file_identity(path: str) -> list:
-    """``[absolute path, size, mtime_ns]``: changes when the file is replaced or modified."""
+    """``[absolute path, size, mtime_ns, inode, ctime_ns]``: changes when the file is replaced or modified, also by
+    a copy that keeps size and mtime (``cp -p``, ``rsync -a``: the ctime cannot be set back)."""
     stat = os.stat(path)
-    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
 
 
 def cache_key(case: Case, options: Preprocessing) -> str:
@@ -78,28 +83,46 @@ def _save_array(path: str, array: np.ndarray) -> None:
     write_atomically(path, write)
 
 
-def _write_entry(entry: str, slices: PreparedSlices) -> None:
+def _slices(entry: str, meta: dict) -> DiskSlices:
+    spacing = None if meta["spacing"] is None else tuple(float(mm) for mm in meta["spacing"])
+    return DiskSlices(entry, np.asarray(meta["slice_indices"], dtype=np.int64), spacing, int(meta["source_slices"]))
+
+
+def _write_entry(entry: str, slices: PreparedSlices) -> DiskSlices:
     _save_array(entry + ".images.npy", slices.images)
     _save_array(entry + ".masks.npy", slices.masks)
     meta = {"slice_indices": [int(z) for z in slices.slice_indices],
             "spacing": None if slices.spacing is None else list(slices.spacing),
             "source_slices": int(slices.source_slices)}
     write_text_atomically(entry + ".json", json.dumps(meta))
+    return _slices(entry, meta)
 
 
-def _read_entry(entry: str) -> DiskSlices:
-    with open(entry + ".json") as f:
-        meta = json.load(f)
-    spacing = None if meta["spacing"] is None else tuple(meta["spacing"])
-    return DiskSlices(entry, np.asarray(meta["slice_indices"], dtype=np.int64), spacing, meta["source_slices"])
+def _read_entry(entry: str, size: int) -> DiskSlices | None:
+    """The slices of ``entry``; ``None`` when a file is missing, or (with a warning) when the entry is damaged:
+    ``.json`` not the metadata, an ``.npy`` unreadable or not of ``(N, 3, size, size)`` images and ``(N, size,
+    size)`` masks, N the number of slice indices."""
+    try:
+        with open(entry + ".json") as f:
+            slices = _slices(entry, json.load(f))
+        count = len(slices.slice_indices)
+        shapes = tuple(np.load(entry + suffix, mmap_mode="r").shape for suffix in (".images.npy", ".masks.npy"))
+        if shapes != ((count, 3, size, size), (count, size, size)):
+            raise ValueError(f"arrays of shapes {shapes[0]} and {shapes[1]} for {count} slices of {size} x {size}")
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
+        _log.warning("cache entry %s is damaged (%s: %s); rebuilding it", entry, type(error).__name__, error)
+        return None
+    return slices
 
 
 def load_slices(case: Case, options: Preprocessing, cache_dir: str | None) -> PreparedSlices | DiskSlices:
-    """The slices of ``case``: prepared now (no ``cache_dir``), or read from / written to ``cache_dir``."""
+    """The slices of ``case``: prepared now (no ``cache_dir``), or read from / written to ``cache_dir`` (an entry
+    that is incomplete or damaged is written again)."""
     if cache_dir is None:
         return case.prepare(options)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", case.volume_id)
     entry = os.path.join(cache_dir, f"{name}-{cache_key(case, options)}")
-    if not all(os.path.exists(entry + suffix) for suffix in (".images.npy", ".masks.npy", ".json")):
-        _write_entry(entry, case.prepare(options))
-    return _read_entry(entry)
+    slices = _read_entry(entry, options.size)
+    return slices if slices is not None else _write_entry(entry, case.prepare(options))

@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from lits_files import tiny_case, write_lits_case, write_lits_set
+from lits_files import tiny_case, write_lits_case, write_lits_set, write_nifti_file
 
 from ger_kernels.data import lits, open_dataset, phantom
 from ger_kernels.data.cache import DiskSlices
@@ -148,4 +148,43 @@ def test_phantom_volumes_are_cached_too(tmp_path, monkeypatch):
     first = open_dataset("phantom:3", 16, cache_dir=cache)
     monkeypatch.setattr(phantom, "make_phantom_volume", lambda *args: pytest.fail("generated again"))
     for a, b in zip(first, open_dataset("phantom:3", 16, cache_dir=cache)):
+        assert_same(a, b)
+
+
+def test_a_same_size_copy_keeping_the_mtime_invalidates_its_entry(tmp_path, count_reads):
+    paths = write_lits_set(tmp_path / "lits", 2, extension=".nii")
+    source, cache = f"lits:{tmp_path / 'lits'}", str(tmp_path / "cache")
+    open_dataset(source, 16, tumor_only=False, cache_dir=cache)
+    volume, stat = paths[0][0], os.stat(paths[0][0])
+    hu, _ = tiny_case(seed=99)
+    write_nifti_file(tmp_path / "lits" / "copy.nii", hu)  # as rsync -a or cp -p replace it: same size and mtime
+    os.replace(tmp_path / "lits" / "copy.nii", volume)
+    os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (os.stat(volume).st_size, os.stat(volume).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    reads = count_reads()
+    after = open_dataset(source, 16, tumor_only=False, cache_dir=cache)
+    assert reads == [volume]
+    np.testing.assert_allclose(slice_of(after, "volume-0", 0)[1].numpy(), np.clip((hu[0] + 200) / 450, 0, 1),
+                               atol=2.5e-4)
+
+
+@pytest.mark.parametrize("suffix, damage", [
+    (".json", lambda path: path.write_bytes(b"")),
+    (".json", lambda path: path.write_text('{"spacing": null}')),
+    (".images.npy", lambda path: path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])),
+    (".masks.npy", lambda path: path.write_bytes(b"")),
+    (".masks.npy", lambda path: np.save(path, np.zeros((9, 16, 16), np.uint8))),
+], ids=["empty-json", "json-without-keys", "truncated-images", "empty-masks", "masks-of-9-slices"])
+def test_a_damaged_entry_is_rebuilt_with_a_warning_naming_it(tmp_path, count_reads, caplog, suffix, damage):
+    paths = write_lits_set(tmp_path / "lits", 2)
+    source, cache = f"lits:{tmp_path / 'lits'}", tmp_path / "cache"
+    open_dataset(source, 16, cache_dir=str(cache))
+    name = next(n for n in os.listdir(cache) if n.startswith("volume-1-") and n.endswith(suffix))
+    damage(cache / name)
+    reads = count_reads()
+    with caplog.at_level("WARNING", logger="ger_kernels.data.cache"):
+        rebuilt = open_dataset(source, 16, cache_dir=str(cache))
+    assert reads == [paths[1][0]]
+    assert f"cache entry {cache / name.removesuffix(suffix)} is damaged" in caplog.text
+    for a, b in zip(rebuilt, open_dataset(source, 16)):
         assert_same(a, b)
