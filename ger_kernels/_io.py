@@ -1,5 +1,6 @@
-"""Atomic file writes: a temporary file in the target's folder, then ``os.replace``,
-so a crash never leaves a half-written checkpoint, log or report behind."""
+"""Atomic file writes: a temporary file in the target's folder, synced to disk, then ``os.replace`` and a sync
+of the folder (where the platform allows it), so a crash or power cut never leaves a half-written checkpoint,
+log or report behind."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _sync(path: str, flags: int) -> None:
+    """``os.fsync`` of the file or folder ``path``, opened with ``flags``."""
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def _temporary_beside(path: str) -> Iterator[str]:
     folder = os.path.dirname(os.path.abspath(path))
@@ -22,15 +32,19 @@ def _temporary_beside(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        _sync(tmp, os.O_RDWR)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # some platforms cannot open or sync a folder
+            _sync(folder, os.O_RDONLY)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Calls ``write(tmp_path)``, then moves the result to ``path`` in one step."""
+    """Calls ``write(tmp_path)`` (which closes the file it writes), syncs it to disk, then moves it to ``path`` in
+    one step."""
     with _temporary_beside(path) as tmp:
         write(tmp)
 
