@@ -18,8 +18,8 @@ their first frame. Hidden files (``.name``) are skipped; any other file that is 
 and anything nested deeper than one case folder, is skipped with a warning.
 
 Images: grayscale is replicated to 3 channels, colour is used as RGB (alpha dropped, palettes looked up);
-values are scaled to [0, 1] by the bit depth (8-bit / 255, 16-bit / 65535, float images clipped). The HU
-window does not apply.
+values are scaled to [0, 1] by the bit depth (8-bit / 255, 16-bit / 65535, float images clipped); a signed or
+32-bit integer image with values outside 0..65535 is an error (convert it first). The HU window does not apply.
 
 Masks, without a label map: a pixel is tumor when its value is nonzero, for grayscale; when its colour is
 not black, for RGB and palette images (through the palette, so palette index 0 need not be black). JPEG is
@@ -68,7 +68,11 @@ def read_image(path: str) -> np.ndarray:
     """The image at ``path`` as float32 ``(3, H, W)`` in [0, 1]."""
     image = _open(path)
     if image.mode in _SIXTEEN_BIT_MODES:
-        pixels = np.asarray(image, dtype=np.float32) / 65535
+        pixels = np.asarray(image)
+        if pixels.min() < 0 or pixels.max() > 65535:  # mode "I" holds signed 32-bit values
+            raise ValueError(f"{path}: pixel values {pixels.min()}..{pixels.max()} lie outside 0..65535; signed or "
+                             f"32-bit integer images need converting to 8 or 16 bits (e.g. windowing) first")
+        pixels = pixels.astype(np.float32) / 65535
     elif image.mode == "F":
         pixels = np.asarray(image, dtype=np.float32)
     elif image.mode in ("1", "L", "LA", "La"):

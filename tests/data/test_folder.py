@@ -285,3 +285,16 @@ def test_files_that_are_not_images_are_skipped_with_a_warning(tmp_path, caplog):
     assert (f"{images}: skipped 2 entries that are not png/tif/tiff/jpg/jpeg/gif images (or lie deeper than one "
             f"case folder): {images / 'deep' / 'er'}, {images / 'notes.txt'}") in caplog.text
     assert ".DS_Store" not in caplog.text
+
+
+@pytest.mark.parametrize("pixels", [np.arange(-1000, 920, 10, dtype=np.int16).reshape(8, 24),
+                                    np.arange(0, 19_200_000, 100_000, dtype=np.int32).reshape(8, 24)],
+                         ids=["signed-16-bit", "32-bit"])
+def test_integer_images_beyond_16_bits_are_an_error_naming_the_file(tmp_path, pixels):
+    path = save(str(tmp_path / "ct.tif"), Image.fromarray(pixels))
+    assert Image.open(path).mode == "I"
+    with pytest.raises(ValueError, match=re.escape(f"{path}: pixel values {pixels.min()}..{pixels.max()} lie outside "
+                                                   f"0..65535; signed or 32-bit integer images need converting")):
+        read_image(path)
+    in_range = save(str(tmp_path / "ok.tif"), Image.fromarray(np.clip(pixels, 0, 65535).astype(np.int32)))
+    np.testing.assert_allclose(read_image(in_range)[0], np.clip(pixels, 0, 65535) / 65535, atol=1e-6)
