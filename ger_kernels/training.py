@@ -221,6 +221,12 @@ def _load_error(path: str, error: Exception) -> str:
     return f"checkpoint {path} is corrupt or not a torch file ({': '.join([type(error).__name__] + detail[:1])})"
 
 
+def _is_state_dict(weights) -> bool:
+    """``weights`` is a ``{name: tensor}`` dict, as ``Module.state_dict()`` gives."""
+    return isinstance(weights, dict) and all(isinstance(name, str) and isinstance(tensor, torch.Tensor)
+                                             for name, tensor in weights.items())
+
+
 def load_checkpoint(path: str) -> dict:
     """A checkpoint written by ``train``, loaded with ``weights_only=True`` (tensors and plain data
     only); ``ValueError`` for a corrupt, foreign or unsafe file, which is never executed."""
@@ -230,8 +236,12 @@ def load_checkpoint(path: str) -> dict:
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as error:
         raise ValueError(_load_error(path, error)) from None
     if not isinstance(payload, dict) or not {"config", "model", "epoch"} <= payload.keys():
-        raise ValueError(f"checkpoint {path} was not written by ger_kernels training (no config/model/epoch)")
-    return payload
+        problem = "no config/model/epoch"
+    elif not _is_state_dict(payload["model"]):
+        problem = "its model is not a dict of named tensors"
+    else:
+        return payload
+    raise ValueError(f"checkpoint {path} was not written by ger_kernels training ({problem})")
 
 
 def _config_of(payload: dict, path: str) -> TrainConfig:

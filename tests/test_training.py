@@ -279,6 +279,17 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(str(foreign))
 
 
+@pytest.mark.parametrize("weights", [torch.zeros(3), [1, 2], {"conv.weight": 1.0}, {0: torch.zeros(3)}],
+                         ids=["tensor", "list", "dict-of-float", "int-keys"])
+def test_a_checkpoint_whose_model_is_not_named_tensors_is_an_error_naming_it(tmp_path, weights):
+    path = str(tmp_path / "odd.pt")
+    save_checkpoint(path, {"config": config(tmp_path).to_dict(), "model": weights, "epoch": 1})
+    for load in (load_checkpoint, model_from_checkpoint):
+        with pytest.raises(ValueError, match=f"checkpoint {path} was not written by ger_kernels training \\(its "
+                                             f"model is not a dict of named tensors\\)"):
+            load(path)
+
+
 def test_validation_needs_two_volumes(tmp_path):
     data = TinySlices(4)
     with pytest.raises(ValueError, match="the training split has 1 volume"):
