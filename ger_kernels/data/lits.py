@@ -3,8 +3,10 @@
 each pair in one folder, some copies keep volumes and segmentations in separate folders). The volume id is
 ``volume-N``. Other NIfTI files under the folder are skipped with a warning naming them. Errors name the
 file: a volume without segmentation or the reverse, two files with one N, a segmentation whose shape or voxel grid
-(voxel sizes, axes, origin) differs from its volume's, plus :mod:`ger_kernels.data.nifti`'s read errors. A
-segmentation stored with other axis directions or order than its volume is first reoriented to the volume's axes.
+(voxel sizes, axis directions, origin: its affine) differs from its volume's, plus :mod:`ger_kernels.data.nifti`'s
+read errors. A segmentation stored flipped or transposed against its volume is an error, not reoriented: its
+header, not its voxels, may be what is wrong, and labels guessed onto the wrong voxels would train and score
+silently.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ def find_lits_pairs(root: str) -> dict[int, tuple[str, str]]:
 
 
 def _check_same_grid(volume: Volume, labels: Volume, volume_path: str, segmentation_path: str) -> None:
-    """The segmentation (reoriented to the volume's axes) lies on the volume's voxels: voxel sizes and the affine's
-    axes agree to 1e-3 of a voxel size, origins to half a voxel."""
+    """The segmentation lies on the volume's voxels: voxel sizes and the affine's axes agree to 1e-3 of a voxel
+    size, origins to half a voxel."""
     size = np.asarray(volume.spacing)
     axes = np.abs(labels.affine[:3, :3] - volume.affine[:3, :3]) <= 1e-3 * size
     shift = np.linalg.solve(volume.affine[:3, :3], labels.affine[:3, 3] - volume.affine[:3, 3])  # in voxels
@@ -73,7 +75,7 @@ def _check_same_grid(volume: Volume, labels: Volume, volume_path: str, segmentat
 
 def _prepare_pair(volume_path: str, segmentation_path: str, options: Preprocessing) -> PreparedSlices:
     volume = read_volume(volume_path)
-    labels = read_labels(segmentation_path, like=volume.affine)
+    labels = read_labels(segmentation_path)
     if labels.array.shape != volume.array.shape:
         raise ValueError(f"{segmentation_path}: segmentation shape {labels.array.shape} (D, H, W) differs from the "
                          f"volume's {volume.array.shape} ({volume_path})")

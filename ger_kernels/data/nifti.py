@@ -3,7 +3,7 @@
 Axis convention: ``array[d, h, w] = nifti_data[h, w, d]``. The last NIfTI axis (k) is the slice axis D,
 the first (i) gives the rows H and the second (j) the columns W; a CT volume is not reoriented by its affine
 (GER-UNet is equivariant to quarter turns and mirrors, so the in-plane orientation does not matter), and
-the affine is kept to write results in the input's space; labels can be reoriented to their CT's axes.
+the affine is kept to write results in the input's space.
 ``spacing = (row_mm, col_mm, slice_mm)`` are the header's voxel sizes along i, j, k. CT values are HU after
 the header's ``scl_slope``/``scl_inter``. Files are ``.nii`` or ``.nii.gz``; a trailing axis of length 1
 (``(H, W, D, 1)``) is dropped. Refused, before any voxel is read: voxels that are not real numbers (RGB,
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
-from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 from nibabel.spatialimages import HeaderDataError
 
 from ger_kernels._io import write_atomically
@@ -100,19 +99,9 @@ def read_volume(path: str) -> Volume:
     return volume
 
 
-def read_labels(path: str, like: np.ndarray | None = None) -> Volume:
-    """The label volume at ``path``, ``array`` (D, H, W) with the stored dtype (raw label values). With ``like``
-    (the affine of the CT volume they label), the axes are first flipped and permuted to ``like``'s orientation
-    (nibabel's ``io_orientation``), affine and spacing following, so labels stored with another axis order or
-    direction land on the CT's voxels."""
-    labels = _read(path, as_hu=False)
-    if like is None:
-        return labels
-    transform = ornt_transform(io_orientation(labels.affine), io_orientation(like))
-    ijk = np.moveaxis(labels.array, 0, -1)
-    return Volume(np.moveaxis(apply_orientation(ijk, transform), -1, 0),
-                  labels.affine @ inv_ornt_aff(transform, ijk.shape),
-                  tuple(np.asarray(labels.spacing)[np.argsort(transform[:, 0])].tolist()))
+def read_labels(path: str) -> Volume:
+    """The label volume at ``path``, ``array`` (D, H, W) with the stored dtype (raw label values)."""
+    return _read(path, as_hu=False)
 
 
 def write_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> None:

@@ -115,16 +115,18 @@ def write_segmentation(folder, labels, affine) -> str:
     return path
 
 
-def test_a_segmentation_stored_with_a_flipped_axis_is_reoriented_to_its_volume(tmp_path):
+def test_a_segmentation_stored_with_a_flipped_axis_is_an_error_naming_both_files(tmp_path):
+    """Its affine says the rows are stored flipped: the labels are not guessed onto the volume's rows (the header
+    may be what is wrong), the pair is refused."""
     hu, labels = tiny_case()
-    write_lits_case(tmp_path / "same", 0, hu, labels)
-    write_lits_case(tmp_path / "flipped", 0, hu, labels)
+    volume, _ = write_lits_case(tmp_path, 0, hu, labels)
     flip = np.diag([-1.0, 1, 1, 1])
     flip[0, 3] = labels.shape[1] - 1  # stored row r is the volume's row H - 1 - r
-    write_segmentation(tmp_path / "flipped", labels[:, ::-1], np.diag([*SPACING, 1.0]) @ flip)
-    same, flipped = (lits_cases(str(tmp_path / name))[0].prepare(OPTIONS) for name in ("same", "flipped"))
-    np.testing.assert_array_equal(flipped.slice_indices, same.slice_indices)
-    np.testing.assert_array_equal(flipped.masks, same.masks)
+    segmentation = write_segmentation(tmp_path, labels[:, ::-1], np.diag([*SPACING, 1.0]) @ flip)
+    case, = lits_cases(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(segmentation) + ".*differ from those of the volume "
+                       + re.escape(str(volume))):
+        case.prepare(OPTIONS)
 
 
 def turned(angle):

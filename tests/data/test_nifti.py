@@ -172,17 +172,3 @@ def test_voxels_that_are_not_real_numbers_are_refused_naming_the_file(tmp_path, 
     for read in (read_volume, read_labels):
         with pytest.raises(ValueError, match=re.escape(f"{path}: voxels of type {data.dtype} are not real numbers")):
             read(path)
-
-
-def test_labels_are_reoriented_to_the_axes_of_a_given_affine(tmp_path):
-    labels = np.arange(5 * 6 * 4, dtype=np.uint8).reshape(5, 6, 4)  # (D, H, W) on the CT's axes
-    affine = np.diag([0.8, 0.7, 2.5, 1.0])
-    swap_and_flip = np.array([[0, 1, 0, 0], [-1, 0, 0, 3], [0, 0, 1, 0], [0, 0, 0, 1.0]])
-    on_disk = np.moveaxis(labels, 0, -1).transpose(1, 0, 2)[::-1]  # stored voxel (a, b, c) = CT voxel (b, 3 - a, c)
-    path = str(tmp_path / "seg.nii.gz")
-    nib.Nifti1Image(on_disk, affine @ swap_and_flip).to_filename(path)
-    assert read_labels(path).array.shape == (5, 4, 6)
-    back = read_labels(path, like=affine)
-    np.testing.assert_array_equal(back.array, labels)
-    np.testing.assert_allclose(back.affine, affine, atol=1e-6)
-    assert back.spacing == pytest.approx((0.8, 0.7, 2.5))
