@@ -210,7 +210,8 @@ def _input_grad(grad, x, y, mean, a, b, c, order: int, residual_grad: bool) -> l
     g5 = _masked_grad5(grad, y, order, dtype)
     centered = x.unflatten(1, (-1, order)).to(dtype) - _field_view(mean)
     dx = g5 * _field_view(a) + centered * _field_view(b) + _field_view(c)
-    outputs = [dx] + ([g5] if residual_grad else [])
+    # without the ReLU's mask g5 may be a view of grad, and an op's outputs may not alias its inputs
+    outputs = [dx] + ([g5.to(x.dtype, copy=y is None)] if residual_grad else [])
     return [_like(t.to(x.dtype).flatten(1, 2), x) for t in outputs]
 
 

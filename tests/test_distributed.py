@@ -126,12 +126,12 @@ def _sync_batch_norm_task(rank, folder):
     os.environ["TRITON_INTERPRET"] = "1"  # then float32 runs the stages' Triton kernels, interpreted
     if triton_backend.status("cpu")[0]:
         cases.append((torch.float32, 0.1))
-    for dtype, momentum in cases:
+    for (dtype, momentum), relu in itertools.product(cases, (True, False)):
         os.environ["TRITON_INTERPRET"] = "1" if dtype == torch.float32 else "0"
         x = (torch.randn(6, 3 * 8, 5, 5, dtype=torch.float64) * 3 + 1).to(dtype)
         assert gbn._on_triton(x) == (dtype == torch.float32)
         residual, grad = torch.randn_like(x), torch.randn_like(x)
-        reference = GroupBatchNorm2d(3, relu=True, momentum=momentum).to(dtype)
+        reference = GroupBatchNorm2d(3, relu=relu, momentum=momentum).to(dtype)
         with torch.no_grad():
             reference.weight.uniform_(0.5, 1.5)
             reference.bias.uniform_(-0.5, 0.5)

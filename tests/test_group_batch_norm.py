@@ -38,7 +38,7 @@ def step(x, residual, grad, fused, ref):
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("residual,relu", [(False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("residual,relu", [(False, False), (False, True), (True, False), (True, True)])
 def test_training_steps_match_batchnorm3d(momentum, affine, residual, relu):
     fields = 3
     bn, ref = reference(fields, relu=relu, momentum=momentum, affine=affine)
@@ -152,6 +152,30 @@ def test_stages_compose_to_batchnorm3d_over_two_shards(channels_last):
     assert max_rel_err(sums[1] * invstd, bn.weight.grad) < 1e-13 and max_rel_err(sums[0], bn.bias.grad) < 1e-13
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_staged_backward_of_a_residual_without_relu(dtype):
+    """Without the ReLU the residual's gradient is the output's, in a tensor of its own (a custom op's
+    outputs may not alias its inputs), also where grad is already in the accumulation dtype."""
+    fields = 3
+    x = torch.randn(4, fields * ORDER, 5, 6, dtype=torch.float64) * 2 + 7
+    grad = torch.randn_like(x)
+    weight = torch.randn(fields, dtype=torch.float64)
+    bn, ref = reference(fields)
+    with torch.no_grad():
+        bn.weight.copy_(weight)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, torch.randn_like(x))]
+    ref(*leaves).backward(grad)
+    count, mean, m2 = gbn.statistics(x.to(dtype), ORDER)
+    grad = grad.to(dtype)
+    dx, dweight, dbias, dresidual = gbn.staged_backward(grad, x.to(dtype), None, mean,
+                                                        torch.rsqrt(m2 / count + bn.eps), weight.to(dtype), ORDER,
+                                                        True, True, True, True, True)
+    bound = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.equal(dresidual, grad) and dresidual.data_ptr() != grad.data_ptr()
+    assert max_rel_err(dx, leaves[0].grad) < bound
+    assert max_rel_err(dweight, bn.weight.grad) < bound and max_rel_err(dbias, bn.bias.grad) < bound
+
+
 def test_variance_of_a_large_mean_small_spread_map_in_float32():
     """A float32 sum of squares minus the squared sum would lose every digit here."""
     x = (1000 + 0.01 * torch.randn(2, 2 * ORDER, 16, 16, dtype=torch.float64)).float()
@@ -184,6 +208,7 @@ def test_ops_pass_opcheck():
         (gbn.normalize, (x, vec, vec, vec, y, ORDER, True)),
         (gbn.grad_sums, (y, x, x, vec, ORDER)),
         (gbn.input_grad, (y, x, x, vec, vec, vec, vec, ORDER, True)),
+        (gbn.input_grad, (y, x, None, vec, vec, vec, vec, ORDER, True)),  # the residual's gradient is grad's copy
         # batch statistics, residual and ReLU, all differentiable
         (gbn._group_batch_norm, (x.clone().requires_grad_(), vec.clone().requires_grad_(),
                                  vec.clone().requires_grad_(), y.clone().requires_grad_(), None, None, None, True,
