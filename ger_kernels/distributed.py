@@ -6,7 +6,8 @@ or several CPU processes).
   the CPU, with a timeout (``TIMEOUT``) after which a collective that some rank never joins
   fails instead of waiting forever. Without ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing
   is set up and training runs in one process as before.
-- ``data_parallel``: the model in ``DistributedDataParallel``, its batch norms synchronized.
+- ``data_parallel``: the model in ``DistributedDataParallel``, its batch norms synchronized
+  (``synchronize_batch_norms``).
 - ``CaseShardSampler``: each process's share of the training slices, whole cases only,
   reshuffled per epoch from (seed, epoch), the same number of batches on every process.
 - ``SyncGroupBatchNorm2d`` / ``convert_sync_group_batchnorm``: group batch norm with batch
@@ -36,8 +37,8 @@ from ger_kernels._validation import check_int
 from ger_kernels.nn.norm import GroupBatchNorm2d
 
 __all__ = ["Processes", "SINGLE", "TIMEOUT", "world_size_of_environment", "environment", "local_device",
-           "process_group", "data_parallel", "all_reduce_sum", "barrier", "CaseShardSampler", "SyncGroupBatchNorm2d",
-           "convert_sync_group_batchnorm"]
+           "process_group", "synchronize_batch_norms", "data_parallel", "all_reduce_sum", "barrier", "CaseShardSampler",
+           "SyncGroupBatchNorm2d", "convert_sync_group_batchnorm"]
 
 # How long a collective waits for every rank. Training never keeps a rank waiting for long (validation
 # is sharded, rank 0 saves in seconds), so a longer wait means a rank is stuck or gone; torchrun also
@@ -136,16 +137,28 @@ def process_group(device: torch.device) -> Iterator[Processes]:
         dist.destroy_process_group()
 
 
+def synchronize_batch_norms(module: nn.Module, device_type: str) -> nn.Module:
+    """``module`` with its batch norms synchronized over the processes for ``device_type``: every
+    ``GroupBatchNorm2d`` a ``SyncGroupBatchNorm2d`` (``convert_sync_group_batchnorm``); on CUDA every
+    other ``BatchNorm`` an ``nn.SyncBatchNorm``, which has no CPU kernels, so R-UNet's ``BatchNorm2d``
+    stays per process on the CPU. The state dict is unchanged."""
+    if isinstance(module, GroupBatchNorm2d):  # a BatchNorm3d, which nn.SyncBatchNorm would replace by a plain one
+        return convert_sync_group_batchnorm(module)
+    if device_type == "cuda" and isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        module.add_module(name, synchronize_batch_norms(child, device_type))
+    return module
+
+
 def data_parallel(model: nn.Module, device: torch.device, processes: Processes) -> nn.Module:
     """``model`` itself for a single process; else ``model`` with synchronized batch norms
-    (``SyncGroupBatchNorm2d``; on CUDA also ``nn.SyncBatchNorm``, which has no CPU kernels, so
-    R-UNet's ``BatchNorm2d`` stays per process on the CPU, with rank 0's running statistics
-    broadcast at every step) wrapped in ``DistributedDataParallel``. ``model`` keeps its state dict."""
+    (``synchronize_batch_norms``; on the CPU R-UNet's ``BatchNorm2d`` stay per process, with rank
+    0's running statistics broadcast at every step) wrapped in ``DistributedDataParallel``.
+    ``model`` keeps its state dict."""
     if not processes.distributed:
         return model
-    model = convert_sync_group_batchnorm(model)
-    if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = synchronize_batch_norms(model, device.type)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -14,13 +14,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
 from ger_kernels import cli, distributed, training
 from ger_kernels._io import write_text_atomically
 from ger_kernels import group_batch_norm as gbn
 from ger_kernels import triton as triton_backend
 from ger_kernels.distributed import CaseShardSampler, SyncGroupBatchNorm2d, convert_sync_group_batchnorm
-from ger_kernels.models import GERUNet
+from ger_kernels.models import GERUNet, RUNet
 from ger_kernels.nn import GroupBatchNorm2d
 from helpers import TinySlices
 
@@ -117,6 +118,29 @@ def test_conversion_keeps_the_state_dict_and_single_process_behaviour():
     # no process group: the layers compute what GroupBatchNorm2d computes, in both modes
     torch.testing.assert_close(converted(x), reference(x), rtol=0, atol=0)
     torch.testing.assert_close(converted.state_dict(), reference.state_dict(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device_type", ["cuda", "cpu"])
+def test_batch_norms_are_synchronized_for_the_device(device_type):
+    """Every group batch norm becomes a SyncGroupBatchNorm2d with its ReLU flag and state, on CUDA too,
+    where the other batch norms (R-UNet's BatchNorm2d) become nn.SyncBatchNorm; on the CPU those stay."""
+    torch.manual_seed(0)
+    ger, r_unet = GERUNet(widths=(2, 3, 4, 5)), RUNet(widths=(4, 5, 6, 7))
+    x = torch.rand(2, 3, 16, 16)
+    for model in (ger, r_unet):
+        model(x)  # running statistics away from their initial values
+    relus = [m.relu for m in ger.modules() if isinstance(m, GroupBatchNorm2d)]
+    states = [copy.deepcopy(model.state_dict()) for model in (ger, r_unet)]
+    expected = copy.deepcopy(ger).eval()(x)
+    ger, r_unet = (distributed.synchronize_batch_norms(model, device_type) for model in (ger, r_unet))
+    norms = [m for m in ger.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert all(type(m) is SyncGroupBatchNorm2d for m in norms) and len(norms) == len(relus)
+    assert [m.relu for m in norms] == relus and any(relus) and not all(relus)
+    plain = [m for m in r_unet.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert plain and all(type(m) is (nn.SyncBatchNorm if device_type == "cuda" else nn.BatchNorm2d) for m in plain)
+    for model, state in zip((ger, r_unet), states):
+        torch.testing.assert_close(model.state_dict(), state, rtol=0, atol=0)
+    torch.testing.assert_close(ger.eval()(x), expected, rtol=0, atol=0)
 
 
 def _sync_batch_norm_task(rank, folder):
