@@ -37,8 +37,8 @@ from ger_kernels._validation import check_int
 from ger_kernels.nn.norm import GroupBatchNorm2d
 
 __all__ = ["Processes", "SINGLE", "TIMEOUT", "world_size_of_environment", "environment", "local_device",
-           "process_group", "synchronize_batch_norms", "data_parallel", "all_reduce_sum", "barrier", "CaseShardSampler",
-           "SyncGroupBatchNorm2d", "convert_sync_group_batchnorm"]
+           "process_group", "synchronize_batch_norms", "data_parallel", "all_reduce_sum", "broadcast_buffers",
+           "barrier", "CaseShardSampler", "SyncGroupBatchNorm2d", "convert_sync_group_batchnorm"]
 
 # How long a collective waits for every rank. Training never keeps a rank waiting for long (validation
 # is sharded, rank 0 saves in seconds), so a longer wait means a rank is stuck or gone; torchrun also
@@ -167,6 +167,15 @@ def all_reduce_sum(values: torch.Tensor, processes: Processes) -> torch.Tensor:
     if processes.distributed:
         dist.all_reduce(values)
     return values
+
+
+def broadcast_buffers(module: nn.Module, processes: Processes) -> None:
+    """Rank 0's buffers of ``module`` (its batch norms' running statistics) on every process, in
+    place (nothing for a single one): per-process ``BatchNorm2d`` (R-UNet on the CPU) leave each
+    process's own after its last step."""
+    if processes.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def barrier(processes: Processes, device: torch.device) -> None:

@@ -517,6 +517,7 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
             seen += len(images) * processes.world_size
             batches.set_postfix(loss=f"{losses[processes.rank]:.4f}")
         scheduler.step()
+        distributed.broadcast_buffers(model, processes)  # every process validates the model rank 0 saves
         val_loss, val_dice = _validate(model, val_loader, device, config.amp, config.dice_weight, processes,
                                        layout)
         if not math.isfinite(val_loss):
