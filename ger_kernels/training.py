@@ -4,8 +4,9 @@ Adam (lr 2e-4, exponential decay per epoch), cross-entropy plus an optional soft
 term, early stopping on the validation Dice, rotation/flip augmentation by random p4m
 elements (on by default for R-UNet, as in the paper), bfloat16 autocast on CUDA,
 deterministic seeds. An output folder holds ``config.json``, ``log.csv``/``log.json``
-(one row per epoch), ``last.pt`` (resumable) and ``best.pt``, all written atomically.
-Validation volumes are taken out of the training split, never out of the test split.
+(one row per epoch; its ``lr`` the rate the epoch trained with), ``last.pt`` (resumable) and
+``best.pt``, all written atomically. Validation volumes are taken out of the training split,
+never out of the test split.
 
 ``best.pt`` is the epoch with the highest validation Dice; between equal Dice (e.g. 0 while
 the model predicts no tumor yet) the lower validation loss wins. A non-finite loss stops
@@ -516,6 +517,7 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
             total += sum(losses) * len(images)
             seen += len(images) * processes.world_size
             batches.set_postfix(loss=f"{losses[processes.rank]:.4f}")
+        lr = optimizer.param_groups[0]["lr"]  # the epoch's, before the scheduler sets the next one's
         scheduler.step()
         distributed.broadcast_buffers(model, processes)  # every process validates the model rank 0 saves
         val_loss, val_dice = _validate(model, val_loader, device, config.amp, config.dice_weight, processes,
@@ -526,7 +528,7 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
         state["epoch"] = epoch
         state["seconds"] += time.perf_counter() - start
         state["history"].append({"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
-                                 "val_dice": val_dice, "lr": optimizer.param_groups[0]["lr"],
+                                 "val_dice": val_dice, "lr": lr,
                                  "seconds": round(state["seconds"], 2), "threads": threads})
         improved = (val_dice, -val_loss) > (state["best_val_dice"], -state["best_val_loss"])
         state["stale"] = 0 if improved else state["stale"] + 1

@@ -35,6 +35,7 @@ def test_trains_logs_and_checkpoints(tmp_path, model):
     assert sorted(os.listdir(c.out)) == ["best.pt", "config.json", "last.pt", "log.csv", "log.json"]
     log = json.load(open(os.path.join(c.out, "log.json")))
     assert [row["epoch"] for row in log] == [1, 2] and all(0 <= row["val_dice"] <= 1 for row in log)
+    assert [row["lr"] for row in log] == pytest.approx([c.lr, c.lr * c.lr_decay])  # the rate each epoch trained with
     assert open(os.path.join(c.out, "log.csv")).readline().startswith("epoch,train_loss,val_loss,val_dice")
     restored, restored_config = model_from_checkpoint(os.path.join(c.out, "best.pt"))
     assert restored_config == c and not restored.training
