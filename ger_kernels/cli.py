@@ -130,7 +130,8 @@ def check(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from ger_kernels.demo import run_demo
 
-    run_demo(args.out, args.data, args.size, args.epochs, args.batch_size, args.seed, progress=not args.quiet)
+    run_demo(args.out, args.data, args.size, args.epochs, args.batch_size, args.seed, progress=not args.quiet,
+             resume=not args.no_resume)
     return 0
 
 
@@ -300,6 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start both runs over even if OUT/MODEL/last.pt exists")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=demo)
 
@@ -413,6 +415,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         resolve_device(args.device)
     if args.command == "demo" or args.command == "info" and args.paths:
         check_size(args.size)
+    if args.command == "demo" and not args.no_resume:
+        from ger_kernels.demo import demo_configs
+
+        for config in demo_configs(args.out, args.data, args.size, args.epochs, args.batch_size, args.seed).values():
+            check_resumable(config)
     if args.command == "check" and args.size % 2:
         raise ValueError(f"--size must be even (the check network pools once), got {args.size}")
     _check_data_source(getattr(args, "data", None))
@@ -434,14 +441,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _interrupted(args: argparse.Namespace) -> str:
     """What Ctrl-C left behind and how to go on."""
+    again = "the same command without --no-resume" if getattr(args, "no_resume", False) else "the same command"
     if args.command == "train":
         last = os.path.join(args.out, "last.pt")
         if os.path.exists(last):
-            again = "the same command without --no-resume" if args.no_resume else "the same command"
             return f"interrupted; {last} holds the last finished epoch: {again} resumes from it"
         return "interrupted before the first epoch finished; the same command starts again"
     if args.command == "demo":
-        return f"interrupted; the same command resumes training from {args.out}/*/last.pt"
+        return f"interrupted; {again} resumes training from {args.out}/*/last.pt"
     return "interrupted"
 
 

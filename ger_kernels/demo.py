@@ -4,7 +4,6 @@ draw the paper's Figure 1 and the training curves, and write a report (markdown 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -21,7 +20,7 @@ from ger_kernels.testing import equivariance_errors
 from ger_kernels.machine import machine_description
 from ger_kernels.training import TrainConfig, model_from_checkpoint, resolve_device, train
 
-__all__ = ["DEMO_WIDTHS", "run_demo"]
+__all__ = ["DEMO_WIDTHS", "demo_configs", "run_demo"]
 
 DEMO_WIDTHS = (16, 32, 64, 128)  # R-UNet; GER-UNet gets group_widths(DEMO_WIDTHS) = (6, 11, 23, 45)
 # A short CPU run needs a faster schedule than the paper's (lr 2e-4, cross-entropy only, up to 300 epochs).
@@ -33,21 +32,27 @@ def _pick_slice(dataset) -> int:
     return max(range(len(dataset)), key=lambda i: int(dataset[i][1].sum()))
 
 
+def demo_configs(out: str = "demo_output", source: str = "phantom", size: int = 64, epochs: int = 30,
+                 batch_size: int = 8, seed: int = 0) -> dict[str, TrainConfig]:
+    """The configurations of the demo's two training runs by name, R-UNet's first, each in ``out/MODEL``."""
+    common = dict(data=source, size=size, epochs=epochs, batch_size=batch_size, patience=epochs, seed=seed, lr=DEMO_LR,
+                  dice_weight=DEMO_DICE_WEIGHT)
+    return {name: TrainConfig(model=model, widths=widths, out=os.path.join(out, model), **common)
+            for name, model, widths in (("R-UNet", "r-unet", DEMO_WIDTHS),
+                                        ("GER-UNet", "ger-unet", group_widths(DEMO_WIDTHS)))}
+
+
 def run_demo(out: str = "demo_output", source: str = "phantom", size: int = 64, epochs: int = 30,
-             batch_size: int = 8, seed: int = 0, progress: bool = True) -> str:
-    """Runs the whole workflow; returns the path of ``report.md``."""
+             batch_size: int = 8, seed: int = 0, progress: bool = True, resume: bool = True) -> str:
+    """Runs the whole workflow; returns the path of ``report.md``. ``resume``: each run resumes from its
+    ``last.pt``, as ``train`` does."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     train_set, test_set = data.open_dataset(source, size, seed=seed)
     print(f"data: train {train_set.describe()}; test {test_set.describe()}")
-    runs = {"R-UNet": TrainConfig(model="r-unet", widths=DEMO_WIDTHS),
-            "GER-UNet": TrainConfig(model="ger-unet", widths=group_widths(DEMO_WIDTHS))}
     summaries, models, rows, params = {}, {}, {}, {}
-    for name, config in runs.items():
-        config = dataclasses.replace(config, data=source, out=os.path.join(out, config.model), size=size,
-                                     epochs=epochs, batch_size=batch_size, patience=epochs, seed=seed, lr=DEMO_LR,
-                                     dice_weight=DEMO_DICE_WEIGHT)
-        summaries[name] = train(config, train_set, progress=progress)
+    for name, config in demo_configs(out, source, size, epochs, batch_size, seed).items():
+        summaries[name] = train(config, train_set, resume=resume, progress=progress)
         models[name], _ = model_from_checkpoint(os.path.join(config.out, "best.pt"))
         params[name] = count_parameters(models[name])
         rows[name], _ = evaluate_model(models[name], test_set, batch_size=batch_size)

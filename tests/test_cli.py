@@ -278,6 +278,33 @@ def test_train_checks_that_it_can_resume_before_reading(tmp_path, monkeypatch, c
                                              f"another configuration (lr 0.001 there, 0.0002 now; only ")
 
 
+def test_demo_checks_that_both_runs_can_resume_before_reading(tmp_path, monkeypatch, capsys):
+    """As train: a last.pt of another configuration is an error before any data is read, and --no-resume
+    starts both runs over."""
+    class Slices:
+        def describe(self):
+            return "stand-in"
+
+    resumes = []
+
+    def interrupted(config, train_set, resume, progress):
+        resumes.append(resume)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ger_kernels.data.open_dataset", None)
+    monkeypatch.setattr("ger_kernels.demo.train", interrupted)
+    last = str(tmp_path / "ger-unet" / "last.pt")  # of the second run, GER-UNet's, with the paper's lr
+    save_checkpoint(last, {"config": TrainConfig(size=16).to_dict(), "model": {}, "epoch": 1})
+    argv = ["demo", "--out", str(tmp_path), "--size", "16", "--epochs", "2", "--quiet"]
+    err = error_of(capsys, argv)
+    assert err.startswith(f"ger-unet: error: {last} was written with another configuration (") and \
+        "lr 0.0002 there, 0.002 now" in err and err.endswith("another --out, or --no-resume\n")
+    monkeypatch.setattr("ger_kernels.data.open_dataset", lambda *args, **kwargs: (Slices(), Slices()))
+    message = f"the same command without --no-resume resumes training from {tmp_path}/*/last.pt\n"
+    assert error_of(capsys, argv + ["--no-resume"], 130) == f"ger-unet: interrupted; {message}"
+    assert resumes == [False]
+
+
 def test_check_and_demo_check_their_size(capsys):
     assert error_of(capsys, ["check", "--size", "15"]) == "ger-unet: error: --size must be even (the check network " \
                                                           "pools once), got 15\n"
