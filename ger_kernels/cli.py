@@ -170,31 +170,47 @@ def _same_source(a: str, b: str) -> bool:
                                  or os.path.realpath(path_a) == os.path.realpath(path_b))
 
 
-def _test_set(source: str | None, config, whole: bool = False, cache_dir: str | None = None):
+def _test_set(source: str | None, config, checkpoints: dict[str, dict], whole: bool = False,
+              cache_dir: str | None = None):
     """The test data of a checkpoint trained with ``config``: the test side of ``source``'s split (by default
     the data it was trained on), or with ``whole`` every volume of ``source``, which must then be another
-    source than the training data."""
+    source than the training data; none of its cases may share a file with the training cases of the
+    ``checkpoints`` (``{path: payload}``, ``check_not_trained_on``)."""
     from ger_kernels import data
+    from ger_kernels.training import check_not_trained_on
 
     source = source or config.data
     if whole:
         if _same_source(source, config.data):
             raise ValueError(f"--no-split scores every volume of --data, but {source} is what the checkpoint was "
                              f"trained on; give --data a separate test set (e.g. folder:PATH/test, lits:TEST_PATH)")
-        return data.open_source(source, config.size, tumor_only=config.tumor_only, cache_dir=cache_dir)
-    return data.open_dataset(source, config.size, tumor_only=config.tumor_only, seed=config.seed,
-                             cache_dir=cache_dir)[1]
+        test_set = data.open_source(source, config.size, tumor_only=config.tumor_only, cache_dir=cache_dir)
+    else:
+        test_set = data.open_dataset(source, config.size, tumor_only=config.tumor_only, seed=config.seed,
+                                     cache_dir=cache_dir)[1]
+    for path, payload in checkpoints.items():
+        check_not_trained_on(test_set, payload, path)
+    return test_set
+
+
+def _checkpoints(paths: list[str], device) -> tuple[dict[str, dict], list[tuple]]:
+    """The checkpoints at ``paths``: ``{path: payload}``, and each one's ``(model on device, config)``."""
+    from ger_kernels.training import load_checkpoint, model_from_checkpoint
+
+    payloads = {path: load_checkpoint(path) for path in paths}
+    return payloads, [model_from_checkpoint(path, device, payloads[path]) for path in paths]
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
     from ger_kernels.evaluation import checkpoint_labels, evaluate_model, write_metrics
-    from ger_kernels.training import model_from_checkpoint, resolve_device
+    from ger_kernels.training import resolve_device
 
     device = resolve_device(args.device)
-    loaded = [model_from_checkpoint(path, device) for path in args.checkpoint]
+    payloads, loaded = _checkpoints(args.checkpoint, device)
+    labels = checkpoint_labels(args.checkpoint, [c.model for _, c in loaded])
     rows, notes = {}, ["Test data:", ""]
-    for label, (model, config) in zip(checkpoint_labels(args.checkpoint, [c.model for _, c in loaded]), loaded):
-        test_set = _test_set(args.data, config, args.no_split, args.cache_dir)
+    for label, path, (model, config) in zip(labels, args.checkpoint, loaded):
+        test_set = _test_set(args.data, config, {path: payloads[path]}, args.no_split, args.cache_dir)
         print(f"{label}: {test_set.describe()}")
         rows[label], _ = evaluate_model(model, test_set, device, args.batch_size)
         notes.append(f"- {label}: {test_set.describe()}")
@@ -207,12 +223,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
 def equivariance_command(args: argparse.Namespace) -> int:
     from ger_kernels.evaluation import checkpoint_labels, prediction_flips, write_flip_report
     from ger_kernels.figures import equivariance_figure
-    from ger_kernels.training import model_from_checkpoint, resolve_device
+    from ger_kernels.training import resolve_device
 
     device = resolve_device(args.device)
-    loaded = [model_from_checkpoint(path, device) for path in args.checkpoint]
+    payloads, loaded = _checkpoints(args.checkpoint, device)
     models = dict(zip(checkpoint_labels(args.checkpoint, [c.model for _, c in loaded]), (m for m, _ in loaded)))
-    test_set = _test_set(args.data, loaded[0][1])
+    test_set = _test_set(args.data, loaded[0][1], payloads)
     print(f"test data: {test_set.describe()}")
     if not 0 <= args.slice < len(test_set):
         raise ValueError(f"--slice {args.slice} is out of range: the test data has {len(test_set)} slices, "

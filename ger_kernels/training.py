@@ -13,7 +13,9 @@ the model predicts no tumor yet) the lower validation loss wins. A non-finite lo
 training with an error before anything is saved, so the checkpoints keep the last good epoch.
 Checkpoints hold only tensors and plain data (str, int, float, bool, None, lists, dicts) and
 are loaded with ``torch.load(weights_only=True)``: a file holding other Python objects is
-refused unread, since unpickling them could run code.
+refused unread, since unpickling them could run code. They record the files of the training
+cases (``training_cases``), so that scoring on data the model was trained on is refused
+(``check_not_trained_on``).
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs ``train``: one model trained by
 DistributedDataParallel (``ger_kernels.distributed``) with synchronized group batch norm, a
@@ -48,14 +50,15 @@ from ger_kernels import distributed, metrics
 from ger_kernels._io import write_atomically, write_text_atomically
 from ger_kernels._validation import check_int
 from ger_kernels.backends import BACKENDS, backends
-from ger_kernels.data import split_volume_ids
+from ger_kernels.data import SliceDataset, split_volume_ids
+from ger_kernels.data.folder import short_listing
 from ger_kernels.groups import P4M
 from ger_kernels.models import PAPER_WIDTHS, GERUNet, RUNet, group_widths
 from ger_kernels.models.res_unet import DOWNSAMPLINGS
 
 __all__ = ["TrainConfig", "build_model", "train", "save_checkpoint", "load_checkpoint", "check_checkpoint_path",
            "model_from_checkpoint", "predict_batches", "resolve_device", "check_size", "check_runs_here",
-           "check_resumable", "memory_format"]
+           "check_resumable", "check_not_trained_on", "memory_format"]
 
 MODELS = ("ger-unet", "r-unet")
 GROUPS = ("p4m", "p4")
@@ -259,10 +262,12 @@ def _config_of(payload: dict, path: str) -> TrainConfig:
         raise ValueError(f"checkpoint {path}: invalid configuration ({error})") from None
 
 
-def model_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The trained model (eval mode) on ``device`` and its config. A GER-UNet trained with a backend
-    that cannot run on ``device`` runs the ``auto`` backend (every backend computes the same function)."""
-    payload = load_checkpoint(path)
+def model_from_checkpoint(path: str, device: torch.device | str = "cpu",
+                          payload: dict | None = None) -> tuple[nn.Module, TrainConfig]:
+    """The trained model (eval mode) on ``device`` and its config; ``payload``: the checkpoint at ``path``
+    if already loaded (``load_checkpoint``). A GER-UNet trained with a backend that cannot run on
+    ``device`` runs the ``auto`` backend (every backend computes the same function)."""
+    payload = load_checkpoint(path) if payload is None else payload
     config = _config_of(payload, path)
     device = torch.device(device)
     runnable = config.backend == "auto" or backends(device)[config.backend].available
@@ -273,6 +278,44 @@ def model_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tupl
         raise ValueError(f"checkpoint {path}: its weights do not fit the {config.model} of its configuration "
                          f"({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), config
+
+
+def _training_cases(train_set) -> list[dict] | None:
+    """A checkpoint's record of its training data: per case of ``train_set``, its volume id and the
+    ``[real path, size]`` of each of its files (none for generated data); None for a data set that is
+    not a ``SliceDataset`` (no case identities)."""
+    if not isinstance(train_set, SliceDataset):
+        return None
+    return [{"volume_id": volume_id, "files": [list(file) for file in files]}
+            for volume_id, files in train_set.files().items()]
+
+
+def check_not_trained_on(dataset: SliceDataset, payload: dict, path: str) -> None:
+    """``ValueError`` naming the cases of ``dataset`` with a file among the training cases' recorded in the
+    checkpoint ``payload`` (loaded from ``path``): the same file (real path) or a copy of one (same base name
+    and size). Nothing for a checkpoint without the record (written before it was kept, or trained on a
+    data set that is not a ``SliceDataset``)."""
+    if payload.get("training_cases") is None:
+        return
+    trained = {}  # (training case, file) by real path and by (base name, size)
+    for case in payload["training_cases"]:
+        for file, size in case["files"]:
+            trained[file] = trained[os.path.basename(file), size] = case["volume_id"], file
+    cases, overlaps = dataset.files(), []
+    for volume_id, files in cases.items():
+        shared = []
+        for file, size in files:
+            match = trained.get(file) or trained.get((os.path.basename(file), size))
+            if match:
+                case, original = match
+                shared.append(f"{file}, training case {case}'s" if original == file else
+                              f"{file}, a copy of training case {case}'s {original}")
+        if shared:
+            overlaps.append(f"{volume_id} ({'; '.join(shared)})")
+    if overlaps:
+        raise ValueError(f"{path} was trained on {len(overlaps)} of the {len(cases)} cases of {dataset.source} "
+                         f"(the same files, or copies: same name and size): {short_listing(overlaps)}; score it on "
+                         f"data it was not trained on")
 
 
 def _seed_everything(seed: int) -> None:
@@ -470,6 +513,7 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
             state["best_val_loss"] = state["history"][state["best_epoch"] - 1]["val_loss"] if state["best_epoch"] \
                 else math.inf
     trained = distributed.data_parallel(model, device, processes)
+    training_cases = _training_cases(train_set)
     if processes.main:
         os.makedirs(config.out, exist_ok=True)
         write_text_atomically(os.path.join(config.out, "config.json"), json.dumps(config.to_dict(), indent=1))
@@ -537,7 +581,8 @@ def _train_processes(config: TrainConfig, train_set, resume: bool, progress: boo
         if processes.main:
             payload = {"config": config.to_dict(), "model": model.state_dict(), "epoch": epoch,
                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                       "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "state": state}
+                       "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "state": state,
+                       "training_cases": training_cases}
             if improved:
                 save_checkpoint(os.path.join(config.out, "best.pt"), payload)
             save_checkpoint(last, payload)

@@ -25,7 +25,7 @@ import numpy as np
 from ger_kernels._io import write_atomically, write_text_atomically
 from ger_kernels.data.preprocess import Case, PreparedSlices, Preprocessing
 
-__all__ = ["file_identity", "cache_key", "load_slices", "DiskSlices"]
+__all__ = ["file_identity", "identity_files", "cache_key", "load_slices", "DiskSlices"]
 
 _FORMAT_VERSION = 2
 
@@ -37,6 +37,18 @@ def file_identity(path: str) -> list:
     a copy that keeps size and mtime (``cp -p``, ``rsync -a``: the ctime cannot be set back)."""
     stat = os.stat(path)
     return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
+
+
+def identity_files(identity) -> list[tuple[str, int]]:
+    """``(real path, size)`` of every file whose ``file_identity`` a case's ``identity`` holds (none for generated
+    data such as the phantom's)."""
+    if isinstance(identity, dict):
+        identity = list(identity.values())
+    if not isinstance(identity, list):
+        return []
+    if len(identity) == 5 and isinstance(identity[0], str) and all(type(v) is int for v in identity[1:]):
+        return [(os.path.realpath(identity[0]), identity[1])]
+    return [file for part in identity for file in identity_files(part)]
 
 
 def cache_key(case: Case, options: Preprocessing) -> str:

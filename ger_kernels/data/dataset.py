@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ger_kernels._validation import check_int
-from ger_kernels.data.cache import DiskSlices, load_slices
+from ger_kernels.data.cache import DiskSlices, identity_files, load_slices
 from ger_kernels.data.folder import folder_cases, short_listing
 from ger_kernels.data.lits import lits_cases
 from ger_kernels.data.phantom import DEFAULT_PHANTOM_VOLUMES, phantom_cases
@@ -39,12 +39,15 @@ class SliceDataset(Dataset):
     [0, 1], mask int64 ``(size, size)`` in {0, 1}. Per slice: ``volume_ids[i]`` (the case), ``slice_indices[i]``
     (its z in the volume) and ``spacing[i]`` = (row_mm, col_mm) after resizing, or None when unknown.
     What ``tumor_only`` left out: ``dropped_slices`` (slices of these volumes without tumor) and
-    ``dropped_volumes`` (volumes of the source without any, which are in no data set)."""
+    ``dropped_volumes`` (volumes of the source without any, which are in no data set). ``identities``: the
+    ``Case.identity`` of each of its volumes, by volume id (``cases``: the source's cases by volume id);
+    ``files()``: the files they were read from."""
 
-    def __init__(self, volumes: Sequence[PreparedSlices | DiskSlices], volume_ids: Sequence[str], size: int,
-                 source: str, dropped_volumes: int = 0):
+    def __init__(self, volumes: Sequence[PreparedSlices | DiskSlices], volume_ids: Sequence[str],
+                 cases: Mapping[str, Case], size: int, source: str, dropped_volumes: int = 0):
         self.size = size
         self.source = source
+        self.identities: dict[str, dict] = {volume_id: cases[volume_id].identity for volume_id in volume_ids}
         self._volumes = list(volumes)
         self._items = [(v, k) for v, volume in enumerate(self._volumes) for k in range(len(volume.slice_indices))]
         self.volume_ids: list[str] = [volume_ids[v] for v, _ in self._items]
@@ -66,6 +69,10 @@ class SliceDataset(Dataset):
         image = torch.from_numpy(np.asarray(volume.images[k], dtype=np.float32))
         mask = torch.from_numpy(np.asarray(volume.masks[k], dtype=np.int64))
         return image, mask
+
+    def files(self) -> dict[str, list[tuple[str, int]]]:
+        """``(real path, size)`` of each file of each volume, by volume id (none for generated volumes)."""
+        return {volume_id: identity_files(identity) for volume_id, identity in self.identities.items()}
 
     def describe(self) -> str:
         """One line: source, number of slices and volumes, slice size, and what ``tumor_only`` left out."""
@@ -93,8 +100,8 @@ def _cases(source: str) -> tuple[list[Case], dict[int, int] | None]:
 
 def _load(source: str, size: int, tumor_only: bool, window: tuple[float, float],
           label_map: Mapping[int, int] | None, cache_dir: str | None
-          ) -> tuple[list[Case], dict[str, PreparedSlices | DiskSlices], str]:
-    """``(cases, {volume id: its slices}, what was kept)``: every volume of ``source`` preprocessed."""
+          ) -> tuple[dict[str, Case], dict[str, PreparedSlices | DiskSlices], str]:
+    """``({volume id: its case}, {volume id: its slices}, what was kept)``: every volume of ``source`` preprocessed."""
     check_int(size, "size")
     window = check_window(window)
     cases, default_label_map = _cases(source)
@@ -110,7 +117,7 @@ def _load(source: str, size: int, tumor_only: bool, window: tuple[float, float],
     if empty:
         _log.info("%s: %d of %d volumes have no %s and are left out: %s", source, len(empty), len(cases), what,
                   short_listing(empty))
-    return cases, volumes, what
+    return {case.volume_id: case for case in cases}, volumes, what
 
 
 def open_dataset(source: str, size: int = 448, *, tumor_only: bool = True,
@@ -132,7 +139,7 @@ def open_dataset(source: str, size: int = 448, *, tumor_only: bool = True,
     check_test_fraction(test_fraction)
     cases, volumes, what = _load(source, size, tumor_only, window, label_map, cache_dir)
     with_slices = [volume_id for volume_id, volume in volumes.items() if len(volume.slice_indices)]
-    sides = {case.volume_id: case.side for case in cases}
+    sides = {volume_id: case.side for volume_id, case in cases.items()}
     if any(sides.values()):
         train_ids, test_ids = ([v for v in sorted(with_slices) if sides[v] == side] for side in ("train", "test"))
         for side, ids in (("train", train_ids), ("test", test_ids)):
@@ -146,8 +153,8 @@ def open_dataset(source: str, size: int = 448, *, tumor_only: bool = True,
     else:
         train_ids, test_ids = split_volume_ids(with_slices, test_fraction, seed)
     dropped = len(cases) - len(with_slices)
-    return (SliceDataset([volumes[v] for v in train_ids], train_ids, size, f"{source} train ({what})", dropped),
-            SliceDataset([volumes[v] for v in test_ids], test_ids, size, f"{source} test ({what})", dropped))
+    return (SliceDataset([volumes[v] for v in train_ids], train_ids, cases, size, f"{source} train ({what})", dropped),
+            SliceDataset([volumes[v] for v in test_ids], test_ids, cases, size, f"{source} test ({what})", dropped))
 
 
 def open_source(source: str, size: int = 448, *, tumor_only: bool = True,
@@ -159,4 +166,5 @@ def open_source(source: str, size: int = 448, *, tumor_only: bool = True,
     ids = sorted(volume_id for volume_id, volume in volumes.items() if len(volume.slice_indices))
     if not ids:
         raise ValueError(f"{source}: none of its {len(cases)} volumes has {what}")
-    return SliceDataset([volumes[v] for v in ids], ids, size, f"{source} all volumes ({what})", len(cases) - len(ids))
+    return SliceDataset([volumes[v] for v in ids], ids, cases, size, f"{source} all volumes ({what})",
+                        len(cases) - len(ids))

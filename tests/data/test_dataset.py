@@ -1,7 +1,10 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 from lits_files import SPACING, tiny_case, write_lits_case, write_lits_set
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from ger_kernels.data import SliceDataset, open_dataset, open_source
@@ -175,3 +178,21 @@ def test_bad_arguments_fail_before_reading_any_file(tmp_path, arguments, message
     with pytest.raises(ValueError, match=message) as error:
         open_dataset(f"lits:{tmp_path}", **{"size": 16, **arguments})
     assert "cannot read" not in str(error.value)
+
+
+def test_files_are_each_volumes_files_by_real_path_and_size(tmp_path):
+    """What a checkpoint records of its training cases: the files of LiTS and folder volumes, none of the phantom's."""
+    files = write_lits_set(tmp_path / "lits", 1)[0]
+    os.symlink(tmp_path / "lits", tmp_path / "link")
+    assert open_source(f"lits:{tmp_path / 'link'}", 16).files() == \
+        {"volume-0": [(os.path.realpath(f), os.path.getsize(f)) for f in files]}
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 2:5] = 255
+    for kind in ("images", "masks"):
+        (tmp_path / "folder" / kind).mkdir(parents=True)
+        for name in ("a_0", "a_1"):
+            Image.fromarray(mask).save(tmp_path / "folder" / kind / f"{name}.png")
+    paths = [os.path.realpath(tmp_path / "folder" / kind / f"{name}.png") for name in ("a_0", "a_1")
+             for kind in ("images", "masks")]
+    assert open_source(f"folder:{tmp_path / 'folder'}", 16).files() == {"a": [(p, os.path.getsize(p)) for p in paths]}
+    assert open_source("phantom:2", 16).files() == {"phantom-0": [], "phantom-1": []}
