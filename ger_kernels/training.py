@@ -282,30 +282,30 @@ def model_from_checkpoint(path: str, device: torch.device | str = "cpu",
 
 def _training_cases(train_set) -> list[dict] | None:
     """A checkpoint's record of its training data: per case of ``train_set``, its volume id and the
-    ``[real path, size]`` of each of its files (none for generated data); None for a data set that is
-    not a ``SliceDataset`` (no case identities)."""
+    ``[real path, fingerprint]`` of each of its image files (``SliceDataset.image_files``; none for generated
+    data); None for a data set that is not a ``SliceDataset`` (no cases)."""
     if not isinstance(train_set, SliceDataset):
         return None
-    return [{"volume_id": volume_id, "files": [list(file) for file in files]}
-            for volume_id, files in train_set.files().items()]
+    return [{"volume_id": volume_id, "images": [list(file) for file in files]}
+            for volume_id, files in train_set.image_files().items()]
 
 
 def check_not_trained_on(dataset: SliceDataset, payload: dict, path: str) -> None:
-    """``ValueError`` naming the cases of ``dataset`` with a file among the training cases' recorded in the
-    checkpoint ``payload`` (loaded from ``path``): the same file (real path) or a copy of one (same base name
-    and size). Nothing for a checkpoint without the record (written before it was kept, or trained on a
-    data set that is not a ``SliceDataset``)."""
+    """``ValueError`` naming the cases of ``dataset`` with an image file among the training cases' recorded in
+    the checkpoint ``payload`` (loaded from ``path``): the same file (real path) or a copy of one (the same
+    ``file_fingerprint``). Nothing for a checkpoint without the record (written before it was kept, or trained
+    on a data set that is not a ``SliceDataset``)."""
     if payload.get("training_cases") is None:
         return
-    trained = {}  # (training case, file) by real path and by (base name, size)
+    trained = {}  # (training case, file) by real path and by fingerprint
     for case in payload["training_cases"]:
-        for file, size in case["files"]:
-            trained[file] = trained[os.path.basename(file), size] = case["volume_id"], file
-    cases, overlaps = dataset.files(), []
+        for file, fingerprint in case["images"]:
+            trained[file] = trained[fingerprint] = case["volume_id"], file
+    cases, overlaps = dataset.image_files(), []
     for volume_id, files in cases.items():
         shared = []
-        for file, size in files:
-            match = trained.get(file) or trained.get((os.path.basename(file), size))
+        for file, fingerprint in files:
+            match = trained.get(file) or trained.get(fingerprint)
             if match:
                 case, original = match
                 shared.append(f"{file}, training case {case}'s" if original == file else
@@ -314,7 +314,7 @@ def check_not_trained_on(dataset: SliceDataset, payload: dict, path: str) -> Non
             overlaps.append(f"{volume_id} ({'; '.join(shared)})")
     if overlaps:
         raise ValueError(f"{path} was trained on {len(overlaps)} of the {len(cases)} cases of {dataset.source} "
-                         f"(the same files, or copies: same name and size): {short_listing(overlaps)}; score it on "
+                         f"(the same image files, or copies of them): {short_listing(overlaps)}; score it on "
                          f"data it was not trained on")
 
 

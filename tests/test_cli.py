@@ -13,6 +13,7 @@ import torch
 from ger_kernels import training
 from ger_kernels.cli import main
 from ger_kernels.data import write_phantom_lits
+from ger_kernels.data.cache import file_fingerprint
 from ger_kernels.training import TrainConfig, build_model, save_checkpoint
 from data.lits_files import tiny_case, write_lits_case
 from helpers import RunsCode
@@ -185,25 +186,26 @@ def test_evaluate_a_given_test_set_whole_with_unique_labels(tmp_path, capsys):
 
 def test_scoring_refuses_the_cases_a_checkpoint_was_trained_on(tmp_path, capsys):
     """Whatever --data names: the checkpoint records its training cases' files, and a case to score with one of
-    them (the same file, or a copy: same name and size) is an error naming both."""
+    them (the same file, or a copy) is an error naming both."""
     root = tmp_path / "lits"
     for n in range(6):
         write_lits_case(root / f"batch{n // 3}", n, *tiny_case(seed=n))
     checkpoint = train_tiny(f"lits:{root}", tmp_path / "run")
-    trained = {case["volume_id"]: case["files"] for case in training.load_checkpoint(checkpoint)["training_cases"]}
-    assert len(trained) == 5 and all(len(files) == 2 for files in trained.values())  # 1 of 6 is its test split
+    trained = {case["volume_id"]: case["images"] for case in training.load_checkpoint(checkpoint)["training_cases"]}
+    assert len(trained) == 5 and all(len(files) == 1 for files in trained.values())  # 1 of 6 is its test split
     leaked = sorted(v for v in trained if int(v.split("-")[1]) < 3)  # in batch0
     copies = tmp_path / "copies"
     copies.mkdir()
-    for file, size in trained[leaked[0]] + trained[sorted(trained)[-1]]:
-        assert os.path.getsize(file) == size
-        shutil.copy(file, copies)
+    for (volume, fingerprint), in (trained[leaked[0]], trained[sorted(trained)[-1]]):
+        assert file_fingerprint(volume) == fingerprint
+        shutil.copy(volume, copies)
+        shutil.copy(volume.replace("volume-", "segmentation-"), copies)
     evaluate = ["evaluate", checkpoint, "--out", str(tmp_path / "eval"), "--device", "cpu"]
     err = error_of(capsys, evaluate + ["--no-split", "--data", f"lits:{root}/batch0"])  # found recursively in training
     assert err.startswith(f"ger-unet: error: {checkpoint} was trained on {len(leaked)} of the 3 cases of "
                           f"lits:{root}/batch0 all volumes"), err
     volume = os.path.realpath(root / "batch0" / f"{leaked[0]}.nii.gz")
-    assert f"{leaked[0]} ({volume}, training case {leaked[0]}'s; " in err
+    assert f"{leaked[0]} ({volume}, training case {leaked[0]}'s)" in err
     for command in (evaluate, ["equivariance", checkpoint, "--out", str(tmp_path / "f.png"), "--device", "cpu"]):
         err = error_of(capsys, command + ["--data", f"lits:{copies}"])  # split mode: its test side is a copy
         assert f"was trained on 1 of the 1 cases of lits:{copies} test" in err
@@ -217,11 +219,24 @@ def test_scoring_refuses_the_cases_a_checkpoint_was_trained_on(tmp_path, capsys)
     assert "--no-split scores every volume of --data, but" in error_of(capsys, evaluate + ["--no-split"])
 
 
+def test_another_set_with_files_of_the_same_names_and_sizes_is_scored(tmp_path):
+    """Uncompressed volumes of one shape have one size: a separate test set named like the training set is not
+    taken for a copy of it (its volumes' fingerprints differ)."""
+    for folder, seed in (("train", 0), ("test", 10)):
+        for n in range(3):
+            write_lits_case(tmp_path / folder, n, *tiny_case(seed=seed + n), extension=".nii")
+    train_volume, test_volume = (tmp_path / folder / "volume-0.nii" for folder in ("train", "test"))
+    assert os.path.getsize(train_volume) == os.path.getsize(test_volume)
+    checkpoint = train_tiny(f"lits:{tmp_path / 'train'}", tmp_path / "run")
+    assert main(["evaluate", checkpoint, "--no-split", "--data", f"lits:{tmp_path / 'test'}", "--out",
+                 str(tmp_path / "eval"), "--device", "cpu"]) == 0
+
+
 def test_a_phantom_checkpoint_keeps_the_phantom_rule(tmp_path, capsys):
     """Phantom volumes have no files: every phantom source shares the training volumes, so --no-split refuses them."""
     checkpoint = train_tiny("phantom:4", tmp_path / "run")
     cases = training.load_checkpoint(checkpoint)["training_cases"]
-    assert [case["files"] for case in cases] == [[]] * len(cases) and len(cases) == 3
+    assert [case["images"] for case in cases] == [[]] * len(cases) and len(cases) == 3
     err = error_of(capsys, ["evaluate", checkpoint, "--no-split", "--data", "phantom:6", "--device", "cpu"])
     assert err.startswith("ger-unet: error: --no-split scores every volume of --data, but phantom:6 is what the "
                           "checkpoint was trained on"), err

@@ -339,3 +339,19 @@ def test_channels_last_training(tmp_path, model, widths):
     assert training.memory_format(TrainConfig(), torch.device("cpu")) == torch.contiguous_format
     with pytest.raises(ValueError, match="channels_last must be True, False or None"):
         TrainConfig(channels_last="yes")
+
+
+def test_predictions_run_in_eval_mode_without_an_autograd_graph():
+    """Scoring keeps no activations for a backward (at 448 x 448 that graph is GBs): no grad, eval mode."""
+    seen = []
+
+    class Recorder(torch.nn.Conv2d):
+        def forward(self, x):
+            seen.append((torch.is_grad_enabled(), self.training))
+            return super().forward(x)
+
+    model = Recorder(3, 2, 1)
+    loader = torch.utils.data.DataLoader(list(zip(torch.randn(3, 3, 4, 4), torch.zeros(3, 4, 4, dtype=torch.long))),
+                                         batch_size=2)
+    batches = list(training.predict_batches(model, loader, torch.device("cpu")))
+    assert seen == [(False, False)] * 2 and [p.shape for p, _ in batches] == [(2, 4, 4), (1, 4, 4)]

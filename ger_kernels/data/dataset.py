@@ -12,6 +12,7 @@ is a case (patient): a LiTS or phantom volume, or a folder case (:mod:`ger_kerne
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ger_kernels._validation import check_int
-from ger_kernels.data.cache import DiskSlices, identity_files, load_slices
+from ger_kernels.data.cache import DiskSlices, file_fingerprint, load_slices
 from ger_kernels.data.folder import folder_cases, short_listing
 from ger_kernels.data.lits import lits_cases
 from ger_kernels.data.phantom import DEFAULT_PHANTOM_VOLUMES, phantom_cases
@@ -39,15 +40,15 @@ class SliceDataset(Dataset):
     [0, 1], mask int64 ``(size, size)`` in {0, 1}. Per slice: ``volume_ids[i]`` (the case), ``slice_indices[i]``
     (its z in the volume) and ``spacing[i]`` = (row_mm, col_mm) after resizing, or None when unknown.
     What ``tumor_only`` left out: ``dropped_slices`` (slices of these volumes without tumor) and
-    ``dropped_volumes`` (volumes of the source without any, which are in no data set). ``identities``: the
-    ``Case.identity`` of each of its volumes, by volume id (``cases``: the source's cases by volume id);
-    ``files()``: the files they were read from."""
+    ``dropped_volumes`` (volumes of the source without any, which are in no data set). ``images``: the
+    ``Case.images`` of each of its volumes, by volume id (``cases``: the source's cases by volume id);
+    ``image_files()``: those files' real paths and fingerprints."""
 
     def __init__(self, volumes: Sequence[PreparedSlices | DiskSlices], volume_ids: Sequence[str],
                  cases: Mapping[str, Case], size: int, source: str, dropped_volumes: int = 0):
         self.size = size
         self.source = source
-        self.identities: dict[str, dict] = {volume_id: cases[volume_id].identity for volume_id in volume_ids}
+        self.images: dict[str, tuple[str, ...]] = {volume_id: cases[volume_id].images for volume_id in volume_ids}
         self._volumes = list(volumes)
         self._items = [(v, k) for v, volume in enumerate(self._volumes) for k in range(len(volume.slice_indices))]
         self.volume_ids: list[str] = [volume_ids[v] for v, _ in self._items]
@@ -70,9 +71,11 @@ class SliceDataset(Dataset):
         mask = torch.from_numpy(np.asarray(volume.masks[k], dtype=np.int64))
         return image, mask
 
-    def files(self) -> dict[str, list[tuple[str, int]]]:
-        """``(real path, size)`` of each file of each volume, by volume id (none for generated volumes)."""
-        return {volume_id: identity_files(identity) for volume_id, identity in self.identities.items()}
+    def image_files(self) -> dict[str, list[tuple[str, str]]]:
+        """``(real path, file_fingerprint)`` of each image file of each volume, by volume id (none for generated
+        volumes)."""
+        return {volume_id: [(os.path.realpath(path), file_fingerprint(path)) for path in paths]
+                for volume_id, paths in self.images.items()}
 
     def describe(self) -> str:
         """One line: source, number of slices and volumes, slice size, and what ``tumor_only`` left out."""

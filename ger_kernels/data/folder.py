@@ -196,7 +196,8 @@ def _cases_in(root: str, side: str | None) -> list[Case]:
     for case, keys in sorted(by_case.items()):
         keys.sort(key=_name_order)
         identity = {"slices": [[key, file_identity(pairs[key][0]), file_identity(pairs[key][1])] for key in keys]}
-        cases.append(Case(case, identity, functools.partial(_prepare_case, [pairs[key] for key in keys]), side))
+        cases.append(Case(case, identity, functools.partial(_prepare_case, [pairs[key] for key in keys]), side,
+                          tuple(pairs[key][0] for key in keys)))
     if len(pairs) > 1 and len(cases) == len(pairs):
         _log.warning("%s: each of the %d images is a case of its own; if some are slices of one patient, name them "
                      "<case>_<slice> or put them in images/<case>/ (and masks/<case>/), or they can land on both "

@@ -86,5 +86,5 @@ def _prepare_pair(volume_path: str, segmentation_path: str, options: Preprocessi
 def lits_cases(root: str) -> list[Case]:
     """One :class:`Case` per LiTS pair under ``root``."""
     return [Case(f"volume-{number}", {"volume": file_identity(volume), "segmentation": file_identity(labels)},
-                 functools.partial(_prepare_pair, volume, labels))
+                 functools.partial(_prepare_pair, volume, labels), images=(volume,))
             for number, (volume, labels) in find_lits_pairs(root).items()]

@@ -146,12 +146,15 @@ class PreparedSlices:
 class Case:
     """One volume (case, patient) of a data source. ``identity``: JSON-able description of what it is made of
     (files with size and mtime, or generator parameters), for cache keys; ``prepare`` makes its slices;
-    ``side``: ``"train"`` or ``"test"`` when the source fixes the split, None when it is drawn at random."""
+    ``side``: ``"train"`` or ``"test"`` when the source fixes the split, None when it is drawn at random;
+    ``images``: the paths of the files its images are read from (none for generated data), which tell two
+    cases apart (masks do not: two cases can have equal empty masks)."""
 
     volume_id: str
     identity: dict
     prepare: Callable[[Preprocessing], PreparedSlices]
     side: str | None = None
+    images: tuple[str, ...] = ()
 
 
 def _kept(masks: np.ndarray, tumor_only: bool) -> np.ndarray:

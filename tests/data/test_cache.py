@@ -7,7 +7,7 @@ import torch
 from lits_files import tiny_case, write_lits_case, write_lits_set, write_nifti_file
 
 from ger_kernels.data import lits, open_dataset, phantom
-from ger_kernels.data.cache import DiskSlices
+from ger_kernels.data.cache import DiskSlices, file_fingerprint
 
 
 def items(dataset):
@@ -188,3 +188,21 @@ def test_a_damaged_entry_is_rebuilt_with_a_warning_naming_it(tmp_path, count_rea
     assert f"cache entry {cache / name.removesuffix(suffix)} is damaged" in caplog.text
     for a, b in zip(rebuilt, open_dataset(source, 16)):
         assert_same(a, b)
+
+
+@pytest.mark.parametrize("size", [0, 100, 4096, 70_000, 1_000_003])
+def test_a_fingerprint_is_of_the_content_not_the_name(tmp_path, size):
+    """Copies have one fingerprint; files of one size that differ in a sampled block (a middle one here: two CT
+    volumes differ in all of them) do not, nor do files of other sizes; small files are read whole."""
+    rng = np.random.default_rng(size)
+    data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    (tmp_path / "a").write_bytes(data)
+    (tmp_path / "copy").write_bytes(data)
+    assert file_fingerprint(str(tmp_path / "a")) == file_fingerprint(str(tmp_path / "copy"))
+    (tmp_path / "longer").write_bytes(data + b"\0")
+    assert file_fingerprint(str(tmp_path / "a")) != file_fingerprint(str(tmp_path / "longer"))
+    if size:
+        changed = bytearray(data)
+        changed[max(size - 4096, 0) * 8 // 15 + min(10, size - 1)] ^= 1  # in the 9th of 16 blocks, or a small file
+        (tmp_path / "b").write_bytes(bytes(changed))
+        assert file_fingerprint(str(tmp_path / "a")) != file_fingerprint(str(tmp_path / "b"))

@@ -8,6 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ger_kernels.data import SliceDataset, open_dataset, open_source
+from ger_kernels.data.cache import file_fingerprint
 
 
 def windowed(hu):
@@ -180,19 +181,20 @@ def test_bad_arguments_fail_before_reading_any_file(tmp_path, arguments, message
     assert "cannot read" not in str(error.value)
 
 
-def test_files_are_each_volumes_files_by_real_path_and_size(tmp_path):
-    """What a checkpoint records of its training cases: the files of LiTS and folder volumes, none of the phantom's."""
-    files = write_lits_set(tmp_path / "lits", 1)[0]
+def test_image_files_are_each_volumes_images_by_real_path_and_fingerprint(tmp_path):
+    """What a checkpoint records of its training cases: the image files of LiTS and folder volumes (not their
+    masks, which can be equal across cases), none of the phantom's."""
+    volume, _ = write_lits_set(tmp_path / "lits", 1)[0]
     os.symlink(tmp_path / "lits", tmp_path / "link")
-    assert open_source(f"lits:{tmp_path / 'link'}", 16).files() == \
-        {"volume-0": [(os.path.realpath(f), os.path.getsize(f)) for f in files]}
+    assert open_source(f"lits:{tmp_path / 'link'}", 16).image_files() == \
+        {"volume-0": [(os.path.realpath(volume), file_fingerprint(volume))]}
     mask = np.zeros((8, 8), np.uint8)
     mask[2:5, 2:5] = 255
     for kind in ("images", "masks"):
         (tmp_path / "folder" / kind).mkdir(parents=True)
         for name in ("a_0", "a_1"):
             Image.fromarray(mask).save(tmp_path / "folder" / kind / f"{name}.png")
-    paths = [os.path.realpath(tmp_path / "folder" / kind / f"{name}.png") for name in ("a_0", "a_1")
-             for kind in ("images", "masks")]
-    assert open_source(f"folder:{tmp_path / 'folder'}", 16).files() == {"a": [(p, os.path.getsize(p)) for p in paths]}
-    assert open_source("phantom:2", 16).files() == {"phantom-0": [], "phantom-1": []}
+    paths = [os.path.realpath(tmp_path / "folder" / "images" / f"{name}.png") for name in ("a_0", "a_1")]
+    assert open_source(f"folder:{tmp_path / 'folder'}", 16).image_files() == {
+        "a": [(p, file_fingerprint(p)) for p in paths]}
+    assert open_source("phantom:2", 16).image_files() == {"phantom-0": [], "phantom-1": []}
