@@ -33,9 +33,10 @@ AVERAGES = (
 
 
 def evaluate_model(model: nn.Module, dataset, device: torch.device | str = "cpu", batch_size: int = 4,
-                   amp: bool = True) -> tuple[dict, list[dict]]:
+                   amp: bool = False) -> tuple[dict, list[dict]]:
     """``(aggregate, per_slice)`` over every slice of ``dataset`` (a ``SliceDataset``); the Hausdorff
-    distances also in mm for the slices whose ``dataset.spacing`` is known."""
+    distances also in mm for the slices whose ``dataset.spacing`` is known. In float32 unless ``amp``
+    (bfloat16 autocast on CUDA: faster, but a pixel whose two scores are close can flip)."""
     per_slice = []
     loader = DataLoader(dataset, batch_size)
     for preds, masks in predict_batches(model, loader, torch.device(device), amp):

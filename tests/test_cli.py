@@ -379,6 +379,25 @@ def test_threads_must_be_positive(capsys):
     assert exit.value.code == 2 and "argument --threads: must be an integer >= 1, got '0'" in capsys.readouterr().err
 
 
+def test_evaluate_scores_in_float32_unless_asked_for_autocast(tmp_path, monkeypatch):
+    """The metrics of record come from float32 scores (bfloat16 can flip a pixel whose two scores are close);
+    --amp asks for the autocast."""
+    from ger_kernels import evaluation
+
+    write_folder_split(tmp_path / "data")
+    checkpoint = train_tiny(f"folder:{tmp_path / 'data'}", tmp_path / "run")
+    seen = []
+
+    def predict_batches(model, loader, device, amp):
+        seen.append(amp)
+        return training.predict_batches(model, loader, device, amp)
+
+    monkeypatch.setattr(evaluation, "predict_batches", predict_batches)
+    for extra in ([], ["--amp"]):
+        assert main(["evaluate", checkpoint, "--out", str(tmp_path / "eval"), "--device", "cpu"] + extra) == 0
+    assert seen == [False, True]
+
+
 def test_evaluate_checks_its_out_folder_first(tmp_path, capsys):
     (tmp_path / "results").write_text("a file")
     (tmp_path / "model.pt").write_bytes(b"not read: the arguments are checked first")
