@@ -65,7 +65,11 @@ def _check_same_grid(volume: Volume, labels: Volume, volume_path: str, segmentat
     size, origins to half a voxel."""
     size = np.asarray(volume.spacing)
     axes = np.abs(labels.affine[:3, :3] - volume.affine[:3, :3]) <= 1e-3 * size
-    shift = np.linalg.solve(volume.affine[:3, :3], labels.affine[:3, 3] - volume.affine[:3, 3])  # in voxels
+    try:
+        shift = np.linalg.solve(volume.affine[:3, :3], labels.affine[:3, 3] - volume.affine[:3, 3])  # in voxels
+    except np.linalg.LinAlgError:
+        raise ValueError(f"{volume_path}: its affine {np.round(volume.affine, 4).tolist()} maps no voxel grid (it is "
+                         f"singular)") from None
     if not (np.allclose(labels.spacing, size, rtol=1e-3, atol=0) and axes.all() and (np.abs(shift) <= 0.5).all()):
         raise ValueError(f"{segmentation_path}: voxel sizes {np.round(labels.spacing, 4).tolist()} mm and affine "
                          f"{np.round(labels.affine, 4).tolist()} differ from those of the volume {volume_path}, "

@@ -153,3 +153,19 @@ def test_a_segmentation_off_its_volume_grid_is_an_error_naming_both_files(tmp_pa
     with pytest.raises(ValueError, match=re.escape(f"{segmentation}: voxel sizes")) as error:
         case.prepare(OPTIONS)
     assert f"differ from those of the volume {volume}" in str(error.value)
+
+
+def test_a_volume_whose_affine_is_singular_is_an_error_naming_it(tmp_path):
+    hu, labels = tiny_case()
+    volume, segmentation = write_lits_case(tmp_path, 0, hu, labels)
+    singular = np.diag([*SPACING, 1.0])
+    singular[1, 1] = 0
+    for path in (volume, segmentation):  # an sform nibabel takes as it is (a qform could not hold it)
+        image = nib.load(path)
+        image = nib.Nifti1Image(np.asanyarray(image.dataobj), None, image.header)
+        image.header.set_sform(singular, code=1)
+        image.header.set_qform(None, code=0)
+        image.to_filename(path)
+    case, = lits_cases(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(f"{volume}: its affine") + ".*singular"):
+        case.prepare(OPTIONS)
