@@ -29,7 +29,9 @@ Triton the stages without the reductions over processes; its running statistics 
 outputs (custom ops with autograd cannot mutate) and are copied into the buffers. A synchronized
 version composes the stage ops the same way, with the collectives between them
 (``tests/test_group_batch_norm.py`` runs that recipe over two shards of a batch).
-``min_bytes`` counts what each kernel must move, for bandwidth figures.
+Its backward under ``create_graph`` (double backward) is ATen's batch norm backward, on Triton
+too: the staged ops have no derivatives. ``min_bytes`` counts what each kernel must move, for
+bandwidth figures.
 """
 
 from __future__ import annotations
@@ -368,7 +370,9 @@ def _setup_context(ctx, inputs, output):
 
 
 def _native_backward(ctx, grad, input, y, weight, mean, invstd, needs):
-    """dx, dweight, dbias and the residual's gradient through ATen's batch norm backward."""
+    """dx, dweight, dbias and the residual's gradient through ATen's batch norm backward (batch
+    statistics) or plain ops (fixed statistics: ATen's double backward would differentiate them as
+    the batch's); both differentiable, for double backward."""
     order = ctx.order
     grad = _like(grad, _dense(input))
     if y is not None:  # the ReLU's gradient, one pass
@@ -378,15 +382,16 @@ def _native_backward(ctx, grad, input, y, weight, mean, invstd, needs):
         zeros = mean.new_zeros(mean.shape)
         return torch.zeros_like(grad), zeros, zeros.clone(), grad if needs_residual else None
     x5, g5 = _dense(input).unflatten(1, (-1, order)), grad.unflatten(1, (-1, order))
-    dx5, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
-        g5, x5, weight, None, None, mean, invstd, True,
-        ctx.eps, [needs_input and ctx.batch_statistics, needs_weight, needs_bias])
-    dx = None
-    if needs_input:
-        if ctx.batch_statistics:
-            dx = _like(dx5.flatten(1, 2), grad)
-        else:  # fixed statistics: dx = g * weight * invstd
-            dx = (g5 * _field_view(scale_shift(invstd, weight, None)[0])).to(grad.dtype).flatten(1, 2)
+    if ctx.batch_statistics:
+        dx5, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+            g5, x5, weight, None, None, mean, invstd, True, ctx.eps, [needs_input, needs_weight, needs_bias])
+        dx = _like(dx5.flatten(1, 2), grad) if needs_input else None
+    else:  # y = (x - mean) * invstd * weight + bias
+        g5 = g5.to(mean.dtype)
+        scale = scale_shift(invstd, weight, None)[0]
+        dx = (g5 * _field_view(scale)).to(grad.dtype).flatten(1, 2) if needs_input else None
+        dweight = (g5 * (x5 - _field_view(mean))).sum(_DIMS) * invstd if needs_weight else None
+        dbias = g5.sum(_DIMS) if needs_bias else None
     return dx, dweight, dbias, grad if needs_residual else None
 
 
@@ -414,7 +419,7 @@ def _backward(ctx, grad, *_non_differentiable):
     input, y, weight, mean, invstd = ctx.saved_tensors
     needs = ctx.needs_input_grad[:4]
     needs_input, needs_weight, needs_bias, needs_residual = needs
-    if ctx.native:
+    if ctx.native or torch.is_grad_enabled():  # create_graph: the staged ops have no double backward
         dx, dweight, dbias, dresidual = _native_backward(ctx, grad, input, y, weight, mean, invstd, needs)
     else:
         dx, dweight, dbias, dresidual = staged_backward(grad, input, y, mean, invstd, weight, ctx.order,

@@ -96,6 +96,23 @@ def test_eval_and_untracked_match_batchnorm3d(weight_grad):
     assert max_rel_err(gbn.group_batch_norm(x, ORDER), ref(x)) < 1e-13
 
 
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_double_backward(training, relu):
+    """gradgradcheck in both modes: in eval mode the fixed statistics do not depend on the input."""
+    fields = 2
+    running_mean, running_var = torch.randn(fields, dtype=torch.float64), torch.rand(fields, dtype=torch.float64) + .5
+    x = torch.randn(2, fields * ORDER, 3, 3, dtype=torch.float64, requires_grad=True)
+    weight, bias = (torch.randn(fields, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    residual = torch.randn_like(x, requires_grad=True)
+
+    def fn(x, weight, bias, residual):  # batch statistics in training: the running ones stay untouched
+        stats = (None, None) if training else (running_mean, running_var)
+        return gbn.group_batch_norm(x, ORDER, *stats, weight, bias, training, residual=residual, relu=relu)
+
+    assert torch.autograd.gradgradcheck(fn, (x, weight, bias, residual))
+
+
 def test_stages_merge_over_processes_as_synchronized_batch_norm():
     """Statistics of two halves of a batch merged, and their gradient sums added, are those of
     the whole batch: what an all_gather / all_reduce between the stages computes."""

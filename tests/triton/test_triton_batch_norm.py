@@ -72,6 +72,31 @@ def test_training_step_matches_batchnorm3d(device, tiling, dtype, channels_last,
     assert max_rel_err(layer(x), expected) < tol
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_double_backward_matches_batchnorm3d(device, training):
+    """With create_graph the backward is ATen's batch norm backward (the staged ops have none)."""
+    fields = 2
+    layer = GroupBatchNorm2d(fields).to(device).train(training)
+    reference = nn.BatchNorm3d(fields).double().to(device).train(training)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2)
+        reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, fields * ORDER, 3, 3, device=device)
+    grad = torch.randn_like(x)
+    assert gbn._on_triton(x)
+    results = []
+    for module, dtype in ((layer, torch.float32), (reference, torch.float64)):
+        leaf = x.to(dtype).requires_grad_()
+        view = leaf if module is layer else leaf.unflatten(1, (fields, ORDER))
+        out = module(view).reshape(x.shape)
+        dx, dweight = torch.autograd.grad((out * grad.to(dtype)).sum(), (leaf, module.weight), create_graph=True)
+        results.append(torch.autograd.grad((dx * dx).sum() + dweight.sum(), (leaf, module.weight)))
+    for actual, expected in zip(*results):
+        assert max_rel_err(actual, expected) < 1e-4
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_statistics_of_odd_sizes_batch_one_and_a_large_mean(device, tiling, channels_last):
     """float32 sums of squares would lose every digit of this variance (mean 1000, spread 0.01)."""
