@@ -834,8 +834,10 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
     partial statistics if ``statistics``: float32 (programs, 3, C_out*S), per output channel
     and program (count, mean, M2) of the values stored (``statistics_of_fields`` merges them).
     ``norm`` (3, C_in) float32 (mean, scale, shift per input field) convolves the normalized
-    input ``(x - mean) * scale + shift`` (ReLU if ``norm_relu``) instead of ``x``."""
+    input ``(x - mean) * scale + shift`` (ReLU if ``norm_relu``) instead of ``x``. The kernels
+    read ``bias`` as a dense vector (made contiguous)."""
     _check(x)
+    bias = bias.contiguous() if bias is not None else None
     if statistics and relu:
         raise ValueError("statistics are of the convolution's output before a ReLU; do not fuse both")
     batch, channels, height, width = x.shape

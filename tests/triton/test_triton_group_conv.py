@@ -5,9 +5,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from ger_kernels import reference  # noqa: E402
+from ger_kernels import functional, reference  # noqa: E402
 from ger_kernels.groups import P4, P4M  # noqa: E402
 from ger_kernels.triton import group_conv, group_conv2d  # noqa: E402
+from ger_kernels.triton.conv_norm import bn_group_conv2d  # noqa: E402
 from ger_kernels.triton.tuning import CONFIGS, FORCE_ENV  # noqa: E402
 from helpers import max_rel_err  # noqa: E402
 
@@ -275,6 +276,16 @@ def test_layouts(device, layout):
     assert max(errs.values()) <= 1e-5, errs
     out = group_conv2d(view(x.float()), w.float(), b.float(), 1, 1, 1, P4M)
     assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+
+
+def test_strided_bias(device):
+    """A strided bias view (the kernels read a dense vector), through the public API and the fused conv."""
+    x, w, b = (t.float() for t in conv_args(P4M, True, 3, 5, 4, device=device))
+    strided = b.repeat_interleave(2)[::2]
+    expected = functional.group_conv2d(x, w, b, padding=1, backend="reference")
+    assert max_rel_err(functional.group_conv2d(x, w, strided, padding=1, backend="triton"), expected) <= 1e-5
+    fused, _ = bn_group_conv2d(x, w, strided, None, None, None, None, 1, 1, 1, 8, False, False, False)
+    assert max_rel_err(fused, expected) <= 1e-5
 
 
 def test_relu_epilogue(device):
