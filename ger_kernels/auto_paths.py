@@ -259,10 +259,12 @@ class PathChooser:
         return self.cache_file or cache_path()
 
     def _read_cache(self) -> dict[str, dict]:
+        """The cache file's entries; {} when it is missing, unreadable or not a JSON object."""
         try:
-            return json.loads(self._cache().read_text())
+            cache = json.loads(self._cache().read_text())
         except (OSError, ValueError):
             return {}
+        return cache if isinstance(cache, dict) else {}
 
     def _write_cache(self, choices: dict[str, Choice]) -> None:
         """Adds entries to the cache file: read, merge, write atomically."""

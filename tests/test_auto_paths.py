@@ -111,6 +111,17 @@ def test_an_unknown_problem_is_timed_and_the_fastest_correct_path_cached(tmp_pat
     assert again["weight_grad"].source.startswith(f"cache {cache_dir / 'auto_paths.json'} (timed: cpu, ")
 
 
+@pytest.mark.parametrize("content", ["[]", "null", "not json"])
+def test_a_cache_file_without_a_json_object_counts_as_empty(tmp_path, cache_dir, cpp_available, content):
+    cache_dir.mkdir()
+    (cache_dir / "auto_paths.json").write_text(content)
+    timer = FakeTimer({(name, path): 1.0 if path == "cpp" else 2.0 for name in conv_passes.PASSES
+                       for path in CPU_PATHS})
+    chooser = PathChooser(table_dir=tmp_path, time_ms=timer, timed_device_types=("cpu",))
+    assert [c.path for c in chooser.choose("cpu", entries(), CPU_PATHS, PROBLEM).values()] == ["cpp"] * 3
+    assert len(json.loads((cache_dir / "auto_paths.json").read_text())) == 3  # rewritten as an object
+
+
 def test_a_wrong_or_failing_path_is_never_chosen(tmp_path, cache_dir, monkeypatch, cpp_available):
     forward, weight_grad = conv_passes.forward, conv_passes.weight_grad
 
