@@ -100,6 +100,8 @@ def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     all (float32 weights with bfloat16 activations under ``torch.autocast``)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
     c_out, c_in, s_in, k = check_weight(weight, group)
     layout = "planar (B, C_in, H, W)" if s_in == 1 else f"(B, C_in*{group.order}, H, W)"
     check_feature_map(input, c_in * s_in, "input", layout)

@@ -90,6 +90,7 @@ def test_pair_arguments():
     (lambda x, w, b: (x, w.to("meta"), b), r"weight.device must match input.device cpu, got meta"),
     (lambda x, w, b: (x, w, b[:1]), r"bias must have shape \(2,\): one value per output field"),
     (lambda x, w, b: (x.long(), w.long(), None), r"weight must be a floating point tensor"),
+    (lambda x, w, b: (x, w, True), r"bias must be a torch.Tensor or None, got bool"),
 ])
 def test_bad_input(make, message):
     args = make(*random_conv_args(P4M, False, 3))
