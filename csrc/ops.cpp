@@ -27,7 +27,8 @@ void check_same(const at::Tensor& t, const char* name, const at::Tensor& like, c
               ", got ", t.device());
 }
 
-// stride >= 1, padding >= 0, dilation >= 1, kernel_size >= 1, and an output of at least 1 x 1.
+// stride >= 1, padding >= 0, dilation >= 1, kernel_size >= 1, C_in, C_out >= 1 fields, an input H, W >= 1 (any
+// batch), and an output of at least 1 x 1.
 ConvShape conv_shape(int64_t batch, int64_t in_fields, int64_t in_orientations, int64_t out_fields,
                      int64_t group_order, int64_t kernel_size, int64_t stride, int64_t padding, int64_t dilation,
                      int64_t in_h, int64_t in_w) {
@@ -35,6 +36,9 @@ ConvShape conv_shape(int64_t batch, int64_t in_fields, int64_t in_orientations, 
   TORCH_CHECK(stride >= 1, "stride must be >= 1, got ", stride);
   TORCH_CHECK(padding >= 0, "padding must be >= 0, got ", padding);
   TORCH_CHECK(dilation >= 1, "dilation must be >= 1, got ", dilation);
+  TORCH_CHECK(in_fields >= 1 && out_fields >= 1 && in_h >= 1 && in_w >= 1, "a group convolution needs C_in, C_out "
+              ">= 1 fields and an input H, W >= 1 (the batch may be empty), got C_in = ", in_fields, ", C_out = ",
+              out_fields, ", H x W = ", in_h, " x ", in_w);
   const int64_t out_h = conv_output_size(in_h, kernel_size, stride, padding, dilation);
   const int64_t out_w = conv_output_size(in_w, kernel_size, stride, padding, dilation);
   TORCH_CHECK(out_h >= 1 && out_w >= 1, "input of size ", in_h, " x ", in_w, " is smaller than the ",

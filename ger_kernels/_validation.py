@@ -97,7 +97,8 @@ def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
                     group: Group) -> tuple[int, int, int, int]:
     """Checks a group convolution's tensors; returns ``(C_out, C_in, S_in, k)``. Their dtypes
     match, or, as for ``F.conv2d``, the autocast region active on the input's device casts them
-    all (float32 weights with bfloat16 activations under ``torch.autocast``)."""
+    all (float32 weights with bfloat16 activations under ``torch.autocast``). An empty batch gives an
+    empty output; no backend takes ``C_in = 0``, ``C_out = 0`` or an empty H or W."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
@@ -105,6 +106,9 @@ def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     c_out, c_in, s_in, k = check_weight(weight, group)
     layout = "planar (B, C_in, H, W)" if s_in == 1 else f"(B, C_in*{group.order}, H, W)"
     check_feature_map(input, c_in * s_in, "input", layout)
+    if 0 in (c_in, c_out, *input.shape[2:]):
+        raise ValueError(f"a group convolution needs C_in, C_out >= 1 fields and an input H, W >= 1 (the batch may "
+                         f"be empty), got input shape {tuple(input.shape)} and weight shape {tuple(weight.shape)}")
     if not weight.is_floating_point():
         raise TypeError(f"weight must be a floating point tensor, got {weight.dtype}")
     tensors = [("weight", weight)] + ([("bias", bias)] if bias is not None else [])

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -33,3 +35,26 @@ def test_triton_backend_through_the_switch_in_the_interpreter(interpreter):
     ref_grads = torch.autograd.grad(expected.sum(), (x, w, b))
     for g, r in zip(grads, ref_grads):
         assert (g.double() - r).abs().max() <= 1e-5 * r.abs().max()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+def test_degenerate_shapes_agree_across_backends(backend, request):
+    """An empty batch gives an empty output and zero parameter gradients; C_in = 0, C_out = 0 or an
+    empty H or W (even where padding would give an output) the same error on every backend."""
+    if backend == "triton":
+        request.getfixturevalue("interpreter")
+    status = ger_kernels.backends("cpu")[backend]
+    if not status.available:
+        pytest.skip(status.reason)
+    x, w, b = (torch.randn(shape, requires_grad=True) for shape in ((0, 8, 4, 4), (2, 1, 8, 3, 3), (2,)))
+    out = ger_kernels.group_conv2d(x, w, b, padding=1, backend=backend)
+    assert out.shape == (0, 16, 4, 4)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and not w.grad.any() and not b.grad.any()
+    for x_shape, w_shape in [((1, 8, 0, 3), (2, 1, 8, 3, 3)), ((1, 8, 3, 0), (2, 1, 8, 3, 3)),
+                             ((1, 0, 4, 4), (2, 0, 8, 3, 3)), ((1, 8, 4, 4), (0, 1, 8, 3, 3))]:
+        message = (f"a group convolution needs C_in, C_out >= 1 fields and an input H, W >= 1 (the batch may be "
+                   f"empty), got input shape {x_shape} and weight shape {w_shape}")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ger_kernels.group_conv2d(torch.randn(x_shape), torch.randn(w_shape), torch.randn(w_shape[0]), padding=2,
+                                     backend=backend)

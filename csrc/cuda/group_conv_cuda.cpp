@@ -87,7 +87,7 @@ at::Tensor group_conv2d_weight_grad_cuda(const at::Tensor& grad_output, const at
   const FloatKind kind = float_kind(input.scalar_type());
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor grad_weight = empty_grad_weight(shape, input);
-  if (shape.batch == 0 || grad_weight.numel() == 0) return grad_weight.zero_();
+  if (shape.batch == 0) return grad_weight.zero_();
   const CudaDevice device = current_device();
   const int splits = weight_grad_splits(shape, kind, device);
   // the kernels' accumulator type (Accumulate<T>): float for 16-bit and float inputs, double for double

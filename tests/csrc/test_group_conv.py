@@ -183,12 +183,15 @@ ERROR_CASES = [
     (lambda x, w, b: (x, w[:, :, :4], b), "S_in\\) must be 1 \\(lifting\\) or 8, got 4"),
     (lambda x, w, b: (x.long(), w, b), "input must be a floating point tensor"),
     (lambda x, w, b: (x[..., :2, :2], w, b), "input of size 2 x 2 is smaller than the 3 x 3 kernel"),
+    (lambda x, w, b: (x[:, :, :0], w, b), "needs C_in, C_out >= 1 fields and an input H, W >= 1 \\(the batch "
+                                          "may be empty\\), got C_in = 2, C_out = 3, H x W = 0 x 7"),
+    (lambda x, w, b: (x, w[:0], b[:0]), "needs C_in, C_out >= 1 fields .* got C_in = 2, C_out = 0"),
 ]
 
 
 @pytest.mark.parametrize("make_args,message", ERROR_CASES,
                          ids=["channels", "ndim", "weight-dtype", "bias-dtype", "bias-shape", "taps", "s-in",
-                              "integer-input", "too-small"])
+                              "integer-input", "too-small", "empty-h", "no-output-fields"])
 def test_errors_name_the_argument(make_args, message):
     x, w, b = make_case(P4M, False, 3, dtype=torch.float32)
     with pytest.raises(RuntimeError, match=message):
@@ -213,6 +216,11 @@ def test_backward_op_errors():
         torch.ops.ger_kernels.group_conv2d_input_grad(grad, w, list(x.shape), 1, 1, 1, 8)
     with pytest.raises(RuntimeError, match="input_size\\[1\\] must be C_in\\*S_in = 16"):
         torch.ops.ger_kernels.group_conv2d_input_grad(grad, w, [2, 8, 9, 7], 1, 0, 1, 8)
+    # no output fields: an error, not an input gradient of uninitialized memory
+    with pytest.raises(RuntimeError, match="needs C_in, C_out >= 1 fields .* got C_in = 2, C_out = 0"):
+        torch.ops.ger_kernels.group_conv2d_input_grad(grad[:, :0], w[:0], [2, 16, 7, 5], 1, 1, 1, 8)
+    with pytest.raises(RuntimeError, match="needs C_in, C_out >= 1 fields .* got C_in = 0, C_out = 3"):
+        torch.ops.ger_kernels.group_conv2d_weight_grad(grad, x[:, :0], 3, 8, 1, 1, 1, 8)
     with pytest.raises(RuntimeError, match="in_orientations must be 1 or 8, got 3"):
         torch.ops.ger_kernels.group_conv2d_weight_grad(grad, x, 3, 3, 1, 0, 1, 8)
     with pytest.raises(RuntimeError, match="grad_output.dtype must match input.dtype"):
