@@ -33,7 +33,8 @@ def status(device_type: str | None = None) -> tuple[bool, str]:
 
     interpreter = interpreting()
     if device_type in (None, "cpu") and interpreter:
-        return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1): slow, for tests"
+        return True, (f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1): slow, for tests; "
+                      "convolutions in float32 or float16 (its bfloat16 dots are wrong)")
     if device_type in (None, "cuda") and torch.cuda.is_available():
         return True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}"
     if device_type == "cpu":

@@ -777,9 +777,13 @@ def _check_offsets(*tensors: torch.Tensor) -> None:
 
 
 def _check(x: torch.Tensor) -> None:
+    """A dtype and device the convolution kernels run correctly: no bfloat16 in the interpreter."""
     if x.dtype not in DTYPES:
         raise TypeError(f"the Triton kernels take float32, float16 or bfloat16 tensors, got {x.dtype}; "
                         "use the reference backend for other dtypes")
+    if x.dtype == torch.bfloat16 and interpreting():
+        raise TypeError(f"the Triton interpreter (TRITON_INTERPRET=1, triton {triton.__version__}) computes "
+                        "bfloat16 dots wrongly; run the Triton convolution in float32 or float16 there, or on a GPU")
     if x.device.type != "cuda" and not interpreting():
         raise RuntimeError(f"the Triton kernels run {x.device.type} tensors only in the Triton interpreter "
                            "(TRITON_INTERPRET=1); use CUDA tensors")
