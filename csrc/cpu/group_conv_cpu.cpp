@@ -10,6 +10,7 @@
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -82,15 +83,25 @@ at::Tensor group_conv2d_input_grad_cpu(const at::Tensor& grad_output, const at::
           .copy_(transposed_conv(grad_output, expand_filter_cpu(weight.narrow(1, i, n), group_order)));
     }
   } else {
-    // Few input channels (lifting layers): panels of W~ rows (output fields), summed.
+    // Few input channels (lifting layers): panels of W~ rows (output fields), summed. With more than one
+    // panel, 16-bit operands are widened to float32 (exactly) and the sum rounded once, as one convolution
+    // would: adding panels rounded to 16 bits loses up to a bit per panel.
     const int64_t block = fields_per_panel(shape.out_fields, group_order * shape.in_channels() * k * k *
                                                                  element_bytes);
+    const bool widen = block < shape.out_fields && element_bytes < 4;
+    at::Tensor sum = widen ? at::zeros_like(grad_input, grad_input.options().dtype(at::kFloat)) : grad_input;
     for (int64_t o = 0; o < shape.out_fields; o += block) {
       const int64_t n = std::min(block, shape.out_fields - o);
-      const at::Tensor part = transposed_conv(grad_output.narrow(1, o * group_order, n * group_order),
-                                              expand_filter_cpu(weight.narrow(0, o, n), group_order));
-      if (o == 0) grad_input.copy_(part); else grad_input.add_(part);
+      at::Tensor grad = grad_output.narrow(1, o * group_order, n * group_order);
+      at::Tensor panel = expand_filter_cpu(weight.narrow(0, o, n), group_order);
+      if (widen) {
+        grad = grad.to(at::kFloat);
+        panel = panel.to(at::kFloat);
+      }
+      const at::Tensor part = transposed_conv(grad, panel);
+      if (o == 0 && !widen) sum.copy_(part); else sum.add_(part);
     }
+    if (widen) grad_input.copy_(sum);
   }
   return grad_input;
 }

@@ -232,3 +232,18 @@ def test_device_mismatch_is_an_error():
     x, w, b = make_case(P4M, False, 3, dtype=torch.float32)
     with pytest.raises(RuntimeError, match="weight.device must match input.device"):
         torch.ops.ger_kernels.group_conv2d(x.cuda(), w, b, 1, 1, 1, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("group", [P4M, P4], ids=str)
+def test_a_16_bit_input_gradient_is_rounded_once(group, dtype):
+    """The CPU input gradient of few input channels sums panels of W~ rows: in float32, rounded to 16 bits once,
+    as one convolution is. Each element is then within one unit in the last place of the exact gradient of the
+    16-bit operands (panels rounded to 16 bits and added in 16 bits missed it by several where they cancel)."""
+    x, w, b = make_case(group, True, 3, c_in=3, c_out=12, dtype=torch.float32)
+    x, w = x.to(dtype), w.to(dtype)
+    dy = torch.randn(2, 12 * group.order, 9, 7).to(dtype)
+    exact = torch.nn.grad.conv2d_input(x.shape, reference.expand_filter(w.double(), group), dy.double(), padding=1)
+    grad = torch.ops.ger_kernels.group_conv2d_input_grad(dy, w, list(x.shape), 1, 1, 1, group.order)
+    ulp = torch.finfo(dtype).eps * 2.0 ** torch.floor(torch.log2(exact.abs().clamp(min=torch.finfo(dtype).tiny)))
+    assert ((grad.double() - exact).abs() <= ulp).all()
