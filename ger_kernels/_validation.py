@@ -93,6 +93,14 @@ def check_weight(weight: torch.Tensor, group: Group) -> tuple[int, int, int, int
     return c_out, c_in, s_in, k
 
 
+def check_output_size(input: torch.Tensor, kernel_size: int, stride: int, padding: int, dilation: int) -> None:
+    """``ValueError`` unless the padded input (H, W) holds the dilated kernel at least once."""
+    span = dilation * (kernel_size - 1) + 1
+    if min(conv_output_size(n, kernel_size, stride, padding, dilation) for n in input.shape[-2:]) < 1:
+        raise ValueError(f"input (H, W) = {tuple(input.shape[-2:])} with padding {padding} is smaller than the "
+                         f"dilated kernel, {span} x {span}")
+
+
 def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     group: Group) -> tuple[int, int, int, int]:
     """Checks a group convolution's tensors; returns ``(C_out, C_in, S_in, k)``. Their dtypes

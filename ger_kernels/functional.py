@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ger_kernels._validation import check_conv_args, square_param
+from ger_kernels._validation import check_conv_args, check_output_size, square_param
 from ger_kernels.backends import resolve_backend
 from ger_kernels.groups import Group, get_group
 
@@ -25,5 +25,6 @@ def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     stride = square_param(stride, "stride", 1)
     padding = square_param(padding, "padding", 0)
     dilation = square_param(dilation, "dilation", 1)
+    check_output_size(input, weight.shape[-1], stride, padding, dilation)
     conv = resolve_backend(backend, input, weight, group, stride, padding, dilation)
     return conv(input, weight, bias, stride, padding, dilation, group)
