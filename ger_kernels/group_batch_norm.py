@@ -71,6 +71,12 @@ def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=suggest_memory_format(x))
 
 
+def _unfolded(t5: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """An op's output ``(B, C, S, H, W)`` as ``(B, C*S, H, W)`` in ``x``'s memory format, not a view (a view
+    returned by a custom op cannot be modified in place, as by a following ``nn.ReLU(inplace=True)``)."""
+    return _like(t5.flatten(1, 2), x).detach()
+
+
 @functools.cache
 def _triton_available(device_type: str, interpreting: bool) -> bool:
     """Decided once per device type and interpreter setting (the key; importing triton is slow)."""
@@ -160,7 +166,7 @@ def _normalize(x, mean, scale, shift, residual, order: int, relu: bool) -> torch
         y += residual.unflatten(1, (-1, order))
     if relu:
         y.relu_()
-    return _like(y.to(x.dtype).flatten(1, 2), x)
+    return _unfolded(y.to(x.dtype), x)
 
 
 @torch.library.custom_op("ger_kernels::group_bn_normalize", mutates_args=())
@@ -214,7 +220,7 @@ def _input_grad(grad, x, y, mean, a, b, c, order: int, residual_grad: bool) -> l
     dx = g5 * _field_view(a) + centered * _field_view(b) + _field_view(c)
     # without the ReLU's mask g5 may be a view of grad, and an op's outputs may not alias its inputs
     outputs = [dx] + ([g5.to(x.dtype, copy=y is None)] if residual_grad else [])
-    return [_like(t.to(x.dtype).flatten(1, 2), x) for t in outputs]
+    return [_unfolded(t.to(x.dtype), x) for t in outputs]
 
 
 @torch.library.custom_op("ger_kernels::group_bn_input_grad", mutates_args=())
@@ -341,7 +347,7 @@ def _group_batch_norm(input: torch.Tensor, weight: Optional[torch.Tensor], bias:
                                training, momentum, eps, order, relu, statistics)
     output, mean, invstd, new_mean, new_var = _native_forward(input, weight, bias, running_mean, running_var,
                                                               num_batches_tracked, training, momentum, eps, order)
-    output = _like(output.flatten(1, 2), _dense(input))
+    output = _unfolded(output, _dense(input))
     if residual is not None:
         output += residual
     if relu:

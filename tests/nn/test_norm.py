@@ -138,3 +138,21 @@ def test_bfloat16_activations_with_float32_parameters():
     assert max_rel_err(out, expected) < 8e-3 and max_rel_err(x.grad, x64.grad) < 2e-2
     assert max_rel_err(bn.weight.grad, reference.weight.grad) < 4e-3
     assert bn.running_mean.dtype == torch.float32 and max_rel_err(bn.running_var, reference.running_var) < 1e-6
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_its_output_can_be_modified_in_place(train, channels_last):
+    """As after nn.BatchNorm2d, an in-place op may follow (a converted e2cnn model's ReLU(inplace=True)): the
+    output is no view, and the gradients are those of the out-of-place op."""
+    x = torch.randn(2, 16, 5, 5)
+    x = x.to(memory_format=torch.channels_last) if channels_last else x
+    grads = []
+    for relu in (nn.ReLU(inplace=True), nn.ReLU()):
+        torch.manual_seed(0)
+        layer = nn.Sequential(GroupBatchNorm2d(2), relu).train(train)
+        y = x.clone().requires_grad_(True)
+        out = layer(y)
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape).cos())
+        grads.append(y.grad)
+    assert torch.equal(*grads)
