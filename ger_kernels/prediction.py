@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ger_kernels._validation import check_int
 from ger_kernels.data import read_volume, volume_to_slices, write_mask
 from ger_kernels.data.nifti import NIFTI_SUFFIXES
 
@@ -41,8 +42,11 @@ def predict_volume(model: nn.Module, input_path: str, output_path: str, size: in
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """Segments every slice of ``input_path`` at ``size`` x ``size`` (2.5D input, default HU window),
     resizes the class scores back to the volume's grid (bilinear), takes the arg max, and writes the
-    labels with the input's affine; the paths are checked first (:func:`check_prediction_paths`).
+    labels with the input's affine (its sform and qform, with their codes); the paths, ``size`` and
+    ``batch_size`` are checked first (:func:`check_prediction_paths`).
     Returns the uint8 mask ``(D, H, W)`` (1 = tumor); the file stores it as ``(H, W, D)``."""
+    check_int(size, "size")
+    check_int(batch_size, "batch_size")
     check_prediction_paths(input_path, output_path)
     volume = read_volume(input_path)
     slices = volume_to_slices(volume.array, size)
@@ -51,6 +55,6 @@ def predict_volume(model: nn.Module, input_path: str, output_path: str, size: in
     for start in range(0, len(slices), batch_size):
         scores = model(slices[start:start + batch_size].to(device)).float().cpu()
         labels.append(F.interpolate(scores, size=volume.array.shape[1:], mode="bilinear").argmax(1))
-    mask = torch.cat(labels).to(torch.uint8) if labels else torch.zeros(volume.array.shape, dtype=torch.uint8)
-    write_mask(output_path, mask.numpy(), volume.affine)
+    mask = torch.cat(labels).to(torch.uint8) if labels else torch.zeros(volume.array.shape, dtype=torch.uint8)  # D = 0
+    write_mask(output_path, mask.numpy(), volume.affine, volume.space)
     return mask

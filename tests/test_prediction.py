@@ -92,3 +92,33 @@ def test_non_finite_voxels_are_refused_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"ct.nii: 4 voxels are NaN or infinite"):
         predict_volume(Refuses(), str(tmp_path / "ct.nii"), str(tmp_path / "mask.nii.gz"), size=16)
     assert not (tmp_path / "mask.nii.gz").exists()
+
+
+def test_the_mask_keeps_the_sform_qform_and_codes_of_its_volume(tmp_path):
+    """Viewers choose between sform and qform by their own rules: the mask carries both, with the scan's codes,
+    so it lies where they show the scan (here the two differ by an origin shift)."""
+    (volume_path, _), = write_phantom_lits(str(tmp_path), 1, depth=2, size=16)
+    image = nib.load(volume_path)
+    qform = image.affine.copy()
+    qform[:3, 3] += [1.5, -2.0, 0.5]
+    image.header.set_sform(image.affine, code=1)
+    image.header.set_qform(qform, code=4)
+    nib.Nifti1Image(np.asanyarray(image.dataobj), None, image.header).to_filename(volume_path)
+    out = str(tmp_path / "mask.nii.gz")
+    predict_volume(Threshold(), volume_path, out, size=16)
+    scan, mask = nib.load(volume_path).header, nib.load(out).header
+    for form in ("sform", "qform"):
+        matrix, code = getattr(mask, f"get_{form}")(coded=True)
+        expected, expected_code = getattr(scan, f"get_{form}")(coded=True)
+        np.testing.assert_allclose(matrix, expected, atol=1e-5)
+        assert code == expected_code
+    assert nib.load(out).get_data_dtype() == np.uint8
+
+
+@pytest.mark.parametrize("argument, value", [("size", 0), ("batch_size", -1), ("batch_size", 0), ("size", 2.5)])
+def test_bad_sizes_are_refused_before_reading(tmp_path, argument, value):
+    (volume_path, _), = write_phantom_lits(str(tmp_path), 1, depth=2, size=16)
+    arguments = {"size": 16, "batch_size": 2, argument: value}
+    with pytest.raises(ValueError, match=re.escape(f"{argument} must be an int >= 1, got {value!r}")):
+        predict_volume(Threshold(), volume_path, str(tmp_path / "mask.nii.gz"), **arguments)
+    assert not (tmp_path / "mask.nii.gz").exists()

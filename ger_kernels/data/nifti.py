@@ -26,7 +26,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from ger_kernels._io import write_atomically
 
-__all__ = ["NIFTI_SUFFIXES", "Volume", "read_volume", "read_labels", "write_nifti", "write_mask"]
+__all__ = ["NIFTI_SUFFIXES", "Space", "Volume", "read_volume", "read_labels", "write_nifti", "write_mask"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -36,13 +36,27 @@ _MAX_EXPANSION = {".nii": 1, ".gz": 1032}  # the most bytes of voxels per byte o
 
 
 @dataclass(frozen=True)
+class Space:
+    """Where a NIfTI volume lies as its header says it: the sform and qform matrices (4, 4) and their codes (0:
+    unset, 1: scanner, 2: aligned, ...), which viewers choose between by their own rules: a mask written with all
+    four lies where they show its volume."""
+
+    sform: np.ndarray
+    sform_code: int
+    qform: np.ndarray
+    qform_code: int
+
+
+@dataclass(frozen=True)
 class Volume:
     """A NIfTI volume: ``array`` ``(D, H, W)`` (float32 HU from :func:`read_volume`, the stored label values from
-    :func:`read_labels`), ``affine`` (4, 4) voxel (i, j, k) -> mm, ``spacing`` (row_mm, col_mm, slice_mm)."""
+    :func:`read_labels`), ``affine`` (4, 4) voxel (i, j, k) -> mm, ``spacing`` (row_mm, col_mm, slice_mm),
+    ``space`` its header's :class:`Space` (None for a format without sform and qform)."""
 
     array: np.ndarray
     affine: np.ndarray
     spacing: tuple[float, float, float]
+    space: Space | None = None
 
 
 def _read_error(path: str, error: BaseException) -> ValueError:
@@ -83,8 +97,11 @@ def _read(path: str, as_hu: bool) -> Volume:
         raise _read_error(path, error) from error
     if data.ndim == 4:
         data = data[..., 0]
+    header, space = image.header, None
+    if hasattr(header, "get_sform") and hasattr(header, "get_qform"):
+        space = Space(header.get_sform(), int(header["sform_code"]), header.get_qform(), int(header["qform_code"]))
     return Volume(np.moveaxis(data, -1, 0), np.asarray(image.affine, dtype=np.float64),
-                  tuple(float(z) for z in image.header.get_zooms()[:3]))
+                  tuple(float(z) for z in header.get_zooms()[:3]), space)
 
 
 def read_volume(path: str) -> Volume:
@@ -104,9 +121,10 @@ def read_labels(path: str) -> Volume:
     return _read(path, as_hu=False)
 
 
-def write_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> None:
+def write_nifti(path: str, array: np.ndarray, affine: np.ndarray, space: Space | None = None) -> None:
     """Writes ``array (D, H, W)`` with its dtype and ``affine`` to ``.nii`` or ``.nii.gz``, atomically
-    (a temporary file in the same folder, then ``os.replace``)."""
+    (a temporary file in the same folder, then ``os.replace``); with ``space`` (that of the volume it
+    belongs to), its sform and qform and their codes instead of ``affine`` alone."""
     if not path.endswith(NIFTI_SUFFIXES):
         raise ValueError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
     affine = np.asarray(affine, dtype=np.float64)
@@ -116,6 +134,9 @@ def write_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> None:
         raise ValueError(f"{path}: array must be 3-D (D, H, W), got shape {np.shape(array)}")
     image = nib.Nifti1Image(np.moveaxis(np.asarray(array), 0, -1), affine)
     image.header.set_xyzt_units("mm")
+    if space is not None:
+        image.header.set_sform(space.sform, code=space.sform_code)
+        image.header.set_qform(space.qform, code=space.qform_code)
     payload = image.to_bytes()
     if path.endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=1, mtime=0)
@@ -127,12 +148,12 @@ def write_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> None:
     write_atomically(path, write)
 
 
-def write_mask(path: str, mask: np.ndarray, affine: np.ndarray) -> None:
-    """Writes a label mask ``(D, H, W)`` (integers 0..255, e.g. 1 = tumor) as uint8 with ``affine``, so that
-    ``read_volume(path).array`` gives it back."""
+def write_mask(path: str, mask: np.ndarray, affine: np.ndarray, space: Space | None = None) -> None:
+    """Writes a label mask ``(D, H, W)`` (integers 0..255, e.g. 1 = tumor) as uint8 with ``affine`` (and the
+    ``space`` of its volume, as :func:`write_nifti`), so that ``read_volume(path).array`` gives it back."""
     mask = np.asarray(mask)
     if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"{path}: mask must hold integer labels, got dtype {mask.dtype}")
     if mask.size and (mask.min() < 0 or mask.max() > 255):
         raise ValueError(f"{path}: mask labels must lie in 0..255, got {mask.min()}..{mask.max()}")
-    write_nifti(path, mask.astype(np.uint8), affine)
+    write_nifti(path, mask.astype(np.uint8), affine, space)
