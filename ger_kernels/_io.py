@@ -11,6 +11,11 @@ import pathlib
 import tempfile
 from typing import Callable, Iterator
 
+try:
+    import fcntl
+except ImportError:  # Windows: cache updates are not locked
+    fcntl = None
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -55,6 +60,31 @@ def write_text_atomically(path: str, text: str) -> None:
             f.write(text)
 
     write_atomically(path, write)
+
+
+def read_json_object(path: pathlib.Path) -> dict:
+    """The JSON object in the cache file ``path``; {} when it is missing, unreadable or not an object."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def update_json_object(path: pathlib.Path, entries: dict) -> None:
+    """Merges ``entries`` into the JSON object of the cache file ``path`` and writes it atomically, under an
+    exclusive lock on ``path.lock`` so that processes updating it at once keep each other's entries (where
+    ``fcntl`` exists). A cache that cannot be written (a read-only folder) is left as it is: it only costs
+    work again in the next process."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.lock", "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            merged = {**read_json_object(path), **entries}
+            write_text_atomically(str(path), json.dumps(merged, indent=1, sort_keys=True))
+    except OSError:
+        pass
 
 
 def read_table_entries(path: pathlib.Path, what: str, is_entry: Callable[[object], bool], expected: str) -> dict:

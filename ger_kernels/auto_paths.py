@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import json
 import os
 import pathlib
 import statistics
@@ -37,7 +36,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from ger_kernels import conv_passes
-from ger_kernels._io import read_table_entries, write_text_atomically
+from ger_kernels._io import read_json_object, read_table_entries, update_json_object
 from ger_kernels._validation import conv_output_size
 from ger_kernels.conv_passes import PASSES
 from ger_kernels.triton import tuning
@@ -260,22 +259,12 @@ class PathChooser:
 
     def _read_cache(self) -> dict[str, dict]:
         """The cache file's entries; {} when it is missing, unreadable or not a JSON object."""
-        try:
-            cache = json.loads(self._cache().read_text())
-        except (OSError, ValueError):
-            return {}
-        return cache if isinstance(cache, dict) else {}
+        return read_json_object(self._cache())
 
     def _write_cache(self, choices: dict[str, Choice]) -> None:
-        """Adds entries to the cache file: read, merge, write atomically."""
-        if not choices:
-            return
-        cache = self._read_cache()
-        cache.update({name: choice._asdict() for name, choice in choices.items()})
-        try:
-            write_text_atomically(str(self._cache()), json.dumps(cache, indent=1, sort_keys=True))
-        except OSError:
-            pass  # a read-only cache directory only costs timing again in the next process
+        """Adds entries to the cache file (``update_json_object``: locked, atomic)."""
+        if choices:
+            update_json_object(self._cache(), {name: choice._asdict() for name, choice in choices.items()})
 
     def _known(self, entry: str, cache_key: str, arch: str, file: dict) -> Choice | None:
         """The choice for ``entry`` from the table or the cache file's contents ``file``."""

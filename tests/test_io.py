@@ -1,10 +1,12 @@
 import errno
+import multiprocessing
 import os
+import pathlib
 import stat
 
 import pytest
 
-from ger_kernels._io import write_atomically, write_text_atomically
+from ger_kernels._io import read_json_object, update_json_object, write_atomically, write_text_atomically
 
 
 def test_writes_and_leaves_no_temporary(tmp_path):
@@ -58,3 +60,30 @@ def test_a_folder_that_cannot_be_synced_is_no_error(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", refuse_folders)
     write_text_atomically(str(tmp_path / "log.json"), "{}")
     assert (tmp_path / "log.json").read_text() == "{}" and os.listdir(tmp_path) == ["log.json"]
+
+
+def _add_entries(path: str, prefix: str, count: int) -> None:
+    for index in range(count):
+        update_json_object(pathlib.Path(path), {f"{prefix}{index}": index})
+
+
+def test_processes_updating_a_json_cache_at_once_keep_every_entry(tmp_path):
+    """Read, merge and replace under a lock: without it, concurrent updates lose each other's entries."""
+    path = tmp_path / "cache" / "table.json"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_add_entries, args=(str(path), prefix, 150)) for prefix in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert len(read_json_object(path)) == 300
+
+
+@pytest.mark.parametrize("content", ["[]", "null", "3", "not json"])
+def test_a_json_cache_that_is_not_an_object_reads_as_empty(tmp_path, content):
+    path = tmp_path / "table.json"
+    path.write_text(content)
+    assert read_json_object(path) == {} and read_json_object(tmp_path / "missing.json") == {}
+    update_json_object(path, {"k": 1})
+    assert read_json_object(path) == {"k": 1}

@@ -25,14 +25,13 @@ on a GPU (``UNVERIFIED``) are timed only with ``GER_KERNELS_TRITON_UNVERIFIED=1`
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Callable, NamedTuple
 
 import torch
 
-from ger_kernels._io import read_table_entries, write_text_atomically
+from ger_kernels._io import read_json_object, read_table_entries, update_json_object
 from ger_kernels.triton import interpreting
 
 __all__ = ["Config", "CONFIGS", "DEFAULTS_DIR", "FORCE_ENV", "FUSED_SPILLS", "FUSED_TAG", "UNVERIFIED",
@@ -258,7 +257,7 @@ def defaults_path(arch: str, directory: pathlib.Path | None = None) -> pathlib.P
 def read_defaults(arch: str, directory: pathlib.Path | None = None) -> dict[str, dict]:
     """The ``entries`` of ``arch``'s default-config table; empty when there is no table."""
     return read_table_entries(defaults_path(arch, directory), "default-config table",
-                              lambda e: isinstance(e, dict) and "config" in e,
+                              lambda e: isinstance(e, dict) and isinstance(e.get("config"), str),
                               "'family|kind|problem class' to {\"config\": name, ...}")
 
 
@@ -267,7 +266,7 @@ class Tuner:
     default-config tables in ``defaults_dir`` (default ``DEFAULTS_DIR``) consulted before timing."""
 
     def __init__(self, path: pathlib.Path | None = None, defaults_dir: pathlib.Path | None = None):
-        self.path = path or cache_path()
+        self._path = path
         self.defaults_dir = defaults_dir
         self.memory: dict[str, str] = {}
         self._defaults: dict[str, dict[str, dict]] = {}
@@ -285,21 +284,18 @@ class Tuner:
             found = plain if plain and plain["config"] not in FUSED_SPILLS[family] else None
         return found["config"] if found else None
 
+    @property
+    def path(self) -> pathlib.Path:
+        """The cache file: the one given, else ``cache_path()`` as the environment says now."""
+        return self._path or cache_path()
+
     def _read_file(self) -> dict[str, str]:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
+        """The file's config names by entry (values that are not names left out)."""
+        return {entry: name for entry, name in read_json_object(self.path).items() if isinstance(name, str)}
 
     def _write_file(self, entry: str, name: str) -> None:
-        """Adds one entry to the file: read, merge, write atomically."""
-        table = self._read_file()
-        table[entry] = name
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomically(str(self.path), json.dumps(table, indent=1, sort_keys=True))
-        except OSError:
-            pass  # a read-only cache directory only costs tuning again in the next process
+        """Adds one entry to the file (``update_json_object``: locked, atomic)."""
+        update_json_object(self.path, {entry: name})
 
     def choose(self, family: str, kind: str, key: tuple, time_ms: Callable[[Config], float], device: tuple = (),
                arch: str | None = None) -> Config:

@@ -74,7 +74,7 @@ def test_tunes_once_and_caches_on_disk(tmp_path):
     assert tuner.choose("forward", "half", ("H100", 1024), time_ms) == configs[2]
     assert len(timed) == len(tuning.tunable("half", "forward"))  # remembered in memory
     assert json.loads(path.read_text()) == {"forward|half|H100|1024": configs[2].name}
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, f"{path.name}.lock"]  # no temporary file
 
     def never(config):
         raise AssertionError("a second process must not tune again")
@@ -233,3 +233,26 @@ def test_arch_name():
     import torch
 
     assert tuning.arch_name(torch.device("cpu")) == "cpu"
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '"text"', '{"forward|half|H100|1024": ["m64n64k32w4s3"]}'])
+def test_a_cache_file_of_the_wrong_json_types_is_tuned_over(tmp_path, content):
+    path = tmp_path / "triton_tuning.json"
+    path.write_text(content)
+    configs = CONFIGS["half"]["forward"]
+    tuner = Tuner(path)
+    assert tuner.choose("forward", "half", ("H100", 1024), lambda c: 1.0 if c == configs[1] else 2.0) == configs[1]
+    assert json.loads(path.read_text())["forward|half|H100|1024"] == configs[1].name
+
+
+def test_a_default_table_whose_config_is_not_a_name_is_a_clear_error(tmp_path):
+    tuning.defaults_path("sm90", tmp_path).write_text(json.dumps({"entries": {"forward|half|x": {"config": [1]}}}))
+    with pytest.raises(ValueError, match="needs an object 'entries' mapping"):
+        tuning.read_defaults("sm90", tmp_path)
+
+
+def test_the_cache_file_follows_the_environment(tmp_path, monkeypatch):
+    tuner = Tuner()
+    for folder in ("a", "b"):
+        monkeypatch.setenv("GER_KERNELS_CACHE_DIR", str(tmp_path / folder))
+        assert tuner.path == tmp_path / folder / "triton_tuning.json"
