@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 import ger_kernels
-from ger_kernels.nn import FusedSequential, GroupBatchNorm2d, P4MConvP4M
-from ger_kernels.nn.fused import fuses
+from ger_kernels.nn import FusedSequential, GroupBatchNorm2d, P4MConvP4M, fuses
 
 
 def block(fields: int, backend: str) -> FusedSequential:
