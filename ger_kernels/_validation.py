@@ -61,9 +61,14 @@ def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, dil
 def check_exact_grid(layer: str, height: int, width: int, kernel_size: int, stride: int, padding: int,
                      dilation: int = 1) -> None:
     """SPEC section 5: a strided window is exactly equivariant iff
-    ``(size + 2*padding - dilation*(kernel_size-1) - 1) % stride == 0`` on both axes."""
+    ``(size + 2*padding - dilation*(kernel_size-1) - 1) % stride == 0`` on both axes; the padded input must
+    hold the window at least once."""
+    span = dilation * (kernel_size - 1) + 1
     for axis, size in (("H", height), ("W", width)):
-        rest = (size + 2 * padding - dilation * (kernel_size - 1) - 1) % stride
+        if size + 2 * padding < span:
+            raise ValueError(f"{layer}: input {axis}={size} with padding={padding} is smaller than the window, "
+                             f"{span} wide (kernel_size={kernel_size}, dilation={dilation})")
+        rest = (size + 2 * padding - span) % stride
         if rest:
             raise ValueError(
                 f"{layer}: input {axis}={size} breaks exact equivariance with kernel_size={kernel_size}, "

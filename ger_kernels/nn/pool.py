@@ -24,6 +24,8 @@ class _SpatialPool2d(nn.Module):
         self.kernel_size = check_int(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else check_int(stride, "stride")
         self.padding = check_int(padding, "padding", 0)
+        if 2 * self.padding > self.kernel_size:  # the window would hold padding only
+            raise ValueError(f"padding must be at most kernel_size // 2 = {self.kernel_size // 2}, got {padding}")
         self.strict_equivariance = strict_equivariance
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

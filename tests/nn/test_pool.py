@@ -58,6 +58,10 @@ def test_bad_arguments():
         GroupMaxPool2d()(torch.randn(8, 4, 4))
     with pytest.raises(ValueError, match="kernel_size must be an int >= 1"):
         GroupMaxPool2d(0)
+    with pytest.raises(ValueError, match=r"padding must be at most kernel_size // 2 = 1, got 2"):
+        GroupAvgPool2d(3, 2, padding=2)
+    with pytest.raises(ValueError, match=r"GroupMaxPool2d: input H=1 with padding=0 is smaller than the window, 3 wide"):
+        GroupMaxPool2d(3, 1)(torch.randn(1, 8, 1, 5))
 
 
 @pytest.mark.parametrize("reduce", ["mean", "max"])
