@@ -98,12 +98,15 @@ def check_weight(weight: torch.Tensor, group: Group) -> tuple[int, int, int, int
     return c_out, c_in, s_in, k
 
 
-def check_output_size(input: torch.Tensor, kernel_size: int, stride: int, padding: int, dilation: int) -> None:
-    """``ValueError`` unless the padded input (H, W) holds the dilated kernel at least once."""
-    span = dilation * (kernel_size - 1) + 1
-    if min(conv_output_size(n, kernel_size, stride, padding, dilation) for n in input.shape[-2:]) < 1:
-        raise ValueError(f"input (H, W) = {tuple(input.shape[-2:])} with padding {padding} is smaller than the "
-                         f"dilated kernel, {span} x {span}")
+def check_output_size(input_size, kernel_size: int, stride: int, padding: int, dilation: int) -> list[int]:
+    """Output (H_out, W_out) of an input of size (..., H, W), as ``F.conv2d``; ``ValueError`` unless the padded
+    input holds the dilated kernel at least once."""
+    size = [conv_output_size(n, kernel_size, stride, padding, dilation) for n in input_size[-2:]]
+    if min(size) < 1:
+        span = dilation * (kernel_size - 1) + 1
+        raise ValueError(f"input (H, W) = {tuple(input_size[-2:])} is smaller than the dilated kernel {span} x {span} "
+                         f"with padding {padding}")
+    return size
 
 
 def check_conv_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

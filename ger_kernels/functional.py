@@ -25,6 +25,6 @@ def group_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     stride = square_param(stride, "stride", 1)
     padding = square_param(padding, "padding", 0)
     dilation = square_param(dilation, "dilation", 1)
-    check_output_size(input, weight.shape[-1], stride, padding, dilation)
+    check_output_size(input.shape, weight.shape[-1], stride, padding, dilation)
     conv = resolve_backend(backend, input, weight, group, stride, padding, dilation)
     return conv(input, weight, bias, stride, padding, dilation, group)

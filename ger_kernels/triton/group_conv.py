@@ -45,7 +45,7 @@ from torch._prims_common import suggest_memory_format
 
 from ger_kernels import auto_paths
 from ger_kernels._autocast import register_autocast
-from ger_kernels._validation import conv_output_size
+from ger_kernels._validation import check_output_size
 from ger_kernels.auto_paths import TF32_ENV, precision
 from ger_kernels.groups import Group, get_group
 from ger_kernels.triton import DTYPES, interpreting
@@ -796,20 +796,11 @@ def _alignment(x: torch.Tensor) -> int:
     return next(a for a in (16, 8, 4, 2, 1) if all(n % a == 0 for n in numbers))
 
 
-def _out_size(input_size, k: int, stride: int, padding: int, dilation: int) -> list[int]:
-    """Output (H_out, W_out) of an input (..., H, W), as ``F.conv2d``; an error when empty."""
-    size = [conv_output_size(n, k, stride, padding, dilation) for n in input_size[-2:]]
-    if min(size) < 1:
-        raise ValueError(f"input (H, W) = {tuple(input_size[-2:])} is smaller than the dilated kernel "
-                         f"{dilation * (k - 1) + 1} x {dilation * (k - 1) + 1} with padding {padding}")
-    return size
-
-
 def problem_class(family: str, dtype: torch.dtype, input_shape, weight_shape, stride: int, padding: int,
                   dilation: int, order: int) -> tuple:
     """The tuning key of ``family``'s kernel for an input ``(B, C_in*S_in, H, W)`` and a weight
     ``(C_out, C_in, S_in, k, k)``: ``auto_paths.problem_class`` (an error when the output is empty)."""
-    _out_size(input_shape, weight_shape[-1], stride, padding, dilation)
+    check_output_size(input_shape, weight_shape[-1], stride, padding, dilation)
     problem = auto_paths.ConvProblem(dtype, tuple(input_shape), tuple(weight_shape), stride, padding, dilation, order,
                                      False)
     return auto_paths.problem_class(family, problem)
@@ -846,7 +837,7 @@ def forward(x, weight, bias, stride: int, padding: int, dilation: int, order: in
         raise ValueError("statistics are of the convolution's output before a ReLU; do not fuse both")
     batch, channels, height, width = x.shape
     c_out, _, s_in, k, _ = weight.shape
-    h_out, w_out = _out_size(x.shape, k, stride, padding, dilation)
+    h_out, w_out = check_output_size(x.shape, k, stride, padding, dilation)
     out = torch.empty((batch, c_out * order, h_out, w_out), dtype=x.dtype, device=x.device,
                       memory_format=suggest_memory_format(x))
     norm = _check_norm(norm, channels // s_in, x.device)
@@ -1094,7 +1085,7 @@ def group_conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[to
 
 @group_conv2d_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, order, relu):
-    size = _out_size(input.shape, weight.shape[-1], stride, padding, dilation)
+    size = check_output_size(input.shape, weight.shape[-1], stride, padding, dilation)
     return torch.empty([input.shape[0], weight.shape[0] * order, *size], dtype=input.dtype, device=input.device,
                        memory_format=suggest_memory_format(input))
 
